@@ -1,0 +1,7 @@
+"""Command-line entry point (filled in by flows.cli)."""
+
+
+def main() -> None:
+    from cohortflow.flows.cli import app
+
+    app()

@@ -85,8 +85,8 @@ def link_task(database_url: str, outputs_dir: str):
 @task(name="fit-models")
 def analyse_task(data, plan_path: str | None):
     """Fit every outcome of the analysis plan (main and sensitivity analyses)."""
-    from cohortflow.analysis.plan import load_analysis_plan
     from cohortflow.analysis.models import run_analysis
+    from cohortflow.analysis.plan import load_analysis_plan
     from cohortflow.config.study import load_study
 
     plan = load_analysis_plan(Path(plan_path) if plan_path else None)

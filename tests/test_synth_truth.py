@@ -114,7 +114,7 @@ def test_truth_differences_in_change(truth_only):
         assert 0.3 < share[arm]["T0"] < 0.55
 
 
-# --- the generated data against the truth -----------------------------------------------------
+# --- the generated data against the truth (factor 0.4: ~5 s idle, 10-15 s on a loaded machine) ---
 @pytest.fixture(scope="module")
 def large(tmp_path_factory):
     out = tmp_path_factory.mktemp("large")
@@ -133,6 +133,7 @@ def _scores(data: pd.DataFrame, outcome: str) -> pd.Series:
     return score_sum(inst, scale, codes.where(codes >= 0))
 
 
+@pytest.mark.slow
 def test_observed_baseline_means_close_to_truth(large):
     """Generous tolerance: 4 standard errors, inflated by 1.5 for clustering in households."""
     data, truth, _ = large
@@ -151,6 +152,7 @@ def test_observed_baseline_means_close_to_truth(large):
     assert checked >= 9
 
 
+@pytest.mark.slow
 def test_attrition_depends_on_baseline_severity(large):
     data, _, persons = large
     base = data[(data["wave"] == STUDY.baseline_wave) & (data["arm"] != "jongerenpanel")]

@@ -253,3 +253,24 @@ def test_new_instrument_needs_no_code(tmp_path):
     assert (per_child == 1).mean() > 0.8
     truth = json.loads((tmp_path / "truth" / "truth.json").read_text())
     assert "cats.total" in truth["outcomes"]
+
+
+def test_other_study_design_needs_no_code(tmp_path):
+    """A fourth wave and an extra comparison arm come from configuration alone."""
+    from cohortflow.config.study import Study
+
+    raw = STUDY.model_dump(by_alias=True)
+    raw["waves"].append({"code": "T3", "label": {"nl": "T3", "en": "T3"}, "offset_days": 1100,
+                         "window_days": [900, 1300]})
+    raw["arms"].append({"code": "extra", "label": {"nl": "x", "en": "x"}, "role": "comparison",
+                        "target_households": 100, "sites": [{"code": "EX01"}]})
+    study = Study.model_validate(raw)
+    m = generate_study(tmp_path, factor=0.04, seed=2, study=study, truth_persons_per_arm=SMALL_TRUTH)
+    assert {f.wave for f in m.files if f.arm == "extra"} == {"T0", "T1", "T2", "T3"}
+    assert m.households["extra"] == 4
+    truth = json.loads((tmp_path / "truth" / "truth.json").read_text())
+    dic = truth["outcomes"]["pss.total"]["difference_in_change"]
+    assert set(dic) == {"proeftuin_vs_gi", "proeftuin_vs_vt", "proeftuin_vs_extra"}
+    assert set(dic["proeftuin_vs_extra"]["waves"]) == {"T1", "T2", "T3"}
+    persons = pd.read_parquet(tmp_path / "truth" / "persons.parquet")
+    assert "responded_T3" in persons and persons["dropout_wave"].isin(["T1", "T2", "T3"]).any()

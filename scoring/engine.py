@@ -139,15 +139,14 @@ def scored_item_matrix(instrument: Instrument, raw: np.ndarray, on_invalid: str 
                 ok &= np.floor(block) == block
             mapped = np.where(ok, block, np.nan)
         bad = present & ~ok
-        if bad.any():
-            if on_invalid == "raise":
-                r, c = np.argwhere(bad)[0]
-                expected = rs.codes if rs.options is not None else f"a number in {list(rs.numeric or ())}"
-                raise ScoringError(
-                    f"instrument {instrument.code!r}: item {instrument.items[cols[c]].code!r} has value "
-                    f"{block[r, c]!r} in {int(bad.sum())} response(s); expected {expected} (response scale "
-                    f"{rs_code!r}). Fix the source's value map or mark the value missing."
-                )
+        if bad.any() and on_invalid == "raise":
+            r, c = np.argwhere(bad)[0]
+            expected = rs.codes if rs.options is not None else f"a number in {list(rs.numeric or ())}"
+            raise ScoringError(
+                f"instrument {instrument.code!r}: item {instrument.items[cols[c]].code!r} has value "
+                f"{block[r, c]!r} in {int(bad.sum())} response(s); expected {expected} (response scale "
+                f"{rs_code!r}). Fix the source's value map or mark the value missing."
+            )
         out[:, cols] = mapped
     for j, it in enumerate(instrument.items):
         if it.reversed:

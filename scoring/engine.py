@@ -110,7 +110,9 @@ def item_matrix(instrument: Instrument, item_values: pd.DataFrame) -> ItemMatrix
     return ItemMatrix(np.asarray(response_ids), values.reshape(n_rows, n_cols), list(instrument.item_codes))
 
 
-def scored_item_matrix(instrument: Instrument, raw: np.ndarray, on_invalid: str = "raise") -> np.ndarray:
+def scored_item_matrix(
+    instrument: Instrument, raw: np.ndarray, on_invalid: str = "raise", response_ids: np.ndarray | None = None
+) -> np.ndarray:
     """Map raw codes to scored values (response options' `score`), then reverse reversed items.
 
     Reversal is `min + max - score` over the response scale's scored range. A code that is not an option
@@ -142,9 +144,10 @@ def scored_item_matrix(instrument: Instrument, raw: np.ndarray, on_invalid: str 
         if bad.any() and on_invalid == "raise":
             r, c = np.argwhere(bad)[0]
             expected = rs.codes if rs.options is not None else f"a number in {list(rs.numeric or ())}"
+            where = f" (e.g. response_id {response_ids[r]})" if response_ids is not None else ""
             raise ScoringError(
                 f"instrument {instrument.code!r}: item {instrument.items[cols[c]].code!r} has value "
-                f"{block[r, c]!r} in {int(bad.sum())} response(s); expected {expected} (response scale "
+                f"{float(block[r, c]):g} in {int(bad.sum())} response(s){where}; expected {expected} (response scale "
                 f"{rs_code!r}). Fix the source's value map or mark the value missing."
             )
         out[:, cols] = mapped
@@ -415,7 +418,7 @@ def score_instrument(
     scale, score, n_items, n_answered, prorated, above_cutoff, band`.
     """
     mat = item_matrix(instrument, item_values)
-    scored = scored_item_matrix(instrument, mat.values, on_invalid=on_invalid)
+    scored = scored_item_matrix(instrument, mat.values, on_invalid=on_invalid, response_ids=mat.response_ids)
     return score_matrix(instrument, mat.response_ids, scored, context)
 
 

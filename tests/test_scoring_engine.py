@@ -1,0 +1,95 @@
+"""The scoring engine's contract: input forms, errors that name what is wrong, score_all, fingerprints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohortflow.instruments.model import Instrument
+from cohortflow.instruments.registry import load_instruments
+from cohortflow.scoring.engine import (
+    SCORE_COLUMNS,
+    ScoringError,
+    definition_fingerprint,
+    score_all,
+    score_instrument,
+)
+
+INST = load_instruments()
+
+
+def _long(code: str, responses: dict) -> pd.DataFrame:
+    return pd.DataFrame(
+        [(rid, item, v) for rid, vals in responses.items() for item, v in vals.items()],
+        columns=["response_id", "item", "value"],
+    )
+
+
+def test_contract_columns_and_item_keys_accepted():
+    pss = INST["pss"]
+    by_code = _long("pss", {7: dict.fromkeys(pss.item_codes, 3)})
+    by_key = by_code.assign(item=[pss.item_key(c) for c in by_code["item"]])
+    a, b = score_instrument(pss, by_code), score_instrument(pss, by_key)
+    assert list(a.columns) == SCORE_COLUMNS
+    assert a["score"].tolist() == b["score"].tolist() == [54.0]
+    assert (a["instrument"].astype(str) == "pss").all() and (a["instrument_version"].astype(str) == pss.version).all()
+
+
+def test_items_absent_from_the_long_frame_are_missing():
+    pss = INST["pss"]
+    vals = dict.fromkeys(pss.item_codes[:16], 3)  # two items never delivered
+    out = score_instrument(pss, _long("pss", {1: vals}))
+    assert out["n_answered"].iloc[0] == 16 and bool(out["prorated"].iloc[0])
+    assert out["score"].iloc[0] == pytest.approx(16 * 3 * 18 / 16)
+
+
+def test_errors_name_instrument_item_and_value():
+    pss = INST["pss"]
+    with pytest.raises(ScoringError, match=r"pss.*unknown item.*'99'"):
+        score_instrument(pss, _long("pss", {1: {"99": 1}}))
+    with pytest.raises(ScoringError, match=r"item .03. has value 7 in 1 response\(s\) \(e.g. response_id 1\); expected \[1, 2, 3, 4, 5\]"):
+        score_instrument(pss, _long("pss", {1: {"03": 7}}))
+    dup = pd.concat([_long("pss", {1: {"03": 1}})] * 2)
+    with pytest.raises(ScoringError, match="given twice"):
+        score_instrument(pss, dup)
+    ok = score_instrument(pss, _long("pss", {1: {"03": 7}}), on_invalid="missing")
+    assert ok["n_answered"].iloc[0] == 0 and np.isnan(ok["score"].iloc[0])
+
+
+def test_context_aligns_by_response_id_not_by_position():
+    cries = INST["cries13"]
+    iv = _long("cries13", {10: dict.fromkeys(cries.item_codes, 3), 20: dict.fromkeys(cries.item_codes, 3)})
+    ctx = pd.DataFrame({"response_id": [20, 10], "role": ["parent", "child"]})
+    out = score_instrument(cries, iv, ctx).set_index(["response_id", "scale"])
+    assert out.loc[(10, "total"), "above_cutoff"] is True or bool(out.loc[(10, "total"), "above_cutoff"])
+    assert pd.isna(out.loc[(20, "total"), "above_cutoff"])
+
+
+def test_score_all_over_instruments_and_unknown_instruments():
+    pss, tsq = INST["pss"], INST["tsq"]
+    iv = pd.concat([
+        _long("pss", {1: dict.fromkeys(pss.item_codes, 1)}).assign(instrument="pss"),
+        _long("tsq", {2: dict.fromkeys(tsq.item_codes, 1)}).assign(instrument="tsq"),
+    ])
+    out = score_all(iv, None, INST)
+    assert set(zip(out["instrument"].astype(str), out["scale"].astype(str), strict=True)) == {
+        ("pss", "total"), ("tsq", "reexperiencing"), ("tsq", "arousal"), ("tsq", "total")
+    }
+    assert out.set_index(["instrument", "scale"]).loc[("pss", "total"), "score"] == 10 * 1 + 8 * 5
+    bad = pd.concat([iv, pd.DataFrame({"response_id": [3], "item": ["01"], "value": [1], "instrument": ["obvl"]})])
+    with pytest.raises(ScoringError, match=r"no definition for instrument\(s\) \['obvl'\]"):
+        score_all(bad, None, INST)
+    assert len(score_all(bad, None, INST, on_unknown="skip")) == len(out)
+
+
+def test_fingerprint_changes_with_any_scored_fact():
+    pss = INST["pss"]
+    same = Instrument.model_validate(pss.model_dump(by_alias=True))
+    assert definition_fingerprint(same) == definition_fingerprint(pss)
+    data = pss.model_dump(by_alias=True)
+    data["scales"][0]["min_answered"] = 17
+    changed = Instrument.model_validate(data)
+    assert definition_fingerprint(changed) != definition_fingerprint(pss)
+    fps = {definition_fingerprint(i) for i in INST.values()}
+    assert len(fps) == len(INST)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from cohortflow.instruments.model import Condition, Cutoff, Instrument, Scale
 
@@ -56,30 +57,28 @@ class ItemMatrix:
 
 def _resolve_item_codes(instrument: Instrument, items: pd.Series) -> np.ndarray:
     """Column index (into instrument.item_codes) of each row's item; accepts item codes or item keys."""
-    cats = pd.Categorical(items)
+    cats = items.array if isinstance(items.dtype, pd.CategoricalDtype) else pd.Categorical(items)
     lookup: dict[str, int] = {}
     for i, code in enumerate(instrument.item_codes):
         lookup[code] = i
         lookup[instrument.item_key(code)] = i
-    cat_idx = np.empty(len(cats.categories), dtype=np.int64)
-    unknown = []
-    for j, name in enumerate(cats.categories):
-        idx = lookup.get(str(name))
-        if idx is None:
-            unknown.append(str(name))
-            idx = -1
-        cat_idx[j] = idx
-    if unknown:
+    cat_idx = np.array([lookup.get(str(name), -1) for name in cats.categories] + [-2], dtype=np.int64)
+    codes = np.asarray(cats.codes)
+    resolved = cat_idx[codes]  # code -1 (NA item) picks the trailing -2
+    if (resolved < 0).any():
+        if (resolved == -2).any():
+            raise ScoringError(
+                f"instrument {instrument.code!r}: the item is empty in {int((resolved == -2).sum())} row(s); "
+                "every item value needs an item code"
+            )
+        unknown = sorted({str(cats.categories[c]) for c in np.unique(codes[resolved == -1])})
         raise ScoringError(
-            f"instrument {instrument.code!r} (version {instrument.version}): unknown item(s) {sorted(unknown)[:10]}; "
+            f"instrument {instrument.code!r} (version {instrument.version}): unknown item(s) {unknown[:10]}; "
             f"the definition has items {instrument.item_codes[:5]}... (codes or keys like "
             f"{instrument.item_key(instrument.item_codes[0])!r}). Map the column to a defined item or add it to "
             "the definition."
         )
-    codes = cats.codes
-    if (codes < 0).any():
-        raise ScoringError(f"instrument {instrument.code!r}: item is missing (empty) in {int((codes < 0).sum())} row(s)")
-    return cat_idx[codes]
+    return resolved
 
 
 def item_matrix(instrument: Instrument, item_values: pd.DataFrame) -> ItemMatrix:
@@ -98,8 +97,9 @@ def item_matrix(instrument: Instrument, item_values: pd.DataFrame) -> ItemMatrix
     row_idx, response_ids = pd.factorize(item_values["response_id"], sort=True)
     n_rows, n_cols = len(response_ids), len(instrument.item_codes)
     flat = row_idx.astype(np.int64) * n_cols + col_idx
-    if len(flat) != len(np.unique(flat)):
-        dup = pd.Series(flat).duplicated(keep=False).to_numpy()
+    counts = np.bincount(flat, minlength=n_rows * n_cols)
+    if counts.max(initial=0) > 1:
+        dup = counts[flat] > 1
         ex = item_values.loc[dup, ["response_id", "item"]].head(3).to_dict("records")
         raise ScoringError(
             f"instrument {instrument.code!r}: an item is given twice for the same response, e.g. {ex}; "
@@ -275,9 +275,9 @@ def _cutoff_flags(cutoffs: list[Cutoff], score: np.ndarray, context: pd.DataFram
     return out
 
 
-def _band_codes(scale: Scale, score: np.ndarray, context: pd.DataFrame | None) -> np.ndarray:
-    """Per response the band code (object array, None when no band set applies or the score is missing)."""
-    out = np.full(len(score), None, dtype=object)
+def _band_codes(scale: Scale, score: np.ndarray, context: pd.DataFrame | None, universe: dict[str, int]) -> np.ndarray:
+    """Per response the band's position in `universe` (int32; -1 when no band set applies or no score)."""
+    out = np.full(len(score), -1, dtype=np.int32)
     assigned = np.zeros(len(score), dtype=bool)
     for bs in scale.bands:
         m = _condition_mask(bs.when, context, len(score)) & ~assigned & ~np.isnan(score)
@@ -286,11 +286,11 @@ def _band_codes(scale: Scale, score: np.ndarray, context: pd.DataFrame | None) -
             continue
         bands = sorted(bs.bands, key=lambda b: b.min)
         mins = np.array([b.min for b in bands])
-        codes = np.array([b.code for b in bands] + [None], dtype=object)
+        codes = np.array([universe[b.code] for b in bands], dtype=np.int32)
         s = score[m]
         pos = np.searchsorted(mins, s, side="right") - 1
         inside = (pos >= 0) & (s <= bands[-1].max)
-        out[m] = np.where(inside, codes[np.clip(pos, 0, len(bands) - 1)], None)
+        out[m] = np.where(inside, codes[np.clip(pos, 0, len(bands) - 1)], -1)
     return out
 
 
@@ -317,6 +317,7 @@ def score_matrix(
     col = {c: j for j, c in enumerate(instrument.item_codes)}
     results: dict[str, ScaleResult] = {}
     parts: list[dict] = []
+    universe = {code: i for i, code in enumerate(_band_universe(instrument))}
     for sc in instrument.scales:
         if sc.items is not None:
             block = scored[:, [col[c] for c in sc.items]]
@@ -332,7 +333,7 @@ def score_matrix(
                 "n_answered": res.n_answered,
                 "prorated": res.prorated,
                 "above_cutoff": _cutoff_flags(sc.cutoffs, res.score, ctx),
-                "band": _band_codes(sc, res.score, ctx),
+                "band": _band_codes(sc, res.score, ctx, universe),
             }
         )
     for cl in instrument.classifications:
@@ -342,14 +343,14 @@ def score_matrix(
         for s in used:
             complete &= ~np.isnan(scores[s])
         complete &= _condition_mask(cl.when, ctx, n)
-        band = np.full(n, None, dtype=object)
+        band = np.full(n, -1, dtype=np.int32)
         flag = np.full(n, np.nan)
         open_ = complete.copy()
         for cat in cl.categories:
             m = open_.copy()
             for t in cat.all_of:
                 m &= _compare(scores[t.scale], t.operator, t.value)
-            band[m] = cat.code
+            band[m] = universe[cat.code]
             if cat.positive is not None:
                 flag[m] = float(cat.positive)
             open_ &= ~m
@@ -382,20 +383,31 @@ def _assemble(instrument: Instrument, response_ids: np.ndarray, parts: list[dict
     frame = pd.DataFrame(
         {
             "response_id": np.tile(response_ids, m),
-            "instrument": pd.Categorical.from_codes(np.zeros(n * m, dtype=np.int8), categories=[instrument.code]),
+            "instrument": pd.Categorical.from_codes(np.zeros(n * m, dtype=np.int8), categories=pd.Index([instrument.code], dtype="str")),
             "instrument_version": pd.Categorical.from_codes(
-                np.zeros(n * m, dtype=np.int8), categories=[instrument.version]
+                np.zeros(n * m, dtype=np.int8), categories=pd.Index([instrument.version], dtype="str")
             ),
-            "scale": pd.Categorical.from_codes(np.repeat(np.arange(m, dtype=np.int16), n), categories=scale_codes),
+            "scale": pd.Categorical.from_codes(np.repeat(np.arange(m, dtype=np.int16), n), categories=pd.Index(scale_codes, dtype="str")),
             "score": np.concatenate([p["score"] for p in parts]),
             "n_items": n_items,
             "n_answered": np.concatenate([np.asarray(p["n_answered"], dtype=np.int64) for p in parts]),
             "prorated": np.concatenate([p["prorated"] for p in parts]),
             "above_cutoff": pd.arrays.BooleanArray(above == 1.0, np.isnan(above)),
-            "band": pd.Categorical(band),
+            "band": pd.Categorical.from_codes(band, categories=_band_universe(instrument)),
         }
     )
     return frame
+
+
+def _band_universe(instrument: Instrument) -> pd.Index:
+    """Every band and category code the instrument can assign (the categories of the `band` column)."""
+    codes: list[str] = []
+    for sc in instrument.scales:
+        for bs in sc.bands:
+            codes += [b.code for b in bs.bands]
+    for cl in instrument.classifications:
+        codes += [c.code for c in cl.categories]
+    return pd.Index(list(dict.fromkeys(codes)), dtype="str")
 
 
 def empty_scores() -> pd.DataFrame:
@@ -450,7 +462,9 @@ def score_all(
         frames.append(score_instrument(instruments[code], group, context, on_invalid=on_invalid))
     if not frames:
         return empty_scores()
-    out = pd.concat(frames, ignore_index=True)
-    for c in ("instrument", "instrument_version", "scale", "band"):
-        out[c] = out[c].astype("category")
-    return out
+    cat_cols = ("instrument", "instrument_version", "scale", "band")
+    unions = {c: union_categoricals([f[c].array for f in frames]) for c in cat_cols}
+    out = pd.concat([f.drop(columns=list(cat_cols)) for f in frames], ignore_index=True)
+    for c in cat_cols:
+        out[c] = unions[c]
+    return out[SCORE_COLUMNS]

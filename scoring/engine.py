@@ -294,6 +294,13 @@ def _band_codes(scale: Scale, score: np.ndarray, context: pd.DataFrame | None, u
     return out
 
 
+def _uses_context(instrument: Instrument) -> bool:
+    """Does any cut-off, band set or classification of the instrument depend on role, age or sex?"""
+    conds = [c.when for sc in instrument.scales for c in sc.cutoffs] + [b.when for sc in instrument.scales for b in sc.bands]
+    conds += [cl.when for cl in instrument.classifications]
+    return any(c.roles is not None or c.min_age_years is not None or c.max_age_years is not None or c.sex for c in conds)
+
+
 def _align_context(context: pd.DataFrame | None, response_ids: np.ndarray) -> pd.DataFrame | None:
     if context is None:
         return None
@@ -312,12 +319,13 @@ def score_matrix(
     context: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Scales, cut-offs, bands and classifications from a response x item matrix of scored values."""
-    ctx = _align_context(context, response_ids)
+    ctx = _align_context(context, response_ids) if _uses_context(instrument) else None
     n = len(response_ids)
     col = {c: j for j, c in enumerate(instrument.item_codes)}
     results: dict[str, ScaleResult] = {}
     parts: list[dict] = []
-    universe = {code: i for i, code in enumerate(_band_universe(instrument))}
+    band_index = _band_universe(instrument)
+    universe = {code: i for i, code in enumerate(band_index)}
     for sc in instrument.scales:
         if sc.items is not None:
             block = scored[:, [col[c] for c in sc.items]]
@@ -368,10 +376,10 @@ def score_matrix(
                 "band": band,
             }
         )
-    return _assemble(instrument, response_ids, parts)
+    return _assemble(instrument, response_ids, parts, band_index)
 
 
-def _assemble(instrument: Instrument, response_ids: np.ndarray, parts: list[dict]) -> pd.DataFrame:
+def _assemble(instrument: Instrument, response_ids: np.ndarray, parts: list[dict], band_index: pd.Index) -> pd.DataFrame:
     """Stack per-scale arrays into the long Contract 4 frame (scale-major order within the instrument)."""
     n, m = len(response_ids), len(parts)
     if m == 0 or n == 0:
@@ -393,7 +401,7 @@ def _assemble(instrument: Instrument, response_ids: np.ndarray, parts: list[dict
             "n_answered": np.concatenate([np.asarray(p["n_answered"], dtype=np.int64) for p in parts]),
             "prorated": np.concatenate([p["prorated"] for p in parts]),
             "above_cutoff": pd.arrays.BooleanArray(above == 1.0, np.isnan(above)),
-            "band": pd.Categorical.from_codes(band, categories=_band_universe(instrument)),
+            "band": pd.Categorical.from_codes(band, categories=band_index),
         }
     )
     return frame

@@ -43,6 +43,18 @@ def definition_fingerprint(instrument: Instrument) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def item_values_fingerprint(item_values: pd.DataFrame) -> str:
+    """SHA-256 (hex) of the item values `response_id, item, value` whatever their row order.
+
+    With `definition_fingerprint` it tells the warehouse when stored scores are stale: recompute when
+    either changes.
+    """
+    cols = [c for c in ("response_id", "instrument", "item", "value") if c in item_values.columns]
+    frame = item_values[cols].sort_values(cols[:-1], kind="stable").reset_index(drop=True)
+    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return hashlib.sha256(row_hashes.tobytes()).hexdigest()
+
+
 # --- input -> matrix ------------------------------------------------------------------------------
 
 

@@ -93,3 +93,13 @@ def test_fingerprint_changes_with_any_scored_fact():
     assert definition_fingerprint(changed) != definition_fingerprint(pss)
     fps = {definition_fingerprint(i) for i in INST.values()}
     assert len(fps) == len(INST)
+
+
+def test_item_values_fingerprint_ignores_row_order_but_not_values():
+    from cohortflow.scoring.engine import item_values_fingerprint
+
+    iv = _long("pss", {1: {"01": 1, "02": 2}, 2: {"01": 3}})
+    assert item_values_fingerprint(iv) == item_values_fingerprint(iv.iloc[::-1])
+    changed = iv.copy()
+    changed.loc[0, "value"] = 5
+    assert item_values_fingerprint(changed) != item_values_fingerprint(iv)

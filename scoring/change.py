@@ -119,3 +119,31 @@ def rc_threshold(sd: float, reliability: float, critical: float = RC_CRITICAL) -
     """The smallest reliable change in score points: critical x S_diff."""
     se = sd * math.sqrt(1.0 - reliability)
     return float(critical * np.sqrt(2.0 * se * se))
+
+
+def reliable_change_between_waves(
+    scores: pd.DataFrame,
+    scale: Scale,
+    wave_from: str,
+    wave_to: str,
+    person: str = "person_id",
+    wave: str = "wave",
+    sd: float | None = None,
+) -> pd.DataFrame:
+    """Reliable change per person between two waves from a long frame `person, wave, score` of one scale.
+
+    Persons measured at only one of the waves get NA; a person with two scores at one wave is an error.
+    The SD is the scale's reference SD if declared, else the sample SD at `wave_from` (stated in the output).
+    """
+    sub = scores[scores[wave].isin([wave_from, wave_to])]
+    dup = sub.duplicated([person, wave], keep=False)
+    if dup.any():
+        ex = sub.loc[dup, [person, wave]].head(3).to_dict("records")
+        raise ValueError(f"reliable change {scale.code!r}: more than one score per person and wave, e.g. {ex}")
+    wide = sub.pivot(index=person, columns=wave, values="score")
+    t1 = wide[wave_from] if wave_from in wide else pd.Series(np.nan, index=wide.index)
+    t2 = wide[wave_to] if wave_to in wide else pd.Series(np.nan, index=wide.index)
+    out = reliable_change_for_scale(scale, t1, t2, sd=sd)
+    out.insert(0, "wave_to", wave_to)
+    out.insert(0, "wave_from", wave_from)
+    return out

@@ -60,3 +60,21 @@ def test_bad_reliability_is_refused():
         reliable_change(pd.Series([1.0, 2.0]), pd.Series([1.0, 2.0]), reliability=1.0)
     with pytest.raises(ValueError, match="declares no reliability"):
         reliable_change_for_scale(load_instruments()["cantril"].scale("now"), pd.Series([1.0]), pd.Series([2.0]))
+
+
+def test_reliable_change_between_waves_from_long_scores():
+    from cohortflow.scoring.change import reliable_change_between_waves
+
+    pss = load_instruments()["pss"].scale("total")  # test-retest .81
+    long = pd.DataFrame({
+        "person_id": ["a", "a", "b", "b", "c", "d"],
+        "wave": ["T0", "T1", "T0", "T1", "T0", "T1"],
+        "score": [60.0, 45.0, 50.0, 52.0, 55.0, 40.0],
+    })
+    out = reliable_change_between_waves(long, pss, "T0", "T1", sd=8.0)
+    # S_diff = sqrt(2 x 64 x .19) = 4.9315; threshold 1.96 x 4.9315 = 9.666
+    assert out.loc["a", "category"] == "improved" and out.loc["b", "category"] == "no_reliable_change"
+    assert out["category"].isna().tolist() == [False, False, True, True]
+    assert out["s_diff"].iloc[0] == pytest.approx(math.sqrt(2 * 64 * 0.19))
+    with pytest.raises(ValueError, match="more than one score"):
+        reliable_change_between_waves(pd.concat([long, long.iloc[:1]]), pss, "T0", "T1")

@@ -64,6 +64,16 @@ def test_cries13_value_map_subscales_and_cutoff_edge():
     assert val(f, 3, "total") == 29 and val(f, 3, "total", "above_cutoff") is False
 
 
+def test_cries13_cutoff_depends_on_informant():
+    base = items_all("cries13", 0)
+    r30 = {**base, **{n(k): 3 for k in range(1, 7)}}  # 30
+    r31 = {**r30, "07": 1}  # 31
+    ctx = {1: {"role": "child"}, 2: {"role": "parent"}, 3: {"role": "child"}, 4: {"role": "parent"}, 5: {"role": None}}
+    f = score("cries13", {1: r30, 2: r30, 3: r31, 4: r31, 5: r31}, ctx)
+    # child self-report >= 30, parent report >= 31; no known role: no cut-off applies
+    assert [val(f, r, "total", "above_cutoff") for r in (1, 2, 3, 4, 5)] == [True, False, True, True, None]
+
+
 def test_cries13_prorating_limit_and_role_condition():
     one_missing = items_all("cries13", 3, i01=NA)  # 12 x 5 = 60, prorated 60 x 13/12 = 65; intrusion 15 x 4/3 = 20
     two_missing = items_all("cries13", 3, i01=NA, i04=NA)  # total needs 12 of 13; intrusion needs 3 of 4
@@ -71,7 +81,7 @@ def test_cries13_prorating_limit_and_role_condition():
     assert val(f, 1, "total") == pytest.approx(65.0) and val(f, 1, "total", "prorated") is True
     assert val(f, 1, "intrusion") == pytest.approx(20.0)
     assert val(f, 1, "total", "n_answered") == 12 and val(f, 1, "total", "n_items") == 13
-    assert val(f, 1, "total", "above_cutoff") is None  # the >= 30 cut-off is for child self-report only
+    assert val(f, 1, "total", "above_cutoff") is True  # parent report: >= 31
     assert val(f, 2, "total") is None and val(f, 2, "intrusion") is None
     assert val(f, 2, "avoidance") == 20  # avoidance items all answered: 4 x 5
     assert val(f, 2, "total", "above_cutoff") is None

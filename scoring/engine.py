@@ -249,6 +249,7 @@ def _aggregate(scale: Scale, block: np.ndarray) -> ScaleResult:
             score = total
     elif agg == "mean":
         score = total / safe_n
+        prorated = valid & (n_ans < k)
     elif agg == "mean_times_n":
         score = total / safe_n * k
         prorated = valid & (n_ans < k)

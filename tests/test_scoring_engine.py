@@ -103,3 +103,17 @@ def test_item_values_fingerprint_ignores_row_order_but_not_values():
     changed = iv.copy()
     changed.loc[0, "value"] = 5
     assert item_values_fingerprint(changed) != item_values_fingerprint(iv)
+
+
+def test_empty_input_gives_empty_contract_frame():
+    empty = pd.DataFrame({"response_id": pd.Series(dtype="int64"), "item": pd.Series(dtype="str"), "value": pd.Series(dtype="float")})
+    out = score_instrument(INST["pss"], empty)
+    assert list(out.columns) == SCORE_COLUMNS and len(out) == 0
+    assert len(score_all(empty.assign(instrument=pd.Series(dtype="str")), None, INST)) == 0
+
+
+def test_mean_of_fewer_items_is_flagged_prorated():
+    out = score_instrument(INST["safety"], _long("safety", {1: {"home": 6}, 2: {"home": 6, "family": 8}}))
+    mean = out[out["scale"] == "mean"].set_index("response_id")
+    assert mean.loc[1, "score"] == 6 and bool(mean.loc[1, "prorated"])
+    assert mean.loc[2, "score"] == 7 and not bool(mean.loc[2, "prorated"])

@@ -1,7 +1,7 @@
 """Scoring recovers a known latent ordering (simulation with known truth).
 
-Two checks. (1) Fast, always run: graded-response data simulated here: a latent trait theta per respondent; each item answers y = 0.7 theta + noise cut at evenly
-spaced normal quantiles into the item's response categories (ordered by scored value; a reversed item's
+Two checks. (1) Fast, always run: graded-response data simulated here: a latent trait theta per
+respondent; each item answers y = 0.7 theta + noise cut at evenly spaced normal quantiles into the item's response categories (ordered by scored value; a reversed item's
 raw code is mirrored, as on a real form); 5% of item values missing completely at random. The scored total
 must rank respondents like theta: Spearman rho >= the stated floor (Pearson-equivalent of about .8 to .95,
 depending on the number and coarseness of the items). (2) Slow: a study made by

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import union_categoricals
 
 from cohortflow.instruments.model import Condition, Cutoff, Instrument, Scale
 
@@ -67,9 +66,8 @@ class ItemMatrix:
     item_codes: list[str]
 
 
-def _resolve_item_codes(instrument: Instrument, items: pd.Series) -> np.ndarray:
+def _resolve_item_codes(instrument: Instrument, cats: pd.Categorical) -> np.ndarray:
     """Column index (into instrument.item_codes) of each row's item; accepts item codes or item keys."""
-    cats = items.array if isinstance(items.dtype, pd.CategoricalDtype) else pd.Categorical(items)
     lookup: dict[str, int] = {}
     for i, code in enumerate(instrument.item_codes):
         lookup[code] = i
@@ -93,6 +91,38 @@ def _resolve_item_codes(instrument: Instrument, items: pd.Series) -> np.ndarray:
     return resolved
 
 
+def _as_categorical(items: pd.Series | pd.Categorical) -> pd.Categorical:
+    if isinstance(items, pd.Categorical):
+        return items
+    return items.array if isinstance(items.dtype, pd.CategoricalDtype) else pd.Categorical(items)
+
+
+def _as_values(values: pd.Series | np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        return values
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _item_matrix_arrays(
+    instrument: Instrument, response_id: np.ndarray | pd.Series, items: pd.Categorical, values: np.ndarray
+) -> ItemMatrix:
+    col_idx = _resolve_item_codes(instrument, items)
+    row_idx, response_ids = pd.factorize(response_id, sort=True)
+    n_rows, n_cols = len(response_ids), len(instrument.item_codes)
+    flat = row_idx.astype(np.int64) * n_cols + col_idx
+    counts = np.bincount(flat, minlength=n_rows * n_cols)
+    if counts.max(initial=0) > 1:
+        dup = np.flatnonzero(counts[flat] > 1)[:3]
+        ex = [(np.asarray(response_id)[i], str(items[i])) for i in dup]
+        raise ScoringError(
+            f"instrument {instrument.code!r}: an item is given twice for the same response, e.g. "
+            f"(response_id, item) {ex}; each (response_id, item) must occur once"
+        )
+    matrix = np.full(n_rows * n_cols, np.nan)
+    matrix[flat] = values
+    return ItemMatrix(np.asarray(response_ids), matrix.reshape(n_rows, n_cols), list(instrument.item_codes))
+
+
 def item_matrix(instrument: Instrument, item_values: pd.DataFrame) -> ItemMatrix:
     """Pivot a long frame `response_id, item, value` (one instrument) into a response x item matrix.
 
@@ -105,21 +135,9 @@ def item_matrix(instrument: Instrument, item_values: pd.DataFrame) -> ItemMatrix
                 f"instrument {instrument.code!r}: item values need columns response_id, item, value; "
                 f"column {col!r} is missing (got {list(item_values.columns)})"
             )
-    col_idx = _resolve_item_codes(instrument, item_values["item"])
-    row_idx, response_ids = pd.factorize(item_values["response_id"], sort=True)
-    n_rows, n_cols = len(response_ids), len(instrument.item_codes)
-    flat = row_idx.astype(np.int64) * n_cols + col_idx
-    counts = np.bincount(flat, minlength=n_rows * n_cols)
-    if counts.max(initial=0) > 1:
-        dup = counts[flat] > 1
-        ex = item_values.loc[dup, ["response_id", "item"]].head(3).to_dict("records")
-        raise ScoringError(
-            f"instrument {instrument.code!r}: an item is given twice for the same response, e.g. {ex}; "
-            "each (response_id, item) must occur once"
-        )
-    values = np.full(n_rows * n_cols, np.nan)
-    values[flat] = pd.to_numeric(item_values["value"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    return ItemMatrix(np.asarray(response_ids), values.reshape(n_rows, n_cols), list(instrument.item_codes))
+    return _item_matrix_arrays(
+        instrument, item_values["response_id"], _as_categorical(item_values["item"]), _as_values(item_values["value"])
+    )
 
 
 def scored_item_matrix(
@@ -325,6 +343,27 @@ def _align_context(context: pd.DataFrame | None, response_ids: np.ndarray) -> pd
     return ctx.reindex(pd.Index(response_ids))
 
 
+@dataclass
+class ScoreBlock:
+    """Scores of one instrument as flat arrays (scale-major): the Contract 4 frame before it is built."""
+
+    instrument: str
+    version: str
+    response_ids: np.ndarray
+    scales: list[str]
+    bands: list[str]
+    score: np.ndarray
+    n_items: np.ndarray
+    n_answered: np.ndarray
+    prorated: np.ndarray
+    above: np.ndarray  # 1.0 / 0.0 / NaN
+    band: np.ndarray  # int32 index into `bands`, -1 = none
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.score)
+
+
 def score_matrix(
     instrument: Instrument,
     response_ids: np.ndarray,
@@ -332,13 +371,23 @@ def score_matrix(
     context: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Scales, cut-offs, bands and classifications from a response x item matrix of scored values."""
+    return blocks_to_frame([score_block(instrument, response_ids, scored, context)])
+
+
+def score_block(
+    instrument: Instrument,
+    response_ids: np.ndarray,
+    scored: np.ndarray,
+    context: pd.DataFrame | None = None,
+) -> ScoreBlock:
+    """Like score_matrix, but returns the flat arrays (cheap to concatenate over instruments)."""
     ctx = _align_context(context, response_ids) if _uses_context(instrument) else None
     n = len(response_ids)
     col = {c: j for j, c in enumerate(instrument.item_codes)}
     results: dict[str, ScaleResult] = {}
     parts: list[dict] = []
-    band_index = _band_universe(instrument)
-    universe = {code: i for i, code in enumerate(band_index)}
+    band_list = _band_universe(instrument)
+    universe = {code: i for i, code in enumerate(band_list)}
     for sc in instrument.scales:
         if sc.items is not None:
             block = scored[:, [col[c] for c in sc.items]]
@@ -389,38 +438,70 @@ def score_matrix(
                 "band": band,
             }
         )
-    return _assemble(instrument, response_ids, parts, band_index)
+    n_parts = len(parts)
+
+    def cat(key: str, dtype: type) -> np.ndarray:
+        if n_parts == 0:
+            return np.empty(0, dtype=dtype)
+        return np.concatenate([np.asarray(p[key], dtype=dtype) for p in parts])
+
+    return ScoreBlock(
+        instrument=instrument.code,
+        version=instrument.version,
+        response_ids=np.asarray(response_ids),
+        scales=[p["scale"] for p in parts],
+        bands=band_list,
+        score=cat("score", np.float64),
+        n_items=np.repeat(np.array([p["n_items"] for p in parts], dtype=np.int64), n),
+        n_answered=cat("n_answered", np.int64),
+        prorated=cat("prorated", bool),
+        above=cat("above_cutoff", np.float64),
+        band=cat("band", np.int32),
+    )
 
 
-def _assemble(instrument: Instrument, response_ids: np.ndarray, parts: list[dict], band_index: pd.Index) -> pd.DataFrame:
-    """Stack per-scale arrays into the long Contract 4 frame (scale-major order within the instrument)."""
-    n, m = len(response_ids), len(parts)
-    if m == 0 or n == 0:
+def blocks_to_frame(blocks: list[ScoreBlock]) -> pd.DataFrame:
+    """One Contract 4 frame from the score blocks of one or more instruments (categoricals shared)."""
+    blocks = [b for b in blocks if b.n_rows > 0]
+    if not blocks:
         return empty_scores()
-    scale_codes = [p["scale"] for p in parts]
-    n_items = np.repeat(np.array([p["n_items"] for p in parts], dtype=np.int64), n)
-    above = np.concatenate([p["above_cutoff"] for p in parts])
-    band = np.concatenate([p["band"] for p in parts])
-    frame = pd.DataFrame(
+    inst_cats = list(dict.fromkeys(b.instrument for b in blocks))
+    ver_cats = list(dict.fromkeys(b.version for b in blocks))
+    scale_cats = list(dict.fromkeys(sc for b in blocks for sc in b.scales))
+    band_cats = list(dict.fromkeys(bd for b in blocks for bd in b.bands))
+    s_pos = {c: i for i, c in enumerate(scale_cats)}
+    b_pos = {c: i for i, c in enumerate(band_cats)}
+    inst_codes, ver_codes, scale_codes, band_codes, rids = [], [], [], [], []
+    for b in blocks:
+        n, m = len(b.response_ids), len(b.scales)
+        inst_codes.append(np.full(b.n_rows, inst_cats.index(b.instrument), dtype=np.int32))
+        ver_codes.append(np.full(b.n_rows, ver_cats.index(b.version), dtype=np.int32))
+        scale_codes.append(np.repeat(np.array([s_pos[sc] for sc in b.scales], dtype=np.int32), n))
+        remap = np.array([b_pos[bd] for bd in b.bands] + [-1], dtype=np.int32)
+        band_codes.append(remap[b.band])  # -1 picks the trailing -1
+        rids.append(np.tile(b.response_ids, m))
+    above = np.concatenate([b.above for b in blocks])
+
+    def categorical(codes: list[np.ndarray], cats: list[str]) -> pd.Categorical:
+        return pd.Categorical.from_codes(np.concatenate(codes), categories=pd.Index(cats, dtype="str"))
+
+    return pd.DataFrame(
         {
-            "response_id": np.tile(response_ids, m),
-            "instrument": pd.Categorical.from_codes(np.zeros(n * m, dtype=np.int8), categories=pd.Index([instrument.code], dtype="str")),
-            "instrument_version": pd.Categorical.from_codes(
-                np.zeros(n * m, dtype=np.int8), categories=pd.Index([instrument.version], dtype="str")
-            ),
-            "scale": pd.Categorical.from_codes(np.repeat(np.arange(m, dtype=np.int16), n), categories=pd.Index(scale_codes, dtype="str")),
-            "score": np.concatenate([p["score"] for p in parts]),
-            "n_items": n_items,
-            "n_answered": np.concatenate([np.asarray(p["n_answered"], dtype=np.int64) for p in parts]),
-            "prorated": np.concatenate([p["prorated"] for p in parts]),
+            "response_id": np.concatenate(rids),
+            "instrument": categorical(inst_codes, inst_cats),
+            "instrument_version": categorical(ver_codes, ver_cats),
+            "scale": categorical(scale_codes, scale_cats),
+            "score": np.concatenate([b.score for b in blocks]),
+            "n_items": np.concatenate([b.n_items for b in blocks]),
+            "n_answered": np.concatenate([b.n_answered for b in blocks]),
+            "prorated": np.concatenate([b.prorated for b in blocks]),
             "above_cutoff": pd.arrays.BooleanArray(above == 1.0, np.isnan(above)),
-            "band": pd.Categorical.from_codes(band, categories=band_index),
+            "band": categorical(band_codes, band_cats),
         }
     )
-    return frame
 
 
-def _band_universe(instrument: Instrument) -> pd.Index:
+def _band_universe(instrument: Instrument) -> list[str]:
     """Every band and category code the instrument can assign (the categories of the `band` column)."""
     codes: list[str] = []
     for sc in instrument.scales:
@@ -428,7 +509,7 @@ def _band_universe(instrument: Instrument) -> pd.Index:
             codes += [b.code for b in bs.bands]
     for cl in instrument.classifications:
         codes += [c.code for c in cl.categories]
-    return pd.Index(list(dict.fromkeys(codes)), dtype="str")
+    return list(dict.fromkeys(codes))
 
 
 def empty_scores() -> pd.DataFrame:
@@ -469,23 +550,29 @@ def score_all(
     """
     if "instrument" not in item_values_long.columns:
         raise ScoringError("score_all: item values need an 'instrument' column (response_id, instrument, item, value)")
-    codes = pd.unique(item_values_long["instrument"])
-    unknown = sorted(str(c) for c in codes if c not in instruments)
+    inst_codes = _as_categorical(item_values_long["instrument"])
+    if (inst_codes.codes < 0).any():
+        raise ScoringError(f"score_all: the instrument is empty in {int((inst_codes.codes < 0).sum())} item value row(s)")
+    used = np.bincount(inst_codes.codes.astype(np.int64), minlength=len(inst_codes.categories)) > 0
+    unknown = sorted(str(c) for c, u in zip(inst_codes.categories, used, strict=True) if u and c not in instruments)
     if unknown and on_unknown == "raise":
         raise ScoringError(
             f"score_all: no definition for instrument(s) {unknown}; known {sorted(instruments)}. Add a definition "
             "(instruments/definitions or COHORTFLOW_INSTRUMENT_DIRS) or drop these item values."
         )
     frames = []
-    for code, group in item_values_long.groupby("instrument", sort=True, observed=True):
-        if code not in instruments:
+    items = _as_categorical(item_values_long["item"])
+    values = _as_values(item_values_long["value"])
+    rids = item_values_long["response_id"].to_numpy()
+    order = np.argsort(inst_codes.codes, kind="stable")
+    sorted_codes = inst_codes.codes[order]
+    bounds = np.searchsorted(sorted_codes, np.arange(len(inst_codes.categories) + 1))
+    for j, code in enumerate(inst_codes.categories):
+        idx = order[bounds[j] : bounds[j + 1]]
+        if len(idx) == 0 or code not in instruments:
             continue
-        frames.append(score_instrument(instruments[code], group, context, on_invalid=on_invalid))
-    if not frames:
-        return empty_scores()
-    cat_cols = ("instrument", "instrument_version", "scale", "band")
-    unions = {c: union_categoricals([f[c].array for f in frames]) for c in cat_cols}
-    out = pd.concat([f.drop(columns=list(cat_cols)) for f in frames], ignore_index=True)
-    for c in cat_cols:
-        out[c] = unions[c]
-    return out[SCORE_COLUMNS]
+        inst = instruments[code]
+        mat = _item_matrix_arrays(inst, rids[idx], items[idx], values[idx])
+        scored = scored_item_matrix(inst, mat.values, on_invalid=on_invalid, response_ids=mat.response_ids)
+        frames.append(score_block(inst, mat.response_ids, scored, context))
+    return blocks_to_frame(frames)

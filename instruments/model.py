@@ -159,7 +159,16 @@ class Reliability(BaseModel):
 
 
 class Scale(BaseModel):
-    """A score computed from items (or from other scales of the same instrument)."""
+    """A score computed from items (or from other scales of the same instrument).
+
+    Aggregations over the answered items' scored values (after value maps and reversal):
+    `sum` (with `prorate`: sum x n_items / n_answered), `mean`, `mean_times_n` (mean x n_items, the SDQ
+    rule), `count_endorsed` (items scored >= `endorsed_at`), `any` (1 when any item is endorsed, which
+    settles it even when other items are missing; 0 needs `min_answered` answered items), `max`.
+    Components (earlier scales) are summed. A score needs `min_answered` answered items (default all);
+    `rounding: half_up` applies floor(0.5 + x). `prorated` is reported when fewer than all items made a
+    sum, mean or mean_times_n score.
+    """
 
     model_config = ConfigDict(extra="forbid")
     code: str = Field(pattern=r"^[a-z0-9_]+$")

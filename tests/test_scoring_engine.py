@@ -117,3 +117,30 @@ def test_mean_of_fewer_items_is_flagged_prorated():
     mean = out[out["scale"] == "mean"].set_index("response_id")
     assert mean.loc[1, "score"] == 6 and bool(mean.loc[1, "prorated"])
     assert mean.loc[2, "score"] == 7 and not bool(mean.loc[2, "prorated"])
+
+
+def test_age_dependent_cutoffs_and_bands_use_half_open_age_ranges():
+    data = INST["pss"].model_dump(by_alias=True)
+    total = data["scales"][0]
+    lab = {"nl": "x", "en": "x"}
+    total["cutoffs"] = [
+        {"threshold": 50, "label": lab, "when": {"min_age_years": 4, "max_age_years": 12}},
+        {"threshold": 60, "label": lab, "when": {"min_age_years": 12, "max_age_years": 18}},
+    ]
+    total["bands"] = [
+        {"code": "young", "when": {"max_age_years": 12}, "bands": [
+            {"code": "low", "label": lab, "min": 18, "max": 49}, {"code": "high", "label": lab, "min": 50, "max": 90}]},
+        {"code": "old", "when": {"min_age_years": 12}, "bands": [
+            {"code": "low", "label": lab, "min": 18, "max": 59}, {"code": "high", "label": lab, "min": 60, "max": 90}]},
+    ]
+    inst = Instrument.model_validate(data)
+    plain = [c for c in inst.item_codes if not inst.item(c).reversed]  # 10 plain items, 8 reversed
+    # all reversed items coded 5 (score 1 each = 8); plain items coded 5 except some, to make totals 55
+    vals = {c: 5 for c in inst.item_codes}
+    vals.update({plain[0]: 2})  # 8 + 9 x 5 + 2 = 55
+    iv = _long("pss", {1: vals, 2: vals, 3: vals, 4: vals})
+    ctx = pd.DataFrame({"subject_age_years": [11.99, 12.0, 17.5, np.nan]}, index=[1, 2, 3, 4])
+    out = score_instrument(inst, iv, ctx).set_index("response_id")
+    assert out["score"].tolist() == [55.0] * 4
+    assert out["above_cutoff"].tolist()[:3] == [True, False, False] and pd.isna(out.loc[4, "above_cutoff"])
+    assert out["band"].tolist()[:3] == ["high", "low", "low"] and pd.isna(out.loc[4, "band"])

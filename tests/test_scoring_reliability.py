@@ -52,18 +52,24 @@ def test_alpha_edge_cases():
 
 
 def test_scale_reliability_per_group_uses_scored_reversed_items():
-    """Reversed items enter alpha after reversal: a reversed item that mirrors the others keeps alpha at 1."""
+    """Reversed items enter alpha after reversal: alpha per group equals alpha of the hand-mirrored items."""
     inst = load_instruments()["kidscreen10"]
     rng = np.random.default_rng(5)
-    rows, groups = [], []
-    for rid in range(200):
-        level = int(rng.integers(1, 6))
-        for code in inst.item_codes:
-            raw = 6 - level if inst.item(code).reversed else level
-            rows.append((rid, code, raw))
-        groups.append((rid, "T0" if rid < 100 else "T1", "a" if rid % 2 else "b"))
-    iv = pd.DataFrame(rows, columns=["response_id", "item", "value"])
-    g = pd.DataFrame(groups, columns=["response_id", "wave", "arm"])
-    out = scale_reliability(inst, iv, g)
-    assert len(out) == 4 and set(out["wave"]) == {"T0", "T1"} and (out["n"] == 50).all()
-    assert_allclose(out["alpha"], 1.0)
+    n = 400
+    theta = rng.standard_normal(n)
+    mirrored = np.clip(np.round(3 + theta[:, None] + rng.standard_normal((n, 10))), 1, 5)  # 'true' direction
+    raw = mirrored.copy()
+    rev = [j for j, c in enumerate(inst.item_codes) if inst.item(c).reversed]
+    raw[:, rev] = 6 - raw[:, rev]  # as answered on the form
+    iv = pd.DataFrame(
+        [(r, c, raw[r, j]) for r in range(n) for j, c in enumerate(inst.item_codes)], columns=["response_id", "item", "value"]
+    )
+    g = pd.DataFrame({"response_id": np.arange(n), "wave": np.where(np.arange(n) < 200, "T0", "T1"),
+                      "arm": np.where(np.arange(n) % 2, "a", "b")})
+    out = scale_reliability(inst, iv, g).set_index(["wave", "arm"])
+    assert len(out) == 4 and (out["n"] == 100).all() and (out["scale"] == "total").all()
+    sel = (np.arange(n) < 200) & (np.arange(n) % 2 == 1)
+    expected = cronbach_alpha(mirrored[sel])
+    assert_allclose(out.loc[("T0", "a"), "alpha"], expected["alpha"], rtol=1e-12)
+    assert expected["alpha"] > 0.8 and cronbach_alpha(raw[sel])["alpha"] < expected["alpha"] - 0.2  # reversal matters
+    assert 0.8 < out.loc[("T0", "a"), "omega_total"] < 1

@@ -325,7 +325,7 @@ def test_audit_value_map_zones_and_sex_specific_cutoff():
             left -= d[n(k)]
         assert left == 0
         return d
-    edges = {7: "zone1", 8: "zone2", 15: "zone2", 16: "zone3", 19: "zone3", 20: "zone4", 32: "zone4"}
+    edges = {0: "zone1", 7: "zone1", 8: "zone2", 15: "zone2", 16: "zone3", 19: "zone3", 20: "zone4", 32: "zone4"}
     cases = {t: with_total(t) for t in edges}
     cases[40] = {**items_all("audit", 4), "09": 2, "10": 2}  # 8 x 4 + 4 + 4
     cases[4] = {**base, "09": 1, "10": 1}  # yes, not in the last year: 2 + 2

@@ -108,6 +108,11 @@ def _item_matrix_arrays(
 ) -> ItemMatrix:
     col_idx = _resolve_item_codes(instrument, items)
     row_idx, response_ids = pd.factorize(response_id, sort=True)
+    if (row_idx < 0).any():
+        raise ScoringError(
+            f"instrument {instrument.code!r}: response_id is empty in {int((row_idx < 0).sum())} item value row(s); "
+            "every item value must belong to a response"
+        )
     n_rows, n_cols = len(response_ids), len(instrument.item_codes)
     flat = row_idx.astype(np.int64) * n_cols + col_idx
     counts = np.bincount(flat, minlength=n_rows * n_cols)

@@ -144,3 +144,10 @@ def test_age_dependent_cutoffs_and_bands_use_half_open_age_ranges():
     assert out["score"].tolist() == [55.0] * 4
     assert out["above_cutoff"].tolist()[:3] == [True, False, False] and pd.isna(out.loc[4, "above_cutoff"])
     assert out["band"].tolist()[:3] == ["high", "low", "low"] and pd.isna(out.loc[4, "band"])
+
+
+def test_item_value_without_response_is_refused():
+    iv = _long("pss", {1: {"01": 1}}).astype({"response_id": "float"})
+    iv.loc[0, "response_id"] = np.nan
+    with pytest.raises(ScoringError, match="response_id is empty in 1"):
+        score_instrument(INST["pss"], iv)

@@ -7,7 +7,10 @@ warehouse. Timed: `score_all` over all instruments (pivot, score maps, reversal,
 classifications, output frame), best of 3 runs. Wall time suffers when other jobs share the cores; the
 CPU-time column (this process only; the engine is single-threaded) is the steadier figure.
 
-Run: .venv/bin/python benchmarks/bench_scoring.py [--factors 1 10]
+Instrument and item columns are categoricals (as read from Parquet or after `astype("category")`); with
+`--str-columns` they are plain strings and the string-to-category conversion is timed too.
+
+Run: .venv/bin/python benchmarks/bench_scoring.py [--factors 1 10] [--str-columns]
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--factors", type=float, nargs="+", default=[1, 10])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--str-columns", action="store_true", help="instrument/item as plain str, not categorical")
     args = ap.parse_args()
     insts = load_instruments()
     print(f"python {platform.python_version()}, pandas {pd.__version__}, numpy {np.__version__}, {len(insts)} instruments")
@@ -67,6 +71,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for factor in args.factors:
         iv, ctx = make_item_values(insts, int(BASE_RESPONSES * factor))
+        if args.str_columns:
+            iv = iv.astype({"instrument": "str", "item": "str"})
         walls, cpus = [], []
         for _ in range(args.repeat):
             t0, c0 = time.perf_counter(), time.process_time()

@@ -506,9 +506,24 @@ def fit_design(
         return r["deviance"], r["grad"]
 
     bounds = [(lo if np.isfinite(lo) else None, None) for lo in lower]
-    res = optimize.minimize(
-        fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10}
-    )
+    opts = {"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10}
+    res = optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
+    # The deviance is even in each diagonal theta, so its gradient vanishes on the bound: a step that lands
+    # on zero stops there. Probe positive values of every zero diagonal and restart from a better point.
+    for _ in range(3):
+        theta = np.asarray(res.x, dtype=float)
+        zero = np.flatnonzero((lower == 0.0) & (theta <= 1e-8))
+        best, best_x = res.fun, None
+        for j in zero:
+            for v in (0.01, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0):
+                cand = theta.copy()
+                cand[j] = v
+                dv = ev.evaluate(cand, grad=False)["deviance"]
+                if dv < best - 1e-10 * abs(best):
+                    best, best_x = dv, cand
+        if best_x is None:
+            break
+        res = optimize.minimize(fun, best_x, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
     theta = np.asarray(res.x, dtype=float)
     converged = bool(res.success)
     message = str(res.message)

@@ -14,6 +14,7 @@ result says which engine fitted it (``LmmFit.engine``) and why a fallback happen
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings as pywarnings
 from dataclasses import dataclass, field
@@ -119,6 +120,22 @@ class _Spec:
     n_dropped: int
 
 
+def _categorise_text(data: pd.DataFrame, formulas: list[str]) -> pd.DataFrame:
+    """Text columns named in the formulas as pandas categoricals (patsy reads those fast, text slowly)."""
+    words = set(re.findall(r"[A-Za-z_][A-Za-z0-9_.]*", " ".join(formulas)))
+    text = [
+        c for c in data.columns
+        if c in words and not isinstance(data[c].dtype, pd.CategoricalDtype)
+        and (pd.api.types.is_string_dtype(data[c]) or data[c].dtype == object)
+    ]
+    if not text:
+        return data
+    data = data.copy(deep=False)
+    for c in text:
+        data[c] = data[c].astype("category")
+    return data
+
+
 def _design_matrix(formula: str, data: pd.DataFrame, what: str) -> pd.DataFrame:
     try:
         return patsy.dmatrix(formula, data, return_type="dataframe", NA_action="drop")
@@ -143,6 +160,7 @@ def build_spec(
     for col in [groups, *(vc or {})]:
         if col not in data.columns:
             raise ValueError(f"grouping column {col!r} is not in the data (columns: {list(data.columns)[:20]})")
+    data = _categorise_text(data, [formula, re_formula or "", *(vc or {}).values()])
     try:
         ydf, xdf = patsy.dmatrices(formula, data, return_type="dataframe", NA_action="drop")
     except patsy.PatsyError as exc:

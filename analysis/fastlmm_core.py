@@ -23,19 +23,33 @@ precomputed blocks, reusable for bootstrap refits with block weights).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from scipy import linalg, optimize
+from scipy import linalg, optimize, sparse
 
 CovKind = Literal["full", "diag"]
 
 #: lme4's default tolerance for a singular fit (``isSingular(tol = 1e-4)`` on the diagonal of theta).
 SINGULAR_TOL = 1e-4
+
+
+def _unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of a 2-d array (first-seen order) and the index of each row's distinct row (hashing)."""
+    if a.shape[1] == 1:
+        codes, uniq = pd.factorize(a[:, 0], sort=False)
+        return np.asarray(uniq).reshape(-1, 1), codes
+    codes = pd.DataFrame(a).groupby(list(range(a.shape[1])), sort=False).ngroup().to_numpy()
+    first = np.full(codes.max() + 1, -1, dtype=np.int64)
+    first[codes[::-1]] = np.arange(len(codes))[::-1]
+    return a[first], codes
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,10 @@ class LmmDesign:
         self.block_labels = np.asarray(block_labels)
         nb = len(block_labels)
         self.n_blocks = nb
-        order = np.argsort(block_codes, kind="stable")
+        if np.all(block_codes[1:] >= block_codes[:-1]):
+            order = np.arange(n)
+        else:
+            order = np.argsort(block_codes, kind="stable")
         self.order = order
         bc = block_codes[order]
         self.row_block = bc
@@ -166,8 +183,7 @@ class LmmDesign:
         counts_arr = np.column_stack(counts)  # (nb, K)
         self.level_counts = counts_arr
         self.n_levels = counts_arr.sum(axis=0)
-        keys, layout_of_block = np.unique(counts_arr, axis=0, return_inverse=True)
-        layout_of_block = layout_of_block.ravel()
+        keys, layout_of_block = _unique_rows(counts_arr)
         self.layouts: list[_Layout] = []
         for li, key in enumerate(keys):
             self.layouts.append(self._build_layout(key, np.flatnonzero(layout_of_block == li), layout_of_block, li))
@@ -215,7 +231,7 @@ class LmmDesign:
                     lr.append(o + i)
                     lc.append(o + j)
                     lt.append(sl.start + e)
-        class_ztz, classes = np.unique(ztz.reshape(ng, -1), axis=0, return_inverse=True)
+        class_ztz, classes = _unique_rows(ztz.reshape(ng, -1))
         return _Layout(
             q=q,
             blocks=blocks,
@@ -299,12 +315,15 @@ class _Evaluator:
                 c = remap[cls]
                 sk = lay.s[keep]
                 wk = wl[keep]
-                tt = np.zeros((len(used), q * d1, q * d1))
-                chunk = max(1, 2_000_000 // (q * d1) ** 2)
+                tt = np.zeros((len(used), (q * d1) ** 2))
+                chunk = max(1, 4_000_000 // (q * d1) ** 2)
                 for i0 in range(0, ng, chunk):
                     sc = sk[i0 : i0 + chunk].reshape(-1, q * d1)
-                    outer = np.einsum("ga,gb->gab", sc * wk[i0 : i0 + chunk, None], sc)
-                    np.add.at(tt, c[i0 : i0 + chunk], outer)
+                    outer = np.einsum("ga,gb->gab", sc, sc).reshape(len(sc), -1)
+                    ind = sparse.csr_matrix(
+                        (wk[i0 : i0 + chunk], (c[i0 : i0 + chunk], np.arange(len(sc)))), shape=(len(used), len(sc))
+                    )
+                    tt += ind @ outer
                 # (C, q, d1, q, d1) -> (C, q, q, d1, d1)
                 tt = tt.reshape(len(used), q, d1, q, d1).transpose(0, 1, 3, 2, 4).reshape(len(used), q * q, d1 * d1)
                 count = np.bincount(c, weights=wk, minlength=len(used))
@@ -357,7 +376,7 @@ class _Evaluator:
             k = lam @ pmat
             ld += float(part.count @ lds)
             if part.t is not None:
-                A -= (k.reshape(len(k), -1)[:, :, None] * part.t).sum(axis=(0, 1)).reshape(p + 1, p + 1)
+                A -= (k.reshape(1, -1) @ part.t.reshape(-1, (p + 1) ** 2)).reshape(p + 1, p + 1)
             else:
                 ks = k @ part.s
                 sw = part.s * part.count[:, None, None]
@@ -409,6 +428,50 @@ class _Evaluator:
         return out
 
 
+def _openblas_handles() -> list[tuple[object, object]]:
+    """(setter, getter) of the thread count of every OpenBLAS loaded in this process (Linux; else none)."""
+    handles = []
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = sorted({line.split()[-1] for line in fh if "openblas" in line and line.split()[-1].startswith("/")})
+    except OSError:
+        return handles
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for suffix in ("64_", "", "_64_"):
+            for prefix in ("scipy_openblas", "openblas"):
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    handles.append((setter, getter))
+                    break
+            else:
+                continue
+            break
+    return handles
+
+
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Run BLAS single-threaded inside the block (many tiny matrix products: threads only cost time).
+
+    Same idea as threadpoolctl, for the OpenBLAS that numpy and scipy bundle; a no-op where none is found.
+    """
+    handles = _openblas_handles()
+    before = []
+    for setter, getter in handles:
+        before.append(int(getter()))
+        setter(1)
+    try:
+        yield
+    finally:
+        for (setter, _), n in zip(handles, before, strict=True):
+            setter(n)
+
+
 @dataclass
 class FastLmmFit:
     """Result of :func:`fit_lmm_fast`: estimates at the (RE)ML optimum and the evaluator behind them."""
@@ -450,7 +513,7 @@ def _newton_polish(
         if idx.size == 0:
             break
         g = cur["grad"][idx]
-        if np.max(np.abs(g)) < 1e-9:
+        if np.max(np.abs(g)) < 1e-11 * max(1.0, abs(cur["deviance"])):
             break
         h = np.zeros((idx.size, idx.size))
         for a, j in enumerate(idx):
@@ -495,6 +558,13 @@ def fit_design(
     polish: bool = True,
 ) -> FastLmmFit:
     """Fit a prepared design: minimise the profiled (RE)ML deviance over theta, then report estimates."""
+    with single_threaded_blas():
+        return _fit_design(design, reml, start, weights, polish)
+
+
+def _fit_design(
+    design: LmmDesign, reml: bool, start: np.ndarray | None, weights: np.ndarray | None, polish: bool
+) -> FastLmmFit:
     t0 = time.perf_counter()
     ev = design.evaluator(reml=reml, weights=weights)
     lower = design.theta_lower

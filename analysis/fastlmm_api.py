@@ -69,6 +69,14 @@ class LmmFit:
     n_patterns: int | None = None
     design: LmmDesign | None = field(default=None, repr=False)
     sm_result: object | None = field(default=None, repr=False)
+    groups: str = ""
+    row_index: pd.Index | None = field(default=None, repr=False)
+
+    def drop_heavy(self) -> LmmFit:
+        """The same result without the design arrays and statsmodels' result object (cheap to pickle)."""
+        self.design = None
+        self.sm_result = None
+        return self
 
     @property
     def sigma(self) -> float:
@@ -118,6 +126,7 @@ class _Spec:
     terms: list[RETerm]
     frame: pd.DataFrame
     n_dropped: int
+    groups_name: str = ""
 
 
 def _categorise_text(data: pd.DataFrame, formulas: list[str]) -> pd.DataFrame:
@@ -202,6 +211,7 @@ def build_spec(
         terms=terms,
         frame=frame,
         n_dropped=n_dropped,
+        groups_name=groups,
     )
 
 
@@ -224,37 +234,54 @@ def _varcorr(terms: list[RETerm], covs: list[np.ndarray], scale: float, n_levels
 
 
 def _result_from_fast(spec: _Spec, fit: FastLmmFit, t0: float) -> LmmFit:
-    xnames = list(spec.X.columns)
+    return _lmmfit_from_fast(
+        fit, list(spec.X.columns), spec.terms, len(spec.y), spec.groups_name, spec.frame.index, spec.n_dropped, t0
+    )
+
+
+def _lmmfit_from_fast(
+    fit: FastLmmFit,
+    xnames: list[str],
+    terms: list[RETerm],
+    nobs: int,
+    groups: str,
+    row_index: pd.Index | None,
+    n_dropped: int,
+    t0: float,
+) -> LmmFit:
+    """The common result object from a fast-engine fit."""
     fe = pd.Series(fit.beta, index=xnames, name="estimate")
     covp = pd.DataFrame(fit.vcov_beta, index=xnames, columns=xnames)
-    covs = [fit.cov_term(k) for k in range(len(spec.terms))]
-    frames = [pd.DataFrame(c, index=list(t.colnames), columns=list(t.colnames)) for c, t in zip(covs, spec.terms, strict=True)]
-    has_re = spec.terms[0].levels is None
+    covs = [fit.cov_term(k) for k in range(len(terms))]
+    frames = [pd.DataFrame(c, index=list(t.colnames), columns=list(t.colnames)) for c, t in zip(covs, terms, strict=True)]
+    has_re = terms[0].levels is None
     cov_re = frames[0] if has_re else pd.DataFrame()
-    cov_vc = {t.name: f for t, f in zip(spec.terms, frames, strict=True) if t.levels is not None}
+    cov_vc = {t.name: f for t, f in zip(terms, frames, strict=True) if t.levels is not None}
     warns = list(fit.warnings)
-    if spec.n_dropped:
-        warns.append(f"{spec.n_dropped} rows with missing values in model variables were dropped")
+    if n_dropped:
+        warns.append(f"{n_dropped} rows with missing values in model variables were dropped")
     return LmmFit(
         fe_params=fe,
         bse=pd.Series(np.sqrt(np.diag(fit.vcov_beta)), index=xnames, name="se"),
         cov_params=covp,
         cov_re=cov_re,
         cov_vc=cov_vc,
-        varcorr=_varcorr(spec.terms, covs, fit.sigma2, list(fit.design.n_levels)),
+        varcorr=_varcorr(terms, covs, fit.sigma2, list(fit.design.n_levels)),
         scale=fit.sigma2,
         llf=fit.llf,
         reml=fit.reml,
         converged=fit.converged,
         boundary=fit.boundary,
         engine="fast",
-        nobs=len(spec.y),
+        nobs=nobs,
         n_groups=fit.design.n_blocks,
         seconds=time.perf_counter() - t0,
         theta=fit.theta,
         warnings=warns,
         n_patterns=fit.design.n_patterns,
         design=fit.design,
+        groups=groups,
+        row_index=row_index,
     )
 
 
@@ -362,6 +389,8 @@ def _fit_statsmodels(
         cov_method=cov_method,
         design=design,
         sm_result=res,
+        groups=groups,
+        row_index=spec.frame.index,
     )
 
 

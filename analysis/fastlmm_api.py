@@ -89,6 +89,12 @@ class LmmFit:
             raise ValueError("this fit has no theta (structure not covered by the fast engine)")
         return np.concatenate([self.theta, [self.sigma]])
 
+    def theta_lme4(self) -> np.ndarray:
+        """theta in lme4's order (``getME(fit, "theta")``): terms by decreasing number of levels."""
+        d = self._need_design()
+        order = sorted(range(len(d.terms)), key=lambda k: -int(d.n_levels[k]))
+        return np.concatenate([self.theta[d.theta_slices[k]] for k in order])
+
     def _need_design(self) -> LmmDesign:
         if self.design is None:
             raise ValueError("deviance functions need the fast engine's design (not available for this structure)")

@@ -644,7 +644,7 @@ def _fit_design(
                                       message="quasi-Newton steps from the warm start")
         polish = False
     else:
-        opts = {"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10}
+        opts = {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-8}
         res = optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
     # The deviance is even in each diagonal theta, so its gradient vanishes on the bound: a step that lands
     # on zero stops there. Probe positive values of every zero diagonal and restart from a better point.
@@ -661,7 +661,7 @@ def _fit_design(
                     best, best_x = dv, cand
         if best_x is None:
             break
-        opts = {"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-10}
+        opts = {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-8}
         res = optimize.minimize(fun, best_x, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)
     theta = np.asarray(res.x, dtype=float)
     converged = bool(res.success)

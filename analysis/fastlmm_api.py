@@ -70,7 +70,7 @@ class LmmFit:
     design: LmmDesign | None = field(default=None, repr=False)
     sm_result: object | None = field(default=None, repr=False)
     groups: str = ""
-    row_index: pd.Index | None = field(default=None, repr=False)
+    row_index: np.ndarray | None = field(default=None, repr=False)  # positions of the fitted rows in data
 
     def drop_heavy(self) -> LmmFit:
         """The same result without the design arrays and statsmodels' result object (cheap to pickle)."""
@@ -175,7 +175,7 @@ def build_spec(
     for col in [groups, *(vc or {})]:
         if col not in data.columns:
             raise ValueError(f"grouping column {col!r} is not in the data (columns: {list(data.columns)[:20]})")
-    data = _categorise_text(data, [formula, re_formula or "", *(vc or {}).values()])
+    data = _categorise_text(data, [formula, re_formula or "", *(vc or {}).values()]).reset_index(drop=True)
     try:
         ydf, xdf = patsy.dmatrices(formula, data, return_type="dataframe", NA_action="drop")
     except patsy.PatsyError as exc:
@@ -241,7 +241,8 @@ def _varcorr(terms: list[RETerm], covs: list[np.ndarray], scale: float, n_levels
 
 def _result_from_fast(spec: _Spec, fit: FastLmmFit, t0: float) -> LmmFit:
     return _lmmfit_from_fast(
-        fit, list(spec.X.columns), spec.terms, len(spec.y), spec.groups_name, spec.frame.index, spec.n_dropped, t0
+        fit, list(spec.X.columns), spec.terms, len(spec.y), spec.groups_name, spec.frame.index.to_numpy(),
+        spec.n_dropped, t0
     )
 
 
@@ -251,7 +252,7 @@ def _lmmfit_from_fast(
     terms: list[RETerm],
     nobs: int,
     groups: str,
-    row_index: pd.Index | None,
+    row_index: np.ndarray | None,
     n_dropped: int,
     t0: float,
 ) -> LmmFit:
@@ -311,7 +312,7 @@ def _fit_statsmodels(
     formula: str, spec: _Spec, groups: str, re_formula: str | None, vc: dict[str, str] | None, reml: bool,
     re_cov: CovKind, vc_cov: CovKind, t0: float,
 ) -> LmmFit:
-    from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams
+    from statsmodels.regression.mixed_linear_model import MixedLM
 
     nested_q = [t.q for t in spec.terms if t.levels is not None]
     if vc and vc_cov == "full" and any(q > 1 for q in nested_q):
@@ -319,17 +320,22 @@ def _fit_statsmodels(
             "statsmodels cannot fit correlated random effects of a nested factor; use vc_cov='diag' or engine='fast'"
         )
     frame = spec.frame
-    vc_formula = _sm_vc_formula(vc, spec) if vc else None
+    vc_formula = _sm_vc_formula(vc, spec) if vc else {}
+    re_diag = re_cov == "diag" and re_formula is not None and spec.terms[0].q > 1
+    sm_re_formula = re_formula if re_formula is not None else "0"
+    if re_diag:  # independent effects of the groups: one variance component per column
+        sm_re_formula = "0"
+        for c in spec.terms[0].colnames:
+            if c == "Intercept":
+                vc_formula[f"{groups}|{c}"] = "1"
+            elif c.isidentifier() and c in frame.columns:
+                vc_formula[f"{groups}|{c}"] = f"0 + {c}"
+            else:
+                raise NotImplementedError(f"statsmodels cannot express random effect column {c!r} as a component")
     model = MixedLM.from_formula(
-        formula, data=frame, groups=groups, re_formula=re_formula if re_formula is not None else "0",
-        vc_formula=vc_formula,
+        formula, data=frame, groups=groups, re_formula=sm_re_formula, vc_formula=vc_formula or None,
     )
     fit_kw = dict(STATSMODELS_FIT_KW)
-    if re_cov == "diag" and re_formula is not None and spec.terms[0].q > 1:
-        k_re = spec.terms[0].q
-        fit_kw["free"] = MixedLMParams.from_components(
-            np.ones(model.k_fe), np.eye(k_re), np.ones(model.k_vc)
-        )
     caught: list[str] = []
     with pywarnings.catch_warnings(record=True) as wlist:
         pywarnings.simplefilter("always")
@@ -340,12 +346,17 @@ def _fit_statsmodels(
     fe.index = xnames
     cov_re = pd.DataFrame()
     covs: list[np.ndarray] = []
-    if re_formula is not None:
+    vc_names = list(model.exog_vc.names) if vc_formula else []
+    if re_diag:
+        names = list(spec.terms[0].colnames)
+        d = np.array([float(res.vcomp[vc_names.index(f"{groups}|{c}")]) for c in names])
+        cov_re = pd.DataFrame(np.diag(d), index=names, columns=names)
+        covs.append(cov_re.to_numpy())
+    elif re_formula is not None:
         names = list(spec.terms[0].colnames)
         cov_re = pd.DataFrame(np.asarray(res.cov_re), index=names, columns=names)
         covs.append(cov_re.to_numpy())
     cov_vc = {}
-    vc_names = list(model.exog_vc.names) if vc_formula else []
     for t in spec.terms:
         if t.levels is None:
             continue
@@ -374,6 +385,9 @@ def _fit_statsmodels(
         covp = pd.DataFrame(scale * linalg.cho_solve((r["chol_xx"], True), np.eye(len(xnames))), index=xnames, columns=xnames)
         cov_method = "lme4 vcov: sigma^2 (X'V^-1 X)^-1 at statsmodels' estimates"
     boundary = any(np.diag(c).min() < SINGULAR_TOL**2 * scale for c in covs if c.size)
+    if theta is not None and design is not None:  # lme4's rule: a diagonal element of theta below 1e-4
+        diag = np.concatenate([np.diag(design.term_factor(theta, k)) for k in range(len(spec.terms))])
+        boundary = bool((np.abs(diag) < SINGULAR_TOL).any())
     return LmmFit(
         fe_params=fe,
         bse=pd.Series(np.sqrt(np.diag(covp.to_numpy())), index=xnames, name="se"),
@@ -396,7 +410,7 @@ def _fit_statsmodels(
         design=design,
         sm_result=res,
         groups=groups,
-        row_index=spec.frame.index,
+        row_index=spec.frame.index.to_numpy(),
     )
 
 

@@ -69,7 +69,7 @@ def _cluster_of_blocks(fit: LmmFit, data: pd.DataFrame, cluster: str) -> tuple[n
         raise ValueError(f"cluster column {cluster!r} is not in the data")
     if cluster == fit.groups:
         return np.arange(fit.design.n_blocks), fit.design.n_blocks
-    rows = data.loc[fit.row_index, [fit.groups, cluster]]
+    rows = data.iloc[fit.row_index][[fit.groups, cluster]]
     pairs = rows.drop_duplicates()
     if pairs[fit.groups].duplicated().any():
         bad = pairs.loc[pairs[fit.groups].duplicated(), fit.groups].iloc[0]

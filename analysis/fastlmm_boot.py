@@ -83,6 +83,29 @@ def _cluster_of_blocks(fit: LmmFit, data: pd.DataFrame, cluster: str) -> tuple[n
     return codes, len(uniq)
 
 
+#: state shared with forked bootstrap workers (fit, statistic, inverse Hessian, weights), set by the parent
+_BOOT_STATE: dict = {}
+
+
+def _refit_chunk(rows: range) -> tuple[list[pd.Series], int]:
+    """Refit the resamples ``rows`` of the weight matrix in _BOOT_STATE; (statistics, number failed)."""
+    fit, statistic, hess_inv, weights = (_BOOT_STATE[k] for k in ("fit", "statistic", "hess_inv", "weights"))
+    design = fit.design
+    xnames = list(fit.fe_params.index)
+    out, failed = [], 0
+    t0 = time.perf_counter()
+    with single_threaded_blas():
+        for r in rows:
+            w = weights[r]
+            try:
+                ff = fit_design(design, reml=fit.reml, start=fit.theta, weights=w, polish=False, hess_inv=hess_inv)
+                refit = _lmmfit_from_fast(ff, xnames, design.terms, int(w @ design.block_nobs), fit.groups, None, 0, t0)
+                out.append(pd.Series(statistic(refit), dtype=float))
+            except (FloatingPointError, np.linalg.LinAlgError, ValueError):
+                failed += 1
+    return out, failed
+
+
 def _bootstrap_fit(
     fit: LmmFit,
     data: pd.DataFrame,
@@ -90,14 +113,16 @@ def _bootstrap_fit(
     n: int,
     seed: int | None,
     statistic: Callable[[LmmFit], pd.Series],
+    n_jobs: int,
 ) -> BootstrapResult:
     t0 = time.perf_counter()
     design = fit.design
     cl_of_block, n_cl = _cluster_of_blocks(fit, data, cluster)
     rng = np.random.default_rng(seed)
     est = pd.Series(statistic(fit), dtype=float)
-    reps, failed = [], 0
-    xnames = list(fit.fe_params.index)
+    # all resamples drawn up front: the result does not depend on n_jobs
+    counts = np.stack([np.bincount(rng.integers(0, n_cl, n_cl), minlength=n_cl) for _ in range(n)]).astype(float)
+    weights = counts[:, cl_of_block]
     with single_threaded_blas():
         hess_inv = None
         try:
@@ -106,15 +131,19 @@ def _bootstrap_fit(
                 hess_inv = np.linalg.inv(h)
         except (FloatingPointError, np.linalg.LinAlgError):
             hess_inv = None
-        for _ in range(n):
-            counts = np.bincount(rng.integers(0, n_cl, n_cl), minlength=n_cl).astype(float)
-            w = counts[cl_of_block]
-            try:
-                ff = fit_design(design, reml=fit.reml, start=fit.theta, weights=w, polish=False, hess_inv=hess_inv)
-                refit = _lmmfit_from_fast(ff, xnames, design.terms, int(w @ design.block_nobs), fit.groups, None, 0, t0)
-                reps.append(pd.Series(statistic(refit), dtype=float))
-            except (FloatingPointError, np.linalg.LinAlgError, ValueError):
-                failed += 1
+    _BOOT_STATE.update(fit=fit, statistic=statistic, hess_inv=hess_inv, weights=weights)
+    try:
+        if n_jobs > 1 and n > 1 and "fork" in mp.get_all_start_methods():
+            bounds = np.linspace(0, n, n_jobs + 1).astype(int)
+            chunks = [range(bounds[k], bounds[k + 1]) for k in range(n_jobs)]
+            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork")) as pool:
+                parts = list(pool.map(_refit_chunk, chunks))
+        else:
+            parts = [_refit_chunk(range(n))]
+    finally:
+        _BOOT_STATE.clear()
+    reps = [r for part in parts for r in part[0]]
+    failed = sum(part[1] for part in parts)
     return BootstrapResult(
         estimate=est,
         replicates=pd.DataFrame(reps).reset_index(drop=True),
@@ -157,13 +186,15 @@ def cluster_bootstrap(
     seed: int | None = None,
     statistic: Callable[[LmmFit], pd.Series] | None = None,
     relabel: Iterable[str] = (),
+    n_jobs: int = 1,
 ) -> BootstrapResult:
     """Cluster (household) bootstrap of statistics, ``n`` resamples.
 
     In: either a fast-engine :class:`LmmFit` of ``data`` (then ``statistic(refit) -> Series`` is computed on
     each refit, default the fixed effects) or a function ``data -> Series`` (then rows are resampled by
     cluster, ``cluster`` and the ``relabel`` columns made unique per draw); the data, cluster column,
-    number of resamples, seed. Out: :class:`BootstrapResult` (replicates, ``ci()``, ``se``).
+    number of resamples, seed, worker processes for the fast form (forked; results do not depend on it).
+    Out: :class:`BootstrapResult` (replicates, ``ci()``, ``se``).
     R equivalent of the first form: ``lme4::bootMer`` with a case (cluster) resampler.
     """
     if n < 1:
@@ -171,7 +202,7 @@ def cluster_bootstrap(
     if isinstance(fit_fn, LmmFit):
         if fit_fn.design is None or fit_fn.engine != "fast":
             raise ValueError("cluster_bootstrap needs a fast-engine fit with its design (engine='fast' or 'auto')")
-        return _bootstrap_fit(fit_fn, data, cluster, n, seed, statistic or _default_statistic)
+        return _bootstrap_fit(fit_fn, data, cluster, n, seed, statistic or _default_statistic, n_jobs)
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     est = pd.Series(fit_fn(data), dtype=float)

@@ -71,12 +71,20 @@ class LmmFit:
     sm_result: object | None = field(default=None, repr=False)
     groups: str = ""
     row_index: np.ndarray | None = field(default=None, repr=False)  # positions of the fitted rows in data
+    _evaluators: dict = field(default_factory=dict, repr=False)
 
     def drop_heavy(self) -> LmmFit:
         """The same result without the design arrays and statsmodels' result object (cheap to pickle)."""
         self.design = None
         self.sm_result = None
+        self._evaluators = {}
         return self
+
+    def _evaluator(self, reml: bool):
+        """The design's deviance evaluator for REML or ML, built once (repeated calls are cheap)."""
+        if reml not in self._evaluators:
+            self._evaluators[reml] = self._need_design().evaluator(reml=reml)
+        return self._evaluators[reml]
 
     @property
     def sigma(self) -> float:
@@ -102,7 +110,7 @@ class LmmFit:
 
     def deviance_at(self, theta: np.ndarray, sigma: float | None = None, reml: bool | None = None) -> float:
         """-2 log-likelihood (REML criterion when reml) at theta; profiled over sigma when sigma is None."""
-        ev = self._need_design().evaluator(reml=self.reml if reml is None else reml)
+        ev = self._evaluator(self.reml if reml is None else reml)
         return float(ev.evaluate(np.asarray(theta, float), grad=False, sigma=sigma)["deviance"])
 
     def reml_deviance(self, theta: np.ndarray, sigma: float | None = None) -> float:
@@ -111,7 +119,7 @@ class LmmFit:
 
     def vcov_beta(self, theta: np.ndarray, sigma: float | None = None) -> np.ndarray:
         """sigma^2 (X'V(theta)^-1 X)^-1; sigma None means the sigma profiled at theta under this fit's method."""
-        ev = self._need_design().evaluator(reml=self.reml)
+        ev = self._evaluator(self.reml)
         r = ev.evaluate(np.asarray(theta, float), grad=False)
         s2 = r["r2"] / ev.n_eff if sigma is None else sigma * sigma
         p = self._need_design().p

@@ -128,3 +128,12 @@ def test_simulated_studies_match_lme4(model: str, meth: str) -> None:
     r_vc = _study(model, meth, "vcov")
     assert_allclose(f.varcorr.vcov.to_numpy(), r_vc, rtol=RTOL, atol=RTOL * np.abs(r_vc).max())
     assert f.boundary == bool(_study(model, meth, "singular")[0])
+
+
+@pytest.mark.parametrize("model", ["growth_2000", "study_f1"])
+def test_theta_in_lme4_order(model: str) -> None:
+    """theta_lme4() lists theta as lme4's getME(fit, "theta") (terms by decreasing number of levels)."""
+    file, formula, groups, re_f, vc, cov = STUDY_MODELS[model]
+    f = fit_mixed(formula, pd.read_csv(R_DIR / file), groups, re_f, vc, engine="fast", re_cov=cov)
+    r_theta = _study(model, "reml", "theta")
+    assert_allclose(f.theta_lme4(), r_theta, rtol=RTOL, atol=RTOL * np.abs(r_theta).max())

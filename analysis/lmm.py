@@ -128,8 +128,15 @@ class LmmCriterion:
         self.yty = float(self.y @ self.y)
         self.n_theta = k * (k + 1) // 2 + len(structure.components)
 
+    def _lambda_diag(self, theta: np.ndarray) -> np.ndarray:
+        """Diagonal of Lambda when every term is scalar (k_re <= 1)."""
+        sizes = ([self.n_block_groups] if self.s.k_re else []) + self.comp_sizes
+        return np.repeat(np.asarray(theta, float), sizes)
+
     def _lambda(self, theta: np.ndarray) -> sp.csc_matrix:
         k = self.s.k_re
+        if k <= 1:
+            return sp.diags(self._lambda_diag(theta), format="csc")
         parts = []
         nt = k * (k + 1) // 2
         if k:
@@ -143,8 +150,13 @@ class LmmCriterion:
         """Return (logdet M, X'V0^-1 X, X'V0^-1 y, y'V0^-1 y) with V0 = I + Z Lambda Lambda' Z'."""
         if self.q == 0:
             return 0.0, self.XtX, self.Xty, self.yty
-        Lam = self._lambda(theta)
-        M = (Lam.T @ self.ZtZ @ Lam + sp.identity(self.q, format="csc")).tocsc()
+        if self.s.k_re <= 1:
+            lam = self._lambda_diag(theta)
+            Lam = sp.diags(lam, format="csc")
+            M = (sp.diags(lam) @ self.ZtZ @ sp.diags(lam) + sp.identity(self.q)).tocsc()
+        else:
+            Lam = self._lambda(theta)
+            M = (Lam.T @ self.ZtZ @ Lam + sp.identity(self.q, format="csc")).tocsc()
         lu = splu(M, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
         logdet = float(np.sum(np.log(np.abs(lu.U.diagonal()))))
         LZX = Lam.T @ self.ZtX
@@ -279,23 +291,28 @@ class LmmFit:
         return float(L @ self.params), float(np.sqrt(L @ self.cov_params @ L)), self.satterthwaite_df(L)
 
 
-def _statsmodels_vc(structure: RandomStructure) -> dict:
-    """statsmodels' exog_vc: {component: {group: (n_g x q_g) matrix}} from global level codes."""
+def _statsmodels_vc(structure: RandomStructure):
+    """statsmodels' VCSpec (per component, per group in sorted group order) from global level codes."""
+    from statsmodels.regression.mixed_linear_model import VCSpec
+
     groups = structure.groups
     order = np.argsort(groups, kind="stable")
     bounds = np.flatnonzero(np.diff(groups[order])) + 1
     idx_by_group = np.split(order, bounds)
-    out: dict = {}
+    names, colnames, mats = [], [], []
     for c in structure.components:
-        d = {}
-        for gi, idx in enumerate(idx_by_group):
+        cm, cn = [], []
+        for idx in idx_by_group:
             lev = c.levels[idx]
             uniq, inv = np.unique(lev, return_inverse=True)
             m = np.zeros((len(idx), len(uniq)))
             m[np.arange(len(idx)), inv] = c.values[idx]
-            d[groups[idx[0]] if len(idx) else gi] = m
-        out[c.name] = d
-    return out
+            cm.append(m)
+            cn.append([f"{c.name}[{u}]" for u in uniq])
+        names.append(c.name)
+        colnames.append(cn)
+        mats.append(cm)
+    return VCSpec(names, colnames, mats)
 
 
 def fit_lmm(
@@ -306,6 +323,7 @@ def fit_lmm(
     reml: bool = True,
     satterthwaite: bool = True,
     boundary_tol: float = 1e-4,
+    engine: str = "statsmodels",
 ) -> LmmFit:
     """Fit a linear mixed model with statsmodels MixedLM (REML by default) and attach Satterthwaite pieces.
 
@@ -313,6 +331,12 @@ def fit_lmm(
     vcov(beta), variance parameters (lme4 theta, sigma), variance components, log-likelihood (lme4's
     definition), convergence flag, warnings and components at the boundary (variance < boundary_tol x
     residual variance).
+
+    engine "statsmodels" (default): statsmodels MixedLM fits first, then its variance parameters are refined
+    on lme4's profiled criterion (statsmodels' L-BFGS can stop early or at a false boundary). Engine
+    "profiled": skip statsmodels and minimise lme4's profiled criterion from lme4's start (same optimum,
+    several times faster; used for multiple imputation and calibration runs). Models with a correlated block of
+    more than one random effect always start from statsmodels.
     """
     from statsmodels.regression.mixed_linear_model import MixedLM
 
@@ -326,20 +350,30 @@ def fit_lmm(
         # statsmodels needs at least one random effect per group; a zero-variance-free stand-in is not
         # possible, so models without a group block use the first component's grouping instead.
         raise ValueError("fit_lmm needs a random block per group (exog_re); use an intercept per group")
-    vc = _statsmodels_vc(structure) if structure.components else None
-    model = MixedLM(y, X, groups=structure.groups, exog_re=exog_re, exog_vc=vc)
     caught: list[str] = []
-    with warnings.catch_warnings(record=True) as wlist:
-        warnings.simplefilter("always")
-        res = model.fit(reml=reml)
-        caught += [f"{w.category.__name__}: {w.message}" for w in wlist]
-    sm_scale = float(res.scale)
-    sm_cov_re = np.atleast_2d(np.asarray(res.cov_re, float))
-    sm_vcomp = np.asarray(res.vcomp, float) if structure.components else np.zeros(0)
-    sm_theta = np.concatenate([_theta_from_cov(sm_cov_re / sm_scale), np.sqrt(np.maximum(sm_vcomp, 0) / sm_scale)])
     crit = LmmCriterion(y, X, structure, reml=reml)
-    theta, refined = refine_theta(crit, sm_theta)
-    if refined:
+    converged = True
+    if engine == "profiled" and structure.k_re > 1:
+        engine = "statsmodels"  # correlated blocks: the profiled optimiser alone can stop in a mirrored basin
+    if engine == "statsmodels":
+        vc = _statsmodels_vc(structure) if structure.components else None
+        model = MixedLM(y, X, groups=structure.groups, exog_re=exog_re, exog_vc=vc)
+        with warnings.catch_warnings(record=True) as wlist:
+            warnings.simplefilter("always")
+            res = model.fit(reml=reml, method=["lbfgs"], maxiter=200)
+            caught += [f"{w.category.__name__}: {w.message}" for w in wlist]
+        converged = bool(getattr(res, "converged", True))
+        sm_scale = float(res.scale)
+        sm_cov_re = np.atleast_2d(np.asarray(res.cov_re, float))
+        sm_vcomp = np.asarray(res.vcomp, float) if structure.components else np.zeros(0)
+        start = np.concatenate([_theta_from_cov(sm_cov_re / sm_scale), np.sqrt(np.maximum(sm_vcomp, 0) / sm_scale)])
+    elif engine == "profiled":
+        k = structure.k_re
+        start = default_start(structure)
+    else:
+        raise ValueError(f"unknown engine {engine!r}; use 'statsmodels' or 'profiled'")
+    theta, refined = refine_theta(crit, start)
+    if refined and engine == "statsmodels":
         caught.append(f"refined: the lme4 criterion improved on statsmodels' optimum by {refined:.3g}")
     # Fixed effects, sigma and vcov(beta) at the variance parameters (GLS), as lme4 reports them.
     dev, beta, s2 = crit.profiled(theta)
@@ -367,12 +401,24 @@ def fit_lmm(
     fit = LmmFit(
         fe_names=list(fe_names), params=beta, cov_params=cov_beta, varpar=varpar, varpar_names=names,
         variance_components=pd.DataFrame(comp_rows), loglik=-dev / 2, reml=reml,
-        converged=bool(getattr(res, "converged", True)), warnings=caught, boundary=boundary, n_obs=n,
+        converged=converged, warnings=caught, boundary=boundary, n_obs=n, backend=engine,
     )
     if satterthwaite:
         attach_satterthwaite(fit, crit)
     fit.seconds = time.perf_counter() - t0
     return fit
+
+
+def default_start(structure: RandomStructure) -> np.ndarray:
+    """lme4's start (theta = 1 on the diagonal, 0 off it), divided by the RMS of each component's values."""
+    k = structure.k_re
+    block = []
+    for j in range(k):
+        for i in range(j, k):
+            rms = float(np.sqrt(np.mean(structure.exog_re[:, i] ** 2))) if i == j else 1.0
+            block.append(1.0 / rms if i == j and rms > 0 else 0.0)
+    comps = [1.0 / max(float(np.sqrt(np.mean(np.asarray(c.values, float) ** 2))), 1e-12) for c in structure.components]
+    return np.array(block + comps)
 
 
 def refine_theta(crit: LmmCriterion, start: np.ndarray) -> tuple[np.ndarray, float]:
@@ -390,19 +436,85 @@ def refine_theta(crit: LmmCriterion, start: np.ndarray) -> tuple[np.ndarray, flo
             lower.append(0.0 if i == j else None)
     lower += [0.0] * len(crit.s.components)
     bounds = [(lo, None) for lo in lower]
-    default = np.array([1.0 if lo == 0.0 else 0.0 for lo in lower])
+    default = default_start(crit.s)
     f = lambda th: crit.profiled(th)[0]  # noqa: E731
-    f_start = f(start)
+    f_start = f(np.where(np.isfinite(start), start, default))
     best, f_best = np.asarray(start, float), f_start
-    for x0 in (start, default):
-        x0 = np.where(np.array([lo == 0.0 for lo in lower]), np.maximum(x0, 1e-3), x0)
-        r = minimize(f, x0, method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 500})
-        if r.fun < f_best - 1e-10:
-            best, f_best = r.x, float(r.fun)
+    starts = [start]
+    if np.any(np.asarray(start)[[lo == 0.0 for lo in lower]] < 1e-4) or not np.all(np.isfinite(start)):
+        starts.append(default)  # statsmodels stopped at (or near) the boundary: also try lme4's start
+    start = np.where(np.isfinite(start), start, default)
+    diag = np.array([lo == 0.0 for lo in lower])
+
+    # Optimise over u: u = theta^2 on the diagonal (so the gradient at a zero variance is not forced to 0 by
+    # symmetry, as it is in theta), u = theta off the diagonal.
+    def to_theta(u: np.ndarray) -> np.ndarray:
+        return np.where(diag, np.sqrt(np.maximum(u, 0.0)), u)
+
+    fu = lambda u: f(to_theta(u))  # noqa: E731
+
+    def grad_u(u: np.ndarray) -> np.ndarray:
+        g = np.zeros(len(u))
+        f0 = None
+        for i in range(len(u)):
+            h = 1e-6 * max(abs(u[i]), 1e-3)
+            e = np.zeros(len(u))
+            e[i] = h
+            if diag[i] and u[i] < h:
+                f0 = fu(u) if f0 is None else f0
+                g[i] = (fu(u + e) - f0) / h
+            else:
+                g[i] = (fu(u + e) - fu(u - e)) / (2 * h)
+        return g
+
+    def grad(th: np.ndarray) -> np.ndarray:
+        g = np.zeros(len(th))
+        for i in range(len(th)):
+            h = 1e-6 * max(abs(th[i]), 1e-2)
+            e = np.zeros(len(th))
+            e[i] = h
+            g[i] = (f(th + e) - f(th - e)) / (2 * h)
+        return g
+
+    for x0 in starts:
+        x0 = np.where(diag, np.maximum(x0, 1e-3), x0)
+        u0 = np.where(diag, x0**2, x0)
+        r = minimize(fu, u0, jac=grad_u, method="L-BFGS-B", bounds=bounds,
+                     options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000})
+        if r.fun < f_best - 1e-12:
+            best, f_best = to_theta(r.x), float(r.fun)
+    # Newton polish on the interior parameters (quadratic convergence where L-BFGS-B stops early).
+    free = np.array([lo is None or best[i] > 1e-4 for i, lo in enumerate(lower)])
+    for _ in range(3):
+        if not free.any():
+            break
+        x = best.copy()
+        fsub = lambda z, x=x: f(np.where(free, _embed(free, z, x), x))  # noqa: E731
+        z0 = x[free]
+        H = numeric_hessian(fsub, z0, rel=1e-3)
+        g = grad(best)[free]
+        try:
+            step = np.linalg.solve(H, g)
+        except np.linalg.LinAlgError:
+            break
+        cand = best.copy()
+        cand[free] = z0 - step
+        if np.all(np.array([lo is None or cand[i] >= 0 for i, lo in enumerate(lower)])):
+            fc = f(cand)
+            if fc < f_best:
+                best, f_best = cand, fc
+                continue
+        break
     best = np.where(np.array([lo == 0.0 for lo in lower]) & (best < 1e-6), 0.0, best)
     f_best = min(f_best, f(best))
     gain = f_start - f_best
     return best, (gain if gain > 1e-6 else 0.0)
+
+
+def _embed(mask: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    out[mask] = z
+    return out
 
 
 def attach_satterthwaite(fit: LmmFit, crit: LmmCriterion) -> LmmFit:

@@ -511,3 +511,162 @@ def _cells_of(c: dict, baseline: str | None) -> list[tuple[float, tuple[str, str
         return [(1.0, (c["arm"], c["wave"])), (-1.0, (c["arm"], baseline)),
                 (-1.0, (c["arm2"], c["wave"])), (1.0, (c["arm2"], baseline))]
     return [(1.0, (c["arm"], c["wave"])), (-1.0, (c["arm2"], c["wave"]))]
+
+
+# --- all outcomes: multiplicity and sensitivity analyses -----------------------------------------------------
+
+@dataclass
+class AnalysisResult:
+    """All outcomes of the plan, contrasts with multiplicity-adjusted p, and the sensitivity analyses."""
+
+    outcomes: dict[str, OutcomeResult]
+    contrasts: pd.DataFrame  # CONTRAST_COLUMNS + family
+    sensitivity: pd.DataFrame  # per diff-in-change: main, ipw and mi estimates side by side + change flags
+    balance: pd.DataFrame  # outcome, covariate, level, comparison, smd, smd_weighted
+    resilience: pd.DataFrame | None
+    methods: dict[str, str]  # outcome -> method text (incl. sensitivity methods)
+    failures: dict[str, str]  # outcome -> error message (the run continues with the other outcomes)
+    multiplicity: str = ""
+    small_cell_threshold: int = 10
+
+
+def apply_multiplicity(contrasts: pd.DataFrame, plan: AnalysisPlan) -> tuple[pd.DataFrame, str]:
+    """Fill p_adj per multiplicity family of the plan (default: per outcome, the diff-in-change contrasts)."""
+    out = contrasts.copy()
+    out["p_adj"] = np.nan
+    out["family"] = None
+    method = plan.multiplicity.method
+    from .effects import adjust_p
+
+    fams = plan.multiplicity.families
+    if fams:
+        for fam in fams:
+            mask = out["outcome"].isin(fam.outcomes) & out["kind"].isin(fam.kinds)
+            out.loc[mask, "p_adj"] = adjust_p(out.loc[mask, "p"].to_numpy(), method)
+            out.loc[mask, "family"] = fam.name
+        text = (f"{method} adjustment within the families "
+                + "; ".join(f"{f.name} ({', '.join(f.outcomes)}: {', '.join(f.kinds)})" for f in fams)
+                + "; contrasts outside a family are not adjusted (p_adj empty).")
+    else:
+        for key in out["outcome"].unique():
+            mask = (out["outcome"] == key) & (out["kind"] == "diff_in_change")
+            out.loc[mask, "p_adj"] = adjust_p(out.loc[mask, "p"].to_numpy(), method)
+            out.loc[mask, "family"] = key
+        text = f"{method} adjustment per outcome over its difference-in-change contrasts."
+    return out, text
+
+
+def resilience_vs_reference(data: pd.DataFrame, plan: AnalysisPlan, study: Study) -> pd.DataFrame | None:
+    """Cohort children's baseline resilience vs the reference group, OLS adjusted for the plan's covariates.
+
+    Household-clustered robust SEs for the cohort part. Returns one row per cohort arm and one for all cohort
+    arms together (difference cohort - reference, CI, p, n and raw means), or None without reference rows.
+    """
+    import statsmodels.api as sm
+
+    spec = plan.resilience
+    if spec is None or plan.reference_group is None:
+        return None
+    d = data[(data["outcome"] == spec.outcome) & data["score"].notna()]
+    ref = d[d["arm"] == plan.reference_group]
+    coh = d[d["arm"].isin(plan.cohort_arms) & (d["wave"] == study.baseline_wave)]
+    if ref.empty or coh.empty:
+        return None
+    rows = []
+    for label, arms in [("all cohort arms", plan.cohort_arms), *[(a, [a]) for a in plan.cohort_arms]]:
+        c = coh[coh["arm"].isin(arms)]
+        if c.empty:
+            continue
+        both = pd.concat([c.assign(_grp="cohort"), ref.assign(_grp="reference")]).dropna(subset=spec.covariates)
+        X, info = build_design(both.assign(_w="x"), ["reference", "cohort"], ["x"], spec.covariates,
+                               arm_col="_grp", wave_col="_w")
+        groups = pd.factorize(both["household_id"].fillna(both["person_id"]))[0]
+        res = sm.OLS(both["score"].to_numpy(float), X).fit(cov_type="cluster", cov_kwds={"groups": groups})
+        j = info.columns.index("armcohort")
+        e, se = float(res.params[j]), float(res.bse[j])
+        t, p, lo, hi = _ci(e, se, np.inf, plan.alpha)
+        rows.append({"outcome": spec.outcome, "cohort": label, "n_cohort": int((both["_grp"] == "cohort").sum()),
+                     "n_reference": int((both["_grp"] == "reference").sum()),
+                     "mean_cohort": float(both.loc[both["_grp"] == "cohort", "score"].mean()),
+                     "mean_reference": float(both.loc[both["_grp"] == "reference", "score"].mean()),
+                     "adjusted_difference": e, "se": se, "lower": lo, "upper": hi, "p": p,
+                     "adjusted_for": ", ".join(spec.covariates)})
+    return pd.DataFrame(rows)
+
+
+def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool = True,
+                 imputations: int | None = None) -> AnalysisResult:
+    """Fit every outcome of the plan, adjust p per multiplicity family, run IPW and MI side by side.
+
+    A failing outcome is recorded in `failures` with its message; the others still run.
+    """
+    from .sensitivity import conclusion_changes, ipw_analysis, mi_analysis
+
+    plan.check_against(study)
+    results: dict[str, OutcomeResult] = {}
+    failures: dict[str, str] = {}
+    methods: dict[str, str] = {}
+    sens_rows: list[pd.DataFrame] = []
+    balance: list[pd.DataFrame] = []
+    for spec in plan.outcomes:
+        try:
+            res = fit_outcome_model(data, spec, plan, study)
+        except Exception as exc:  # noqa: BLE001 - report and continue with the other outcomes
+            failures[spec.id] = f"{type(exc).__name__}: {exc}"
+            continue
+        results[spec.id] = res
+        methods[spec.id] = res.method
+        main = res.contrasts[res.contrasts["kind"] == "diff_in_change"]
+        if not (sensitivity and spec.family == "gaussian" and not main.empty):
+            continue
+        covariates = plan.covariates_of(spec)
+        re = plan.random_effects_of(spec)
+        # the random part after the main model's fallback
+        if res.fallback:
+            re = re.model_copy(update={
+                "slope": None if "random slope" in res.fallback else re.slope,
+                "household": re.household and "household intercept" not in res.fallback,
+                "person": re.person and "person intercept" not in res.fallback})
+        extra = [c for c in [re.slope] if c]
+        df, _ = select_outcome_rows(data, spec, plan, study, covariates, extra)
+        arms = _arms_present(df, plan)
+        comparisons = [a for a in plan.comparison_arms if a in arms]
+        waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+        side = main[["outcome", "contrast", "arm", "arm2", "wave", "estimate", "lower", "upper", "p"]].rename(
+            columns={"estimate": "main_estimate", "lower": "main_lower", "upper": "main_upper", "p": "main_p"})
+        analyses = []
+        if plan.sensitivity.ipw.enabled:
+            analyses.append(("ipw", lambda df=df, arms=arms, comparisons=comparisons, waves=waves, covariates=covariates:
+                             ipw_analysis(df, plan, arms, comparisons, waves, study.baseline_wave, covariates)))
+        if plan.sensitivity.multiple_imputation.enabled:
+            analyses.append(("mi", lambda df=df, arms=arms, comparisons=comparisons, waves=waves, covariates=covariates,
+                             re=re: mi_analysis(df, plan, arms, comparisons, waves, study.baseline_wave, covariates,
+                                                re, imputations=imputations)))
+        for name, run in analyses:
+            try:
+                sr = run()
+            except Exception as exc:  # noqa: BLE001
+                failures[f"{spec.id}:{name}"] = f"{type(exc).__name__}: {exc}"
+                continue
+            methods[f"{spec.id}:{name}"] = sr.notes
+            c = sr.contrasts.copy()
+            c[f"{name}_changes"] = conclusion_changes(main, c, plan.alpha)
+            c = c.rename(columns={k: f"{name}_{k}" for k in ["estimate", "se", "df", "lower", "upper", "p", "fmi"]})
+            side = side.merge(c.drop(columns=["arm", "arm2", "wave"]), on="contrast", how="left")
+            if sr.balance is not None:
+                balance.append(sr.balance.assign(outcome=spec.id))
+        sens_rows.append(side)
+    all_contrasts = pd.concat([r.contrasts for r in results.values()], ignore_index=True) if results else \
+        pd.DataFrame(columns=CONTRAST_COLUMNS)
+    all_contrasts, mult_text = apply_multiplicity(all_contrasts, plan)
+    for key, r in results.items():
+        r.contrasts = all_contrasts[all_contrasts["outcome"] == key].drop(columns="family").reset_index(drop=True)
+    sens = pd.concat(sens_rows, ignore_index=True) if sens_rows else pd.DataFrame()
+    flags = [c for c in sens.columns if c.endswith("_changes")]
+    if flags:
+        sens["conclusion_changes"] = sens[flags].fillna(False).astype(bool).any(axis=1)
+    return AnalysisResult(
+        outcomes=results, contrasts=all_contrasts, sensitivity=sens,
+        balance=pd.concat(balance, ignore_index=True) if balance else pd.DataFrame(),
+        resilience=resilience_vs_reference(data, plan, study), methods=methods, failures=failures,
+        multiplicity=mult_text, small_cell_threshold=plan.small_cell_threshold)

@@ -127,6 +127,13 @@ class LmmCriterion:
         self.Xty = self.X.T @ self.y
         self.yty = float(self.y @ self.y)
         self.n_theta = k * (k + 1) // 2 + len(structure.components)
+        # Pattern of Z'Z + I in CSC form, to rebuild Lambda Z'Z Lambda + I by scaling its data (scalar terms).
+        P = (self.ZtZ + sp.identity(self.q, format="csc")).tocsc()
+        P.sort_indices()
+        self._indptr, self._indices = P.indptr, P.indices
+        self._cols = np.repeat(np.arange(self.q), np.diff(P.indptr))
+        self._is_diag = (self._cols == P.indices).astype(float)
+        self._ztz_data = P.data - self._is_diag
 
     def _lambda_diag(self, theta: np.ndarray) -> np.ndarray:
         """Diagonal of Lambda when every term is scalar (k_re <= 1)."""
@@ -152,15 +159,17 @@ class LmmCriterion:
             return 0.0, self.XtX, self.Xty, self.yty
         if self.s.k_re <= 1:
             lam = self._lambda_diag(theta)
-            Lam = sp.diags(lam, format="csc")
-            M = (sp.diags(lam) @ self.ZtZ @ sp.diags(lam) + sp.identity(self.q)).tocsc()
+            data = self._ztz_data * lam[self._indices] * lam[self._cols] + self._is_diag
+            M = sp.csc_matrix((data, self._indices, self._indptr), shape=(self.q, self.q))
+            LZX = lam[:, None] * self.ZtX
+            LZy = lam * self.Zty
         else:
             Lam = self._lambda(theta)
             M = (Lam.T @ self.ZtZ @ Lam + sp.identity(self.q, format="csc")).tocsc()
+            LZX = Lam.T @ self.ZtX
+            LZy = Lam.T @ self.Zty
         lu = splu(M, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
         logdet = float(np.sum(np.log(np.abs(lu.U.diagonal()))))
-        LZX = Lam.T @ self.ZtX
-        LZy = Lam.T @ self.Zty
         rhs = np.column_stack([LZX, LZy])
         sol = lu.solve(rhs)
         XVX = self.XtX - LZX.T @ sol[:, : self.p]
@@ -204,8 +213,8 @@ def _steps(x: np.ndarray, rel: float) -> np.ndarray:
     return rel * np.maximum(np.abs(x), 0.05)
 
 
-def numeric_hessian(f, x: np.ndarray, rel: float = 2e-3) -> np.ndarray:
-    """Central-difference Hessian with one Richardson extrapolation step (error O(h^4))."""
+def numeric_hessian(f, x: np.ndarray, rel: float = 2e-3, richardson: bool = True) -> np.ndarray:
+    """Central-difference Hessian with one Richardson extrapolation step (error O(h^4)) unless switched off."""
     x = np.asarray(x, float)
     k = len(x)
 
@@ -223,6 +232,8 @@ def numeric_hessian(f, x: np.ndarray, rel: float = 2e-3) -> np.ndarray:
         return H
 
     h = _steps(x, rel)
+    if not richardson:
+        return hess(h)
     return (4 * hess(h / 2) - hess(h)) / 3
 
 
@@ -480,18 +491,18 @@ def refine_theta(crit: LmmCriterion, start: np.ndarray) -> tuple[np.ndarray, flo
         x0 = np.where(diag, np.maximum(x0, 1e-3), x0)
         u0 = np.where(diag, x0**2, x0)
         r = minimize(fu, u0, jac=grad_u, method="L-BFGS-B", bounds=bounds,
-                     options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 1000})
+                     options={"ftol": 1e-10, "gtol": 1e-6, "maxiter": 1000})
         if r.fun < f_best - 1e-12:
             best, f_best = to_theta(r.x), float(r.fun)
     # Newton polish on the interior parameters (quadratic convergence where L-BFGS-B stops early).
     free = np.array([lo is None or best[i] > 1e-4 for i, lo in enumerate(lower)])
-    for _ in range(3):
+    for _ in range(6):
         if not free.any():
             break
         x = best.copy()
         fsub = lambda z, x=x: f(np.where(free, _embed(free, z, x), x))  # noqa: E731
         z0 = x[free]
-        H = numeric_hessian(fsub, z0, rel=1e-3)
+        H = numeric_hessian(fsub, z0, rel=1e-3, richardson=False)
         g = grad(best)[free]
         try:
             step = np.linalg.solve(H, g)

@@ -257,7 +257,8 @@ def fit_lmm_with_fallback(df: pd.DataFrame, X: np.ndarray, names: list[str], y: 
     notes: list[str] = []
     while True:
         structure, formula = build_random_structure(df, re, dropped)
-        fit = fit_lmm(y, X, structure, fe_names=names, reml=True, boundary_tol=plan.defaults.boundary_tol)
+        fit = fit_lmm(y, X, structure, fe_names=names, reml=True, boundary_tol=plan.defaults.boundary_tol,
+                      engine=plan.defaults.engine)
         step = _fallback_step(fit, plan, re, dropped)
         if step is None:
             break
@@ -349,12 +350,15 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
             growth = fit_growth_model(df, plan, study, arms, comparisons, covariates, re, fallback, base_desc, time_col)
         method = (
             f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation; random slope uncorrelated with the "
-            "intercepts). Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion. "
+            "intercepts). "
+            + ("Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion. "
+               if plan.defaults.engine == "statsmodels" else "Fitted by minimising lme4's profiled REML criterion. ")
+            + (
             "Marginal means and contrasts as emmeans computes them (numeric covariates at their mean, factor "
             "covariates averaged with equal weights); Satterthwaite degrees of freedom as lmerTest computes them; "
             f"{100 * (1 - plan.alpha):.0f}% confidence intervals. Effect size d = difference in change / pooled "
             "baseline SD of the two arms (within-arm change: the arm's baseline SD), Hedges-corrected; "
-            f"growth-model d (Feingold 2009) from a model with {time_col} as continuous time."
+            f"growth-model d (Feingold 2009) from a model with {time_col} as continuous time.")
             + (f" Fallback: {fallback}." if fallback else "")
         )
         return OutcomeResult(

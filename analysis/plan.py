@@ -42,6 +42,9 @@ class Defaults(BaseModel):
     fallback: list[FallbackStep] = Field(default_factory=lambda: ["slope", "household"])
     boundary_tol: float = Field(default=1e-4, gt=0, lt=1)
     time_column: str = "months_since_t0"
+    engine: Literal["statsmodels", "profiled"] = Field(
+        default="statsmodels",
+        description="statsmodels: MixedLM then refined on lme4's criterion; profiled: lme4's criterion only")
 
 
 class OutcomeSpec(BaseModel):

@@ -153,3 +153,38 @@ def test_run_analysis_adjusts_families_and_runs_sensitivity(study_data):
     assert (b["smd_weighted"].abs() <= b["smd"].abs() + 0.05).all()
     r = res.resilience.set_index("cohort").loc["all cohort arms"]
     assert r["lower"] < -2.0 < r["upper"]
+
+
+def test_binary_outcome_without_baseline_gives_between_arm_contrasts(study_data):
+    """E.g. 'violence stopped', only measured at follow-up waves: arms are compared per wave."""
+    df, _ = study_data
+    d = df[df.wave != "T0"].assign(outcome="stopped", above_cutoff=lambda x: (x["score"] < 27).astype(float))
+    plan = _plan(outcomes=[{"name": "stopped", "family": "binomial", "response": "above_cutoff"}], multiplicity={})
+    res = fit_outcome_model(d, plan.outcomes[0], plan, STUDY)
+    assert set(res.contrasts["kind"]) == {"between_arm"}
+    e = res.emms.set_index(["arm", "wave"])["emmean"]
+    row = res.contrasts.set_index("contrast").loc["proeftuin - gi at T1"]
+    assert row["estimate"] == pytest.approx(e["proeftuin", "T1"] - e["gi", "T1"], rel=1e-10)
+
+
+def test_count_outcome_rate_ratio_covers_the_truth():
+    """Negative binomial GEE: counts with a known rate ratio for the difference in change."""
+    rng = np.random.default_rng(4)
+    rows = []
+    log_mu = {"proeftuin": [3.0, 2.0, 1.6], "vt": [3.0, 2.5, 2.3]}  # true ratio of ratios at T2: exp(-0.7)
+    for arm, mus in log_mu.items():
+        for h in range(250):
+            u = rng.normal(0, 0.3)
+            for w, m in zip(STUDY.wave_codes, mus, strict=True):
+                lam = np.exp(m + u) * rng.gamma(2.0, 0.5)
+                rows.append({"household_id": f"{arm}{h}", "person_id": f"{arm}{h}", "arm": arm, "wave": w,
+                             "outcome": "violence.count", "score": float(rng.poisson(lam)), "age_years": 40.0,
+                             "sex": "female", "months_since_t0": 0.0})
+    d = pd.DataFrame(rows)
+    plan = _plan(comparison_arms=["vt"], outcomes=[{"name": "violence.count", "family": "negative_binomial"}],
+                 multiplicity={}, defaults={"fixed_effects": {"covariates": []}})
+    res = fit_outcome_model(d, plan.outcomes[0], plan, STUDY)
+    row = res.contrasts.set_index("contrast").loc["proeftuin - vt: change T0 to T2"]
+    assert row["ratio_kind"] == "rate ratio"
+    assert row["ratio_lower"] < np.exp(-0.7) < row["ratio_upper"]
+    assert "negative binomial" in res.method

@@ -386,6 +386,12 @@ def fit_lmm(
     theta, refined = refine_theta(crit, start)
     if refined and engine == "statsmodels":
         caught.append(f"refined: the lme4 criterion improved on statsmodels' optimum by {refined:.3g}")
+    if not converged:
+        caught.append("statsmodels reported no convergence; the refined optimum is checked by its gradient")
+    grad_max = optimum_gradient(crit, theta)
+    converged = grad_max < 1e-2
+    if not converged:
+        caught.append(f"largest gradient of the deviance at the optimum is {grad_max:.3g} (> 0.01): not converged")
     # Fixed effects, sigma and vcov(beta) at the variance parameters (GLS), as lme4 reports them.
     dev, beta, s2 = crit.profiled(theta)
     scale = s2
@@ -407,8 +413,13 @@ def fit_lmm(
     for c, v in zip(structure.components, vcomp, strict=True):
         comp_rows.append({"component": c.name, "variance": v, "sd": np.sqrt(max(v, 0))})
     comp_rows.append({"component": "residual", "variance": scale, "sd": np.sqrt(scale)})
+    # A component is at the boundary when its contribution to the variance at typical covariate values
+    # (variance x mean square of its covariate) is below boundary_tol x the residual variance.
+    msq = {f"{structure.group_name}:{structure.re_names[i]}": float(np.mean(structure.exog_re[:, i] ** 2))
+           for i in range(k)}
+    msq.update({c.name: float(np.mean(np.asarray(c.values, float) ** 2)) for c in structure.components})
     boundary = [r["component"] for r in comp_rows
-                if r["component"] != "residual" and not np.isnan(r["sd"]) and r["variance"] < boundary_tol * scale]
+                if r["component"] in msq and r["variance"] * msq[r["component"]] < boundary_tol * scale]
     fit = LmmFit(
         fe_names=list(fe_names), params=beta, cov_params=cov_beta, varpar=varpar, varpar_names=names,
         variance_components=pd.DataFrame(comp_rows), loglik=-dev / 2, reml=reml,
@@ -520,6 +531,22 @@ def refine_theta(crit: LmmCriterion, start: np.ndarray) -> tuple[np.ndarray, flo
     f_best = min(f_best, f(best))
     gain = f_start - f_best
     return best, (gain if gain > 1e-6 else 0.0)
+
+
+def optimum_gradient(crit: LmmCriterion, theta: np.ndarray) -> float:
+    """Largest |d deviance / d theta| over parameters not at a zero bound (central differences)."""
+    k = crit.s.k_re
+    diag = np.array([i == j for j in range(k) for i in range(j, k)] + [True] * len(crit.s.components))
+    worst = 0.0
+    for i in range(len(theta)):
+        if diag[i] and theta[i] <= 1e-6:
+            continue
+        h = 1e-6 * max(abs(theta[i]), 1e-2)
+        e = np.zeros(len(theta))
+        e[i] = h
+        g = (crit.profiled(theta + e)[0] - crit.profiled(theta - e)[0]) / (2 * h)
+        worst = max(worst, abs(g))
+    return worst
 
 
 def _embed(mask: np.ndarray, z: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -38,9 +38,13 @@ class CalibrationSummary:
 
 
 def calibrate(studies: int = 200, scale: float = 1.0, effect: float = -3.0, seed: int = 1,
-              engine: str = "profiled", arms: list[str] | None = None, waves: list[str] | None = None
-              ) -> CalibrationSummary:
-    """Simulate `studies` studies, fit each, return bias, RMSE and coverage of the last-wave difference in change."""
+              engine: str = "profiled", arms: list[str] | None = None, waves: list[str] | None = None,
+              informative_dropout: float = 0.0) -> CalibrationSummary:
+    """Simulate `studies` studies, fit each, return bias, RMSE and coverage of the last-wave difference in change.
+
+    `informative_dropout` > 0 makes dropout depend on the previous observed score (missing at random), under
+    which the likelihood analysis stays unbiased.
+    """
     arms = arms or ["intervention", "comparison_a", "comparison_b"]
     waves = waves or ["w0", "w1", "w2"]
     plan = AnalysisPlan.model_validate({
@@ -50,6 +54,7 @@ def calibrate(studies: int = 200, scale: float = 1.0, effect: float = -3.0, seed
                      "engine": engine},
         "outcomes": [{"name": "sim.total"}]})
     spec = default_spec(arms, waves, effect=effect, scale=scale)
+    spec.informative_dropout = informative_dropout
     truth = spec.true_diff_in_change(arms[0], arms[1], len(waves) - 1)
     rows = []
     for i in range(studies):

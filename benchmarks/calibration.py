@@ -22,14 +22,18 @@ def main() -> None:
     ap.add_argument("--effect", type=float, default=-3.0)
     ap.add_argument("--engine", choices=["profiled", "statsmodels"], default="profiled")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--informative-dropout", type=float, default=0.0,
+                    help="logit slope of dropout on the previous score (MAR); 0 = MCAR")
     ap.add_argument("--csv", help="write per-study results here")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    s = calibrate(a.studies, scale=a.scale, effect=a.effect, seed=a.seed, engine=a.engine)
+    s = calibrate(a.studies, scale=a.scale, effect=a.effect, seed=a.seed, engine=a.engine,
+                  informative_dropout=a.informative_dropout)
     wall = time.perf_counter() - t0
     n = s.studies
     mc = np.sqrt(0.95 * 0.05 / n)
-    print(f"studies: {n}  (scale {a.scale}, engine {a.engine}, seed {a.seed}, mean n_obs {s.per_study.n_obs.mean():.0f})")
+    print(f"studies: {n}  (scale {a.scale}, engine {a.engine}, seed {a.seed}, informative dropout "
+          f"{a.informative_dropout}, mean n_obs {s.per_study.n_obs.mean():.0f})")
     print(f"truth (difference in change to last wave): {s.truth:.3f}")
     print(f"bias: {s.bias:+.4f}  (MC SE {s.sd_estimate / np.sqrt(n):.4f})   RMSE: {s.rmse:.4f}")
     print(f"mean SE: {s.mean_se:.4f}   SD of estimates: {s.sd_estimate:.4f}   mean Satterthwaite df: {s.mean_df:.1f}")

@@ -369,15 +369,21 @@ def fit_lmm(
     if engine == "statsmodels":
         vc = _statsmodels_vc(structure) if structure.components else None
         model = MixedLM(y, X, groups=structure.groups, exog_re=exog_re, exog_vc=vc)
-        with warnings.catch_warnings(record=True) as wlist:
-            warnings.simplefilter("always")
-            res = model.fit(reml=reml, method=["lbfgs"], maxiter=200)
-            caught += [f"{w.category.__name__}: {w.message}" for w in wlist]
-        converged = bool(getattr(res, "converged", True))
-        sm_scale = float(res.scale)
-        sm_cov_re = np.atleast_2d(np.asarray(res.cov_re, float))
-        sm_vcomp = np.asarray(res.vcomp, float) if structure.components else np.zeros(0)
-        start = np.concatenate([_theta_from_cov(sm_cov_re / sm_scale), np.sqrt(np.maximum(sm_vcomp, 0) / sm_scale)])
+        try:
+            with warnings.catch_warnings(record=True) as wlist:
+                warnings.simplefilter("always")
+                res = model.fit(reml=reml, method=["lbfgs"], maxiter=200)
+                caught += [f"{w.category.__name__}: {w.message}" for w in wlist]
+            converged = bool(getattr(res, "converged", True))
+            sm_scale = float(res.scale)
+            sm_cov_re = np.atleast_2d(np.asarray(res.cov_re, float))
+            sm_vcomp = np.asarray(res.vcomp, float) if structure.components else np.zeros(0)
+            start = np.concatenate([_theta_from_cov(sm_cov_re / sm_scale),
+                                    np.sqrt(np.maximum(sm_vcomp, 0) / sm_scale)])
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            caught.append(f"statsmodels MixedLM failed ({type(exc).__name__}: {exc}); "
+                          "fitted on lme4's profiled criterion from lme4's start instead")
+            start = default_start(structure)
     elif engine == "profiled":
         k = structure.k_re
         start = default_start(structure)

@@ -56,7 +56,7 @@ class OutcomeResult:
     loglik: float
     converged: bool
     warnings: list[str]
-    fallback: str | None
+    fallback: str | None  # the fallback rule's steps and reasons, or None
     random_structure: str
     emms: pd.DataFrame  # arm, wave, emmean, se, df, lower, upper
     contrasts: pd.DataFrame  # CONTRAST_COLUMNS
@@ -64,6 +64,7 @@ class OutcomeResult:
     above_cutoff: pd.DataFrame  # arm, wave, n, n_above, pct
     clinical: pd.DataFrame  # arm, wave, n_paired, pct_improved, pct_deteriorated
     growth: pd.DataFrame = field(default_factory=pd.DataFrame)
+    boundary: list[str] = field(default_factory=list)  # components at the boundary in the final model
     direction: str | None = None
     rows_dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -366,7 +367,8 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
             variance_components=fit.variance_components, loglik=fit.loglik, converged=fit.converged,
             warnings=list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
             contrasts=_finish(contrasts, spec.id), baseline=base_desc, above_cutoff=above, clinical=clinical,
-            growth=growth, direction=direction, rows_dropped=dropped, seconds=time.perf_counter() - t0)
+            growth=growth, boundary=list(fit.boundary), direction=direction, rows_dropped=dropped,
+            seconds=time.perf_counter() - t0)
     return _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
                             clinical, direction, dropped, t0)
 

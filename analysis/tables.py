@@ -158,6 +158,8 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
     thr = plan.small_cell_threshold if threshold is None else threshold
     m = marker(thr)
     out = rows.astype(object).copy()
+    for comp in plan.comparison_arms:
+        out[col("suppressed", plan.intervention_arm, comp)] = False
 
     def small(v: object) -> bool:
         try:

@@ -197,6 +197,8 @@ def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str
     plots_dir.mkdir(parents=True, exist_ok=True)
     langs = [lang for lang in plan.report_languages if lang in LANGUAGES] or ["en"]
     software = dict(run_info.get("software") or software_versions())
+    if not (run_info.get("timestamp") or run_info.get("started")):
+        run_info = {**run_info, "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     thr = plan.small_cell_threshold
 
     rows = T.effect_rows(result, plan, study)
@@ -238,7 +240,7 @@ def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str
                          for _, r in shown[shown["outcome"] == key].iterrows() for c in comparisons) if line]
             wave_col = text(lang, "col_wave")
             fields_cols = [c for c in sub.columns if c not in (text(lang, "col_outcome"), wave_col, reading_col)]
-            fields = [(c, [str(v) for v in sub[c]]) for c in fields_cols]
+            fields = [(c, [str(v) for v in sub[c]]) for c in fields_cols if any(str(v) for v in sub[c])]
             outcome_blocks.append({"label": labels[key], "anchor": _slug(key), "readings": readings,
                                    "waves": list(sub[wave_col]) if not sub.empty else [], "fields": fields,
                                    "png": _b64(png)})

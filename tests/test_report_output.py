@@ -125,3 +125,21 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert text(first, "title", study=STUDY.name) in dom
     assert dom.count('<table class="effect"') == len(PLAN.report_languages) * len(result.outcomes)
     assert len(re.findall(r'<img class="plot"[^>]*src="data:image/png;base64,', dom)) >= len(result.outcomes) + 1
+
+
+def test_emm_plot_leaves_out_small_cells(report):
+    """The marginal-means plot draws one point per arm x wave with at least `threshold` persons."""
+    from cohortflow.analysis.plots import plot_emms
+
+    _, result = report
+    res = result.outcomes["sim.total"]
+    counts = res.counts.set_index(["arm", "wave"])["n_persons"]
+    threshold = int(counts.median())
+    fig = plot_emms(res, PLAN, STUDY, "t", "en", threshold)
+    ax = fig.axes[0]
+    drawn = sum(len(c.lines[0].get_xdata()) for c in ax.containers)
+    assert drawn == int((counts >= threshold).sum()) < len(counts)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        STUDY.arm(a).label.en for a in PLAN.cohort_arms if any(
+            counts[(a, w)] >= threshold for w in counts.loc[a].index)]
+    assert ax.get_xlabel() == text("en", "plot_wave")

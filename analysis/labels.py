@@ -60,6 +60,7 @@ TEXT: dict[str, dict[str, str]] = {
         "unit_pp": "percentage points",
         "ci": "95% CI",
         "to": "to",
+        "and": "and",
         # reading sentences
         "reading_better": ("{outcome}: from {baseline} to {wave}, {arm} improved more than {arm2} "
                            "(difference in change {est} {unit}, {ci} {lo} {to} {hi})"),
@@ -166,6 +167,7 @@ TEXT: dict[str, dict[str, str]] = {
         "unit_pp": "procentpunten",
         "ci": "95%-BI",
         "to": "tot",
+        "and": "en",
         "reading_better": ("{outcome}: van {baseline} tot {wave} verbeterde {arm} meer dan {arm2} "
                            "(verschil in verandering {est} {unit}, {ci} {lo} {to} {hi})"),
         "reading_worse": ("{outcome}: van {baseline} tot {wave} verbeterde {arm} minder dan {arm2} "
@@ -241,6 +243,13 @@ def fmt_number(x: float | None, lang: str, digits: int = 1) -> str:
         s = s.lstrip("-")  # no "-0.0"
     s = s.replace("-", "\u2212")
     return s.replace(".", ",") if lang == "nl" else s
+
+
+def join_words(words: list[str], lang: str) -> str:
+    """'a, b and c' in `lang`."""
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + f" {text(lang, 'and')} " + words[-1]
 
 
 def fmt_p(p: float | None, lang: str) -> str:

@@ -104,7 +104,7 @@ def plot_forest(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, outcome_l
                                                                 arm2=arm_label(study, comp, lang),
                                                                 wave=wave_label(study, r["wave"], lang))
             items.append((label, d, lo, hi, comp))
-    height = max(2.5, 0.55 * len(items) + 1.3)
+    height = max(2.5, 0.42 * len(items) + 1.2)
     fig, ax = plt.subplots(figsize=(7.6, height), dpi=110)
     for i, (_, d, lo, hi, comp) in enumerate(items):
         y = len(items) - 1 - i

@@ -33,7 +33,7 @@ from cohortflow.config.study import Study
 from cohortflow.instruments.model import Instrument
 
 from . import tables as T
-from .labels import LANGUAGES, TEXT, text
+from .labels import LANGUAGES, TEXT, join_words, text
 from .plan import AnalysisPlan
 from .plots import plot_emms, plot_forest, save_png
 
@@ -244,7 +244,7 @@ def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str
             outcome_blocks.append({"label": labels[key], "anchor": _slug(key), "readings": readings,
                                    "waves": list(sub[wave_col]) if not sub.empty else [], "fields": fields,
                                    "png": _b64(png)})
-        names = ", ".join(T.arm_label(study, c, lang) for c in comparisons)
+        names = join_words([T.arm_label(study, c, lang) for c in comparisons], lang)
         intervention = T.arm_label(study, plan.intervention_arm, lang)
         counts = _summary_counts(shown, result, plan, study)
         summary = text(lang, "summary", n_outcomes=len(result.outcomes), intervention=intervention,

@@ -172,7 +172,10 @@ def write_appendix(result, plan: AnalysisPlan, study: Study, instruments: dict[s
                 ("Marginal means", _frame_html(r.emms)),
                 ("Contrasts (within-arm change and difference in change)",
                  _frame_html(r.contrasts.drop(columns=["outcome"], errors="ignore"))),
-                ("Growth model (Feingold d)", _frame_html(r.growth))]
+                ("Growth model (Feingold d)", _frame_html(r.growth)),
+                ("Residual diagnostics", _frame_html(getattr(r, "residual_diagnostics", None))
+                 if getattr(r, "residual_diagnostics", None) is not None
+                 else "<p>Not provided by the model stage for this outcome.</p>")]
         outcomes.append({"key": key, "anchor": _slug(key), "label": T.outcome_label(key, plan, instruments, "en"),
                          "method": r.method, "facts": facts, "tables": tabs})
     sens_methods = [(k, v) for k, v in result.methods.items() if ":" in k]

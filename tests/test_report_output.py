@@ -87,6 +87,8 @@ def test_html_is_self_contained_and_bilingual(report):
     page = paths.html.read_text(encoding="utf-8")
     assert not re.search(r'(src|href)="(https?:)?//', page), "the report must open offline"
     assert "<link" not in page and "<script" not in page
+    style = page.split("<style>")[1].split("</style>")[0]
+    assert "&#34;" not in style and "&quot;" not in style and "font-family" in style, "CSS must not be escaped"
     imgs = re.findall(r'<img[^>]+src="data:image/png;base64,', page)
     assert len(imgs) == len(PLAN.report_languages) * (len(result.outcomes) + 1)
     for lang in PLAN.report_languages:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -334,7 +335,7 @@ def fit_lmm(
     reml: bool = True,
     satterthwaite: bool = True,
     boundary_tol: float = 1e-4,
-    engine: str = "statsmodels",
+    engine: str | Callable[[np.ndarray, np.ndarray, RandomStructure, bool], np.ndarray] = "statsmodels",
 ) -> LmmFit:
     """Fit a linear mixed model with statsmodels MixedLM (REML by default) and attach Satterthwaite pieces.
 
@@ -347,7 +348,9 @@ def fit_lmm(
     on lme4's profiled criterion (statsmodels' L-BFGS can stop early or at a false boundary). Engine
     "profiled": skip statsmodels and minimise lme4's profiled criterion from lme4's start (same optimum,
     several times faster; used for multiple imputation and calibration runs). Models with a correlated block of
-    more than one random effect always start from statsmodels.
+    more than one random effect always start from statsmodels. A callable engine `(y, X, structure, reml) ->
+    theta` (lme4's parameterisation) plugs in another fitter (e.g. analysis/fastlmm.py); its theta is checked
+    and polished on the same criterion, and everything downstream is unchanged.
     """
     from statsmodels.regression.mixed_linear_model import MixedLM
 
@@ -364,7 +367,12 @@ def fit_lmm(
     caught: list[str] = []
     crit = LmmCriterion(y, X, structure, reml=reml)
     converged = True
-    if engine == "profiled" and structure.k_re > 1:
+    if callable(engine):
+        start = np.asarray(engine(y, X, structure, reml), float)
+        engine = getattr(engine, "__name__", "custom")
+    elif engine not in ("statsmodels", "profiled"):
+        raise ValueError(f"unknown engine {engine!r}; use 'statsmodels', 'profiled' or a callable")
+    elif engine == "profiled" and structure.k_re > 1:
         engine = "statsmodels"  # correlated blocks: the profiled optimiser alone can stop in a mirrored basin
     if engine == "statsmodels":
         vc = _statsmodels_vc(structure) if structure.components else None
@@ -384,11 +392,8 @@ def fit_lmm(
             caught.append(f"statsmodels MixedLM failed ({type(exc).__name__}: {exc}); "
                           "fitted on lme4's profiled criterion from lme4's start instead")
             start = default_start(structure)
-    elif engine == "profiled":
-        k = structure.k_re
+    if engine == "profiled":
         start = default_start(structure)
-    else:
-        raise ValueError(f"unknown engine {engine!r}; use 'statsmodels' or 'profiled'")
     theta, refined = refine_theta(crit, start)
     if refined and engine == "statsmodels":
         caught.append(f"refined: the lme4 criterion improved on statsmodels' optimum by {refined:.3g}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import pandas as pd
@@ -65,6 +65,7 @@ class OutcomeResult:
     clinical: pd.DataFrame  # arm, wave, n_paired, pct_improved, pct_deteriorated
     growth: pd.DataFrame = field(default_factory=pd.DataFrame)
     boundary: list[str] = field(default_factory=list)  # components at the boundary in the final model
+    theta: np.ndarray | None = None  # lme4 variance parameters of the final mixed model (warm start for MI)
     direction: str | None = None
     rows_dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -367,7 +368,7 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
             variance_components=fit.variance_components, loglik=fit.loglik, converged=fit.converged,
             warnings=list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
             contrasts=_finish(contrasts, spec.id), baseline=base_desc, above_cutoff=above, clinical=clinical,
-            growth=growth, boundary=list(fit.boundary), direction=direction, rows_dropped=dropped,
+            growth=growth, boundary=list(fit.boundary), theta=fit.varpar[:-1].copy(), direction=direction, rows_dropped=dropped,
             seconds=time.perf_counter() - t0)
     return _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
                             clinical, direction, dropped, t0)
@@ -642,12 +643,12 @@ def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivi
             columns={"estimate": "main_estimate", "lower": "main_lower", "upper": "main_upper", "p": "main_p"})
         analyses = []
         if plan.sensitivity.ipw.enabled:
-            analyses.append(("ipw", lambda df=df, arms=arms, comparisons=comparisons, waves=waves, covariates=covariates:
-                             ipw_analysis(df, plan, arms, comparisons, waves, study.baseline_wave, covariates)))
+            analyses.append(("ipw", partial(ipw_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
+                                            covariates)))
         if plan.sensitivity.multiple_imputation.enabled:
-            analyses.append(("mi", lambda df=df, arms=arms, comparisons=comparisons, waves=waves, covariates=covariates,
-                             re=re: mi_analysis(df, plan, arms, comparisons, waves, study.baseline_wave, covariates,
-                                                re, imputations=imputations)))
+            analyses.append(("mi", partial(mi_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
+                                           covariates, re, imputations=imputations, start_theta=res.theta,
+                                           df_complete=dict(zip(main["contrast"], main["df"], strict=True)))))
         for name, run in analyses:
             try:
                 sr = run()

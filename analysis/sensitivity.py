@@ -149,8 +149,14 @@ def impute_wide(wide: pd.DataFrame, score_cols: list[str], cov_matrix: np.ndarra
 
 def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], comparisons: list[str], waves: list[str],
                 baseline: str, covariates: list[str], re: RandomEffects, imputations: int | None = None,
-                seed: int | None = None) -> SensitivityResult:
-    """MI (chained equations within arm) + the main mixed model per imputed set, pooled by Rubin's rules."""
+                seed: int | None = None, start_theta: np.ndarray | None = None,
+                df_complete: dict[str, float] | None = None) -> SensitivityResult:
+    """MI (chained equations within arm) + the main mixed model per imputed set, pooled by Rubin's rules.
+
+    `start_theta` (the main model's variance parameters) warm-starts every fit; `df_complete` (contrast ->
+    the main model's Satterthwaite df) is the complete-data df of Barnard-Rubin and spares the per-imputation
+    Satterthwaite computation. Without it each imputed fit's own Satterthwaite df is used (median over sets).
+    """
     spec = plan.sensitivity.multiple_imputation
     m = imputations or spec.imputations
     rng = np.random.default_rng(spec.seed if seed is None else seed)
@@ -186,12 +192,18 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
         from .models import build_random_structure
 
         structure, _ = build_random_structure(long, re, set())
-        fit = fit_lmm(long["score"].to_numpy(float), X, structure, fe_names=info.columns, engine="profiled",
-                      boundary_tol=plan.defaults.boundary_tol)
+        engine = "profiled"
+        if start_theta is not None and len(start_theta) == len(structure.varpar_names()) - 1:
+            def engine(*_args, _t=np.asarray(start_theta, float)):  # noqa: ANN001
+                return _t
+        fit = fit_lmm(long["score"].to_numpy(float), X, structure, fe_names=info.columns, engine=engine,
+                      boundary_tol=plan.defaults.boundary_tol, satterthwaite=df_complete is None)
         for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline):
             if c["kind"] != "diff_in_change":
                 continue
             e, se, dfc = fit.contrast(c["L"])
+            if df_complete is not None:
+                dfc = df_complete.get(c["contrast"], np.inf)
             d = per_contrast.setdefault(c["contrast"], {"e": [], "v": [], "df": []})
             d["e"].append(e)
             d["v"].append(se**2)
@@ -206,7 +218,8 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
     method = (f"Multiple imputation: {m} imputations by chained equations within each arm (Bayesian linear "
               f"regression of each wave's score on the other waves and {', '.join(covariates) or 'no covariates'}, "
               f"{spec.iterations} iterations; households not modelled), each analysed with the main mixed model "
-              "(lme4's profiled REML criterion), pooled by Rubin's rules with Barnard-Rubin df.")
+              "(lme4's profiled REML criterion), pooled by Rubin's rules with Barnard-Rubin df"
+              + (" (complete-data df: the main model's Satterthwaite df)." if df_complete is not None else "."))
     return SensitivityResult("mi", pd.DataFrame(rows), None, method)
 
 

@@ -68,3 +68,20 @@ def test_balanced_one_way_df_by_hand():
     est, se, _ = fit.contrast(np.array([1.0]))
     assert est == pytest.approx(y.mean(), rel=1e-10)
     assert se == pytest.approx(np.sqrt(msb / (G * m)), rel=1e-5)
+
+
+def test_a_callable_engine_plugs_in_and_reaches_the_same_optimum():
+    y, X, s = _data(3)
+    calls = []
+
+    def rough(y_, X_, s_, reml):
+        calls.append(reml)
+        return np.array([0.5, 0.5])  # a poor start: the criterion's polish must still reach the optimum
+
+    a = fit_lmm(y, X, s, engine=rough, satterthwaite=False)
+    b = fit_lmm(y, X, s, engine="statsmodels", satterthwaite=False)
+    assert calls == [True] and a.backend == "rough"
+    np.testing.assert_allclose(a.params, b.params, rtol=1e-6)
+    assert a.loglik == pytest.approx(b.loglik, abs=1e-7)
+    with pytest.raises(ValueError, match="unknown engine"):
+        fit_lmm(y, X, s, engine="lme5")

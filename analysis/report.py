@@ -149,6 +149,20 @@ def _suppress_counts(counts: pd.DataFrame, threshold: int) -> pd.DataFrame:
     return out
 
 
+def _suppress_emms(emms: pd.DataFrame, counts: pd.DataFrame, threshold: int) -> pd.DataFrame:
+    """Marginal means of arm x wave cells with fewer than `threshold` persons become '<threshold'."""
+    if emms.empty or counts.empty:
+        return emms
+    n = counts.set_index(["arm", "wave"])["n_persons"]
+    out = emms.astype(object).copy()
+    for i, r in emms.iterrows():
+        if float(n.get((r["arm"], r["wave"]), float("inf"))) < threshold:
+            for c in ("emmean", "se", "df", "lower", "upper"):
+                if c in out.columns:
+                    out.at[i, c] = f"<{threshold}"
+    return out
+
+
 def write_appendix(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Instrument], path: Path,
                    css: str, footer: list[tuple[str, str]]) -> Path:
     """The technical appendix (English): per outcome the full model, then the sensitivity analyses."""
@@ -169,7 +183,7 @@ def write_appendix(result, plan: AnalysisPlan, study: Study, instruments: dict[s
                  _frame_html(_suppress_counts(r.counts, thr))),
                 ("Fixed effects", _frame_html(r.fixed_effects)),
                 ("Random effects: variance components", _frame_html(r.variance_components)),
-                ("Marginal means", _frame_html(r.emms)),
+                (f"Marginal means (cells < {thr} suppressed)", _frame_html(_suppress_emms(r.emms, r.counts, thr))),
                 ("Contrasts (within-arm change and difference in change)",
                  _frame_html(r.contrasts.drop(columns=["outcome"], errors="ignore"))),
                 ("Growth model (Feingold d)", _frame_html(r.growth)),

@@ -145,3 +145,29 @@ def test_emm_plot_leaves_out_small_cells(report):
         STUDY.arm(a).label.en for a in PLAN.cohort_arms if any(
             counts[(a, w)] >= threshold for w in counts.loc[a].index)]
     assert ax.get_xlabel() == text("en", "plot_wave")
+
+
+def test_small_cells_are_suppressed_in_every_file(tmp_path):
+    """6 respondents of one comparison arm at the last wave: '<10' in CSV, Excel, HTML and the appendix."""
+    from openpyxl import load_workbook
+
+    data = simulate(STUDY, PLAN)
+    c, last = PLAN.comparison_arms[0], max(STUDY.waves, key=lambda w: w.offset_days).code
+    keep = data[(data.arm == c) & (data.wave == last)].person_id.unique()[:6]
+    data = data[~((data.arm == c) & (data.wave == last) & ~data.person_id.isin(keep))]
+    result = build_result(data, PLAN, STUDY)
+    raw_emm = result.outcomes["sim.total"].emms.set_index(["arm", "wave"]).loc[(c, last), "emmean"]
+    paths = write_report(result, PLAN, STUDY, INSTRUMENTS, tmp_path, RUN_INFO)
+    csv = pd.read_csv(paths.csv, dtype=str).set_index(["outcome", "wave"])
+    assert csv.loc[("sim.total", last), T.col("n", c)] == "<10"
+    assert csv.loc[("sim.total", last), T.col("emm", c)] == "<10"
+    assert csv.loc[("sim.total", last), T.col("diff", PLAN.intervention_arm, c)] == "<10"
+    ws = load_workbook(paths.xlsx)["primary (en)"]
+    header = [x.value for x in ws[1]]
+    n_col = header.index(text("en", "col_n", arm=STUDY.arm(c).label.en,
+                              baseline=STUDY.wave(STUDY.baseline_wave).label.en)) + 1
+    assert ws.cell(ws.max_row, n_col).value == "<10"
+    page = paths.html.read_text(encoding="utf-8")
+    assert "&lt;10" in page and f"{raw_emm:.1f}" not in page
+    appendix = paths.appendix.read_text(encoding="utf-8")
+    assert f"{raw_emm:.4g}" not in appendix and "&lt;10" in appendix

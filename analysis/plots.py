@@ -111,6 +111,14 @@ def plot_forest(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, outcome_l
         colour, mk = style[comp]
         ax.plot([lo, hi], [y, y], color=colour, linewidth=2)
         ax.plot([d], [y], marker=mk, color=colour, markersize=7)
+    from matplotlib.lines import Line2D
+
+    shown_comps = list(dict.fromkeys(it[4] for it in items))
+    if shown_comps:
+        handles = [Line2D([], [], color=style[c][0], marker=style[c][1], linewidth=2,
+                          label=text(lang, "plot_vs", arm=arm_label(study, I, lang), arm2=arm_label(study, c, lang),
+                                     wave="").rstrip(", ")) for c in shown_comps]
+        ax.legend(handles=handles, frameon=False, fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=1)
     ax.axvline(0, color="#555555", linewidth=1)
     for x in (-0.5, -0.2, 0.2, 0.5):
         ax.axvline(x, color="#dddddd", linewidth=0.6, zorder=0)

@@ -171,3 +171,20 @@ def test_small_cells_are_suppressed_in_every_file(tmp_path):
     assert "&lt;10" in page and f"{raw_emm:.1f}" not in page
     appendix = paths.appendix.read_text(encoding="utf-8")
     assert f"{raw_emm:.4g}" not in appendix and "&lt;10" in appendix
+
+
+def test_forest_plot_points_right_when_the_intervention_did_better(report):
+    """higher_worse outcome: a negative d (larger decrease in the pilots) is drawn right of zero."""
+    from cohortflow.analysis.plots import plot_forest
+
+    _, result = report
+    shown = T.suppress_small_cells(T.effect_rows(result, PLAN, STUDY), PLAN)
+    shown = shown[shown.outcome == "sim.total"]
+    fig = plot_forest(shown, PLAN, STUDY, {"sim.total": "x"}, "en")
+    ax = fig.axes[0]
+    points = [line.get_xdata()[0] for line in ax.lines if line.get_marker() not in (None, "None", "")
+              and len(line.get_xdata()) == 1]
+    ds = [float(r[T.col("d", PLAN.intervention_arm, c)]) for _, r in shown.iterrows() for c in PLAN.comparison_arms]
+    assert sorted(points) == pytest.approx(sorted(-d for d in ds))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        f"{STUDY.arm(PLAN.intervention_arm).label.en} vs {STUDY.arm(c).label.en}" for c in PLAN.comparison_arms]

@@ -463,3 +463,31 @@ def write_xlsx(displays: dict[str, pd.DataFrame], notes: dict[str, list[tuple[st
         ws.column_dimensions["B"].width = 110
     wb.save(path)
     return wb.sheetnames
+
+
+def effect_contrasts(shown: pd.DataFrame, plan: AnalysisPlan) -> pd.DataFrame:
+    """Long form of effect rows (raw or read back from effect_table.csv): one row per outcome x comparison x wave.
+
+    Columns: outcome, wave, arm, arm2, contrast, estimate, lower, upper, p, p_adj, d, d_lower, d_upper,
+    suppressed. Suppressed cells ('<threshold') become NaN with `suppressed` True. For comparisons with a
+    generator's truth (flows) and other machine readers of `effect_table.csv`.
+    """
+    out = []
+    for _, r in shown.iterrows():
+        for comp in plan.comparison_arms:
+            pair = (plan.intervention_arm, comp)
+            rec = {"outcome": r["outcome"], "wave": r["wave"], "arm": pair[0], "arm2": comp,
+                   "contrast": r.get(col("contrast", *pair))}
+            hidden = False
+            for k, name in [("diff", "estimate"), ("diff_lower", "lower"), ("diff_upper", "upper"), ("p", "p"),
+                            ("p_adj", "p_adj"), ("d", "d"), ("d_lower", "d_lower"), ("d_upper", "d_upper")]:
+                v = r.get(col(k, *pair))
+                if _is_marker(v):
+                    hidden, v = True, float("nan")
+                try:
+                    rec[name] = float(v)
+                except (TypeError, ValueError):
+                    rec[name] = float("nan")
+            rec["suppressed"] = hidden
+            out.append(rec)
+    return pd.DataFrame(out)

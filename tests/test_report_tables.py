@@ -156,3 +156,19 @@ def test_binary_outcome_shows_odds_ratio_in_effect_column(result):
     d = float(shown[shown.outcome == "sim.total"].iloc[-1][T.col("d", I, C)])
     assert g.startswith(fmt_number(d, "en", 2)) and math.isfinite(d)
     assert not np.isnan(d)
+
+
+def test_effect_contrasts_read_back_from_the_csv(result, tmp_path):
+    rows = T.effect_rows(result, PLAN, STUDY)
+    path = T.write_csv(T.suppress_small_cells(rows, PLAN), tmp_path / "effect_table.csv")
+    long = T.effect_contrasts(pd.read_csv(path), PLAN)
+    assert len(long) == len(rows) * len(PLAN.comparison_arms)
+    c = result.outcomes["sim.total"].contrasts.set_index(["arm2", "wave"])
+    got = long[long.outcome == "sim.total"].set_index(["arm2", "wave"])
+    for idx in got.index:
+        assert got.loc[idx, "estimate"] == pytest.approx(c.loc[idx, "estimate"])
+        assert got.loc[idx, "upper"] == pytest.approx(c.loc[idx, "upper"])
+        assert got.loc[idx, "contrast"] == c.loc[idx, "contrast"]
+    assert not long["suppressed"].any()
+    hidden = T.effect_contrasts(T.suppress_small_cells(rows, simple_plan(STUDY, threshold=10_000)), PLAN)
+    assert hidden["suppressed"].all() and hidden["estimate"].isna().all()

@@ -138,7 +138,8 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
                 flag = None if s is None or "conclusion_changes" not in s.index else s["conclusion_changes"]
                 r[col("sens_changed", *pair)] = None if flag is None or pd.isna(flag) else bool(flag)
             rows.append(r)
-    return pd.DataFrame(rows)
+    base_cols = ["outcome", "name", "family", "outcome_family", "direction", "wave", "baseline_wave", "contrast_kind"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=base_cols)
 
 
 # --- the small-cell rule -----------------------------------------------------------------------------------------

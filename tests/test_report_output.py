@@ -188,3 +188,17 @@ def test_forest_plot_points_right_when_the_intervention_did_better(report):
     assert sorted(points) == pytest.approx(sorted(-d for d in ds))
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         f"{STUDY.arm(PLAN.intervention_arm).label.en} vs {STUDY.arm(c).label.en}" for c in PLAN.comparison_arms]
+
+
+def test_report_when_every_outcome_failed(tmp_path):
+    """No fitted outcome: the report still opens and names the failures."""
+    from cohortflow.analysis.models import AnalysisResult
+
+    empty = AnalysisResult(outcomes={}, contrasts=pd.DataFrame(), sensitivity=pd.DataFrame(), balance=pd.DataFrame(),
+                           resilience=None, methods={}, failures={"sim.total": "AnalysisDataError: no rows"})
+    paths = write_report(empty, PLAN, STUDY, INSTRUMENTS, tmp_path, RUN_INFO)
+    assert "sim.total" in paths.html.read_text(encoding="utf-8")
+    assert "AnalysisDataError: no rows" in paths.appendix.read_text(encoding="utf-8")
+    from openpyxl import load_workbook
+
+    assert len(load_workbook(paths.xlsx).sheetnames) == 2 * len(PLAN.report_languages)

@@ -19,8 +19,8 @@ TEXT: dict[str, dict[str, str]] = {
         "summary_heading": "Summary",
         "summary": (
             "This report compares how {n_outcomes} outcomes changed between {baseline} and the follow-up waves in "
-            "{intervention} and in {comparisons}. It rests on {n_households} households and {n_persons} "
-            "respondents at {baseline}. At the last follow-up, {n_favour} of {n_contrasts} comparisons favour "
+            "{intervention} compared with {comparisons}. Per outcome it rests on up to {n_households} households and "
+            "{n_persons} respondents at {baseline}. At the last follow-up, {n_favour} of {n_contrasts} comparisons favour "
             "{intervention} with a confidence interval that excludes no difference, {n_disfavour} favour the "
             "comparison arm, and {n_unclear} are unclear. The arms were not assigned at random: the differences "
             "are comparisons between groups of families, not proof that the approach caused them."),
@@ -127,8 +127,8 @@ TEXT: dict[str, dict[str, str]] = {
         "summary_heading": "Samenvatting",
         "summary": (
             "Deze rapportage vergelijkt hoe {n_outcomes} uitkomsten veranderden tussen {baseline} en de "
-            "vervolgmetingen in {intervention} en in {comparisons}. De cijfers berusten op {n_households} gezinnen "
-            "en {n_persons} respondenten bij {baseline}. Bij de laatste vervolgmeting zijn {n_favour} van de "
+            "vervolgmetingen in {intervention}, vergeleken met {comparisons}. Per uitkomst berusten de cijfers op ten hoogste "
+            "{n_households} gezinnen en {n_persons} respondenten bij {baseline}. Bij de laatste vervolgmeting zijn {n_favour} van de "
             "{n_contrasts} vergelijkingen in het voordeel van {intervention} met een betrouwbaarheidsinterval dat "
             "'geen verschil' uitsluit, {n_disfavour} in het voordeel van de vergelijkingsgroep en {n_unclear} "
             "onduidelijk. De groepen zijn niet door loting samengesteld: de verschillen zijn vergelijkingen tussen "

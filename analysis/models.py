@@ -311,7 +311,16 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
     time_col = plan.defaults.time_column
     if spec.family == "gaussian" and time_col in data.columns and time_col not in extra:
         extra.append(time_col)
+    notes: list[str] = []
+    if extra:
+        data, filled = fill_planned_time(data, study, extra, spec)
+        if filled:
+            notes.append(f"{filled} row(s) without a response date: time set to the wave's planned offset")
     df, dropped = select_outcome_rows(data, spec, plan, study, covariates, extra)
+    constant = [c for c in covariates if df[c].nunique(dropna=True) < 2]
+    if constant:
+        notes.append(f"covariates {constant} are constant in this outcome's rows and were left out")
+        covariates = [c for c in covariates if c not in constant]
     arms = _arms_present(df, plan)
     if plan.intervention_arm not in arms:
         raise AnalysisDataError(f"outcome {spec.id!r}: no rows for the intervention arm {plan.intervention_arm!r}.")
@@ -366,12 +375,33 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
         return OutcomeResult(
             outcome=spec.id, name=spec.name, family=spec.family, method=method, counts=counts, fixed_effects=fe,
             variance_components=fit.variance_components, loglik=fit.loglik, converged=fit.converged,
-            warnings=list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
+            warnings=notes + list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
             contrasts=_finish(contrasts, spec.id), baseline=base_desc, above_cutoff=above, clinical=clinical,
             growth=growth, boundary=list(fit.boundary), theta=fit.varpar[:-1].copy(), direction=direction, rows_dropped=dropped,
             seconds=time.perf_counter() - t0)
-    return _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
-                            clinical, direction, dropped, t0)
+    res = _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
+                           clinical, direction, dropped, t0)
+    res.warnings = notes + res.warnings
+    return res
+
+
+def fill_planned_time(data: pd.DataFrame, study: Study, columns: list[str], spec: OutcomeSpec
+                      ) -> tuple[pd.DataFrame, int]:
+    """Missing time-since-T0 values of this outcome's rows -> the wave's planned offset (in months or days)."""
+    rows = data["outcome"] == spec.name
+    filled = 0
+    out = data
+    for col in columns:
+        if col not in data.columns:
+            continue
+        miss = rows & data[col].isna() & data["wave"].isin(study.wave_codes)
+        if miss.any():
+            per = DAYS_PER_MONTH if col.startswith("months") else 1.0
+            planned = data.loc[miss, "wave"].map({w.code: w.offset_days / per for w in study.waves})
+            out = out.copy() if out is data else out
+            out.loc[miss, col] = planned
+            filled += int(miss.sum())
+    return out, filled
 
 
 def _finish(contrasts: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -635,7 +665,9 @@ def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivi
                 "household": re.household and "household intercept" not in res.fallback,
                 "person": re.person and "person intercept" not in res.fallback})
         extra = [c for c in [re.slope] if c]
-        df, _ = select_outcome_rows(data, spec, plan, study, covariates, extra)
+        filled_data, _ = fill_planned_time(data, study, extra, spec)
+        df, _ = select_outcome_rows(filled_data, spec, plan, study, covariates, extra)
+        covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
         arms = _arms_present(df, plan)
         comparisons = [a for a in plan.comparison_arms if a in arms]
         waves = [w for w in _wave_order(study) if w in set(df["wave"])]

@@ -188,3 +188,17 @@ def test_count_outcome_rate_ratio_covers_the_truth():
     assert row["ratio_kind"] == "rate ratio"
     assert row["ratio_lower"] < np.exp(-0.7) < row["ratio_upper"]
     assert "negative binomial" in res.method
+
+
+def test_missing_dates_and_constant_covariates_are_handled_and_noted(study_data):
+    df, _ = study_data
+    d = df.copy()
+    d.loc[d.index[:5], "months_since_t0"] = np.nan
+    d["site_size"] = 1.0
+    plan = _plan(defaults={"fixed_effects": {"covariates": ["age_years", "site_size"]},
+                           "random_effects": {"slope": "months_since_t0"}, "engine": "profiled"})
+    res = fit_outcome_model(d, plan.outcomes[0], plan, STUDY)
+    assert res.counts["n_obs"].sum() == len(d)  # no rows lost for a missing date
+    assert any("5 row(s) without a response date" in w for w in res.warnings)
+    assert any("['site_size'] are constant" in w for w in res.warnings)
+    assert "site_size" not in set(res.fixed_effects["term"])

@@ -1,0 +1,418 @@
+"""Row checks derived from the study and instrument definitions.
+
+Each check looks at the mapped frame (positional index 0..n-1) and returns its failures as a frame
+`pos, column, value` (one line per failing cell; `value` is a short, identifier-free text). The engine turns
+each check into one derived column that Great Expectations validates, so every result flows through one GX
+validation per file; the details here say which column and value failed.
+
+Values never carry raw identifiers or exact birth dates: identifiers are shown by their form (letters as
+`A`, digits as `9`), birth dates as ages or birth years.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from cohortflow.config.study import Study
+from cohortflow.instruments.model import Instrument
+
+from .contract import ID_COLUMNS
+from .policy import Policy
+
+FAIL_COLUMNS = ["pos", "column", "value"]
+
+
+def no_failures() -> pd.DataFrame:
+    return pd.DataFrame({"pos": pd.Series(dtype="int64"), "column": pd.Series(dtype="object"),
+                         "value": pd.Series(dtype="object")})
+
+
+def _failures(pos: np.ndarray | pd.Index, column: str | pd.Series | list, value: pd.Series | list | str) -> pd.DataFrame:
+    pos = np.asarray(pos, dtype="int64")
+    if len(pos) == 0:
+        return no_failures()
+    col = [column] * len(pos) if isinstance(column, str) else list(column)
+    val = [value] * len(pos) if isinstance(value, str) else [str(v) for v in value]
+    return pd.DataFrame({"pos": pos, "column": col, "value": val})
+
+
+def mask_identifier(value: object) -> str:
+    """The form of an identifier without the identifier: letters -> 'A', digits -> '9', empty -> 'missing'."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return "missing"
+    text = str(value)
+    if text.strip() == "":
+        return "empty"
+    return "'" + re.sub(r"[0-9]", "9", re.sub(r"[^\W\d_]", "A", text)) + "'"
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """What the definitions say an item column may hold."""
+
+    key: str
+    instrument: str
+    codes: tuple[float, ...] | None  # categorical response codes, or None for numeric items
+    numeric: tuple[float, float] | None
+    integer: bool
+
+
+@dataclass
+class Context:
+    """Everything a check needs, computed once per file."""
+
+    frame: pd.DataFrame
+    study: Study
+    instruments: dict[str, Instrument]
+    items: dict[str, ItemSpec]  # item columns present in the frame
+    policy: Policy
+    history: pd.DataFrame | None
+    numeric_items: pd.DataFrame  # item columns as floats (non-numeric text -> NaN)
+    missing_mask: pd.DataFrame  # True where an item is missing (blank or a declared missing code)
+    age_years: pd.Series  # completed years of the subject at the response date (NaN when unknown)
+
+    def instrument_columns(self, code: str) -> list[str]:
+        return [k for k, s in self.items.items() if s.instrument == code]
+
+
+def completed_years(birth: pd.Series, at: pd.Series) -> pd.Series:
+    """Age in completed years at a date (calendar arithmetic, birthday counts); NaN when a date is missing."""
+    b = pd.to_datetime(birth, errors="coerce")
+    a = pd.to_datetime(at, errors="coerce")
+    years = a.dt.year - b.dt.year
+    before_birthday = (a.dt.month < b.dt.month) | ((a.dt.month == b.dt.month) & (a.dt.day < b.dt.day))
+    out = years - before_birthday.astype("float64")
+    return out.astype("float64").where(b.notna() & a.notna())
+
+
+def build_context(frame: pd.DataFrame, study: Study, instruments: dict[str, Instrument],
+                  items: dict[str, ItemSpec], policy: Policy, history: pd.DataFrame | None) -> Context:
+    """Prepare the shared derived values of one file."""
+    cols = list(items)
+    if cols:
+        numeric = frame[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
+        missing = numeric.isna() | numeric.isin(list(policy.missing_codes))
+    else:
+        numeric = pd.DataFrame(index=frame.index)
+        missing = pd.DataFrame(index=frame.index)
+    if "subject_birth_date" in frame.columns:
+        age = completed_years(frame["subject_birth_date"], frame["response_date"])
+    else:
+        age = pd.Series(np.nan, index=frame.index)
+    return Context(frame, study, instruments, items, policy, history, numeric, missing, age)
+
+
+# --- identifiers and study codes -----------------------------------------------------------------------
+
+def check_id_format(ctx: Context) -> pd.DataFrame:
+    """Identifiers present and matching the declared pattern of their column."""
+    parts = []
+    for col in ID_COLUMNS:
+        if col not in ctx.frame.columns:
+            continue
+        s = ctx.frame[col]
+        text = s.astype("object").where(s.notna(), None)
+        pattern = re.compile(ctx.policy.id_patterns.get(col, r".+"))
+        ok = np.array([v is not None and pattern.fullmatch(str(v)) is not None for v in text], dtype=bool)
+        bad = np.flatnonzero(~ok)
+        parts.append(_failures(bad, col, [mask_identifier(text.iloc[i]) for i in bad]))
+    return pd.concat(parts, ignore_index=True) if parts else no_failures()
+
+
+def check_study_codes(ctx: Context) -> pd.DataFrame:
+    """Arm, site, wave and role are study codes; the site belongs to the arm; the arm is measured at the wave."""
+    f, study = ctx.frame, ctx.study
+    arms = {a.code: a for a in study.arms}
+    roles = {r.code for r in study.roles}
+    waves = set(study.wave_codes)
+    out: list[tuple[int, str, str]] = []
+    for pos, (arm, site, wave, role) in enumerate(zip(f["arm"], f["site"], f["wave"], f["role"], strict=True)):
+        a = arms.get(arm)
+        if a is None:
+            out.append((pos, "arm", f"arm {arm!r} is not an arm of the study {sorted(arms)}"))
+        elif a.sites and site not in {s.code for s in a.sites}:
+            out.append((pos, "site", f"site {site!r} is not a site of arm {arm!r}"))
+        if wave not in waves:
+            out.append((pos, "wave", f"wave {wave!r} is not a wave of the study {sorted(waves)}"))
+        elif a is not None and wave not in study.waves_of(arm):
+            out.append((pos, "wave", f"arm {arm!r} is not measured at wave {wave!r}"))
+        if role not in roles:
+            out.append((pos, "role", f"role {role!r} is not a role of the study {sorted(roles)}"))
+    if not out:
+        return no_failures()
+    return pd.DataFrame(out, columns=FAIL_COLUMNS)
+
+
+def check_duplicate_key(ctx: Context) -> pd.DataFrame:
+    """A later row with the same (subject, informant, wave, role) as an earlier row of the file."""
+    key = ["subject_raw", "person_raw", "wave", "role"]
+    f = ctx.frame
+    dup = f.duplicated(subset=key, keep="first").to_numpy()
+    if not dup.any():
+        return no_failures()
+    first_row = f.groupby(key, dropna=False, sort=False)["row_number"].transform("first")
+    bad = np.flatnonzero(dup)
+    return _failures(bad, "subject_raw,person_raw,wave,role",
+                     [f"same subject, informant, wave and role as row {int(first_row.iloc[i])}" for i in bad])
+
+
+# --- dates and ages ----------------------------------------------------------------------------------
+
+def check_wave_window(ctx: Context) -> pd.DataFrame:
+    """Response date within the wave's window of days after the registration date (T0)."""
+    f = ctx.frame
+    resp = pd.to_datetime(f["response_date"], errors="coerce")
+    reg = pd.to_datetime(f["registration_date"], errors="coerce")
+    days = (resp - reg).dt.days
+    lo = f["wave"].map({w.code: w.window_days[0] for w in ctx.study.waves})
+    hi = f["wave"].map({w.code: w.window_days[1] for w in ctx.study.waves})
+    known_wave = lo.notna()
+    no_date = known_wave & (resp.isna() | reg.isna())
+    outside = known_wave & days.notna() & ((days < lo) | (days > hi))
+    parts = []
+    bad = np.flatnonzero(no_date.to_numpy())
+    parts.append(_failures(bad, ["response_date" if pd.isna(resp.iloc[i]) else "registration_date" for i in bad],
+                           "date missing: cannot place the response in its wave"))
+    bad = np.flatnonzero(outside.to_numpy())
+    parts.append(_failures(bad, "response_date",
+                           [f"{int(days.iloc[i])} days after T0; wave {f['wave'].iloc[i]} window is "
+                            f"{int(lo.iloc[i])}..{int(hi.iloc[i])}" for i in bad]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _role_bounds(study: Study, attr: str) -> dict[str, float]:
+    return {r.code: getattr(r, attr) for r in study.roles if getattr(r, attr) is not None}
+
+
+def check_age_rule(ctx: Context) -> pd.DataFrame:
+    """Subject's completed age at the response date within the role's [min, max] years."""
+    f, age = ctx.frame, ctx.age_years
+    lo = f["role"].map(_role_bounds(ctx.study, "min_age_years")).astype("float64")
+    hi = f["role"].map(_role_bounds(ctx.study, "max_age_years")).astype("float64")
+    bad_mask = age.notna() & ((lo.notna() & (age < lo)) | (hi.notna() & (age > hi)))
+    bad = np.flatnonzero(bad_mask.to_numpy())
+
+    def text(i: int) -> str:
+        rng = f"{'' if pd.isna(lo.iloc[i]) else f'{lo.iloc[i]:g}'}..{'' if pd.isna(hi.iloc[i]) else f'{hi.iloc[i]:g}'}"
+        return f"subject aged {int(age.iloc[i])} at the response date; role {f['role'].iloc[i]} needs {rng} years"
+
+    return _failures(bad, "subject_birth_date", [text(i) for i in bad])
+
+
+def _answered(ctx: Context, code: str) -> pd.Series:
+    """Rows with at least one item of the instrument answered (a value that is not a missing code)."""
+    cols = ctx.instrument_columns(code)
+    if not cols:
+        return pd.Series(False, index=ctx.frame.index)
+    return (~ctx.missing_mask[cols]).any(axis=1)
+
+
+def check_role_consistency(ctx: Context) -> pd.DataFrame:
+    """Self-reports are about the informant, parent reports about another person, instruments fit the role."""
+    f = ctx.frame
+    informant = f["role"].map({r.code: r.informant for r in ctx.study.roles})
+    same = f["subject_raw"].astype("object").eq(f["person_raw"].astype("object")) & f["subject_raw"].notna()
+    parts = []
+    bad = np.flatnonzero(((informant == "self") & ~same & f["subject_raw"].notna()).to_numpy())
+    parts.append(_failures(bad, "subject_raw", "self-report row about another person than the informant"))
+    bad = np.flatnonzero(((informant == "parent") & same).to_numpy())
+    parts.append(_failures(bad, "subject_raw", "parent-report row about the informant themself"))
+    for code, inst in ctx.instruments.items():
+        if not ctx.instrument_columns(code):
+            continue
+        wrong = _answered(ctx, code) & f["role"].notna() & ~f["role"].isin(inst.roles)
+        bad = np.flatnonzero(wrong.to_numpy())
+        parts.append(_failures(bad, code, [f"role {f['role'].iloc[i]} answered {code}, which is for roles "
+                                           f"{', '.join(inst.roles)}" for i in bad]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def check_instrument_age_range(ctx: Context) -> pd.DataFrame:
+    """Answers to an instrument only from subjects inside its age range."""
+    parts = [no_failures()]
+    for code, inst in ctx.instruments.items():
+        if inst.age_range_years is None or not ctx.instrument_columns(code):
+            continue
+        lo, hi = inst.age_range_years
+        outside = _answered(ctx, code) & ctx.age_years.notna() & ((ctx.age_years < lo) | (ctx.age_years > hi))
+        bad = np.flatnonzero(outside.to_numpy())
+        parts.append(_failures(bad, code, [f"subject aged {int(ctx.age_years.iloc[i])} answered {code} "
+                                           f"(ages {lo:g}..{hi:g})" for i in bad]))
+    return pd.concat(parts, ignore_index=True)
+
+
+# --- persons across rows and waves --------------------------------------------------------------------
+
+def _person_views(f: pd.DataFrame) -> list[tuple[str, str, str | None, str | None, str | None]]:
+    """(raw id column, pseudonym column, sex column, birth date column, label) for subject and informant."""
+    views = []
+    if "subject_raw" in f.columns:
+        views.append(("subject_raw", "subject_id", "subject_sex", "subject_birth_date", "subject"))
+    if "person_raw" in f.columns and ({"informant_sex", "informant_birth_date"} & set(f.columns)):
+        views.append(("person_raw", "person_id", "informant_sex", "informant_birth_date", "informant"))
+    return views
+
+
+def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
+    """Sex and birth year of a person agree with earlier waves (history) and with the person's other rows.
+
+    Within the file a row fails when it differs from the value most rows of the person give (all rows of
+    the person fail when there is no majority). Against history a row fails when it differs from the
+    value stored for the same pseudonym.
+    """
+    f = ctx.frame
+    out: list[tuple[int, str, str]] = []
+    hist = ctx.history
+    if hist is not None and len(hist):
+        hist = hist.drop_duplicates("pseudonym", keep="last").set_index("pseudonym")
+    for raw_col, pseudo_col, sex_col, birth_col, label in _person_views(f):
+        attrs: dict[str, pd.Series] = {}
+        if sex_col in f.columns:
+            attrs["sex"] = f[sex_col].astype("object").where(f[sex_col].notna(), None)
+        if birth_col in f.columns:
+            by = pd.to_datetime(f[birth_col], errors="coerce").dt.year
+            attrs["birth_year"] = by.astype("object").where(by.notna(), None)
+        keys = f[raw_col].astype("object")
+        flagged: set[tuple[int, str]] = set()
+        for attr, values in attrs.items():
+            col = sex_col if attr == "sex" else birth_col
+            data = pd.DataFrame({"k": keys, "v": values}).dropna()
+            if len(data):
+                counts = data.groupby(["k", "v"], sort=False).size()
+                multi = counts.groupby(level=0).size()
+                for k in multi[multi > 1].index:
+                    c = counts.loc[k]
+                    top = c[c == c.max()]
+                    majority = top.index[0] if len(top) == 1 else None
+                    sel = data["k"] == k
+                    if majority is not None:
+                        sel &= data["v"] != majority
+                    for pos in data.index[sel]:
+                        shown = values.iloc[pos]
+                        why = (f"{label} {attr} {shown} differs from {majority} in other rows of the same person"
+                               if majority is not None else f"{label} {attr} differs between rows of the same person")
+                        out.append((int(pos), col, why))
+                        flagged.add((int(pos), attr))
+            if hist is not None and len(hist) and pseudo_col in f.columns and attr in hist.columns:
+                earlier = f[pseudo_col].map(hist[attr])
+                for pos in np.flatnonzero((earlier.notna() & values.notna()).to_numpy()):
+                    now, before = values.iloc[pos], earlier.iloc[pos]
+                    if _differs(now, before) and (int(pos), attr) not in flagged:
+                        out.append((int(pos), col, f"{label} {attr} {now} differs from {before} in an earlier wave"))
+    if not out:
+        return no_failures()
+    return pd.DataFrame(out, columns=FAIL_COLUMNS)
+
+
+def _differs(a: object, b: object) -> bool:
+    try:
+        return float(a) != float(b)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(a) != str(b)
+
+
+# --- items -------------------------------------------------------------------------------------------
+
+def _fmt_code(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def check_allowed_codes(ctx: Context) -> pd.DataFrame:
+    """Categorical items hold a response code, a declared missing code, or nothing."""
+    parts = [no_failures()]
+    missing = set(ctx.policy.missing_codes)
+    for key, spec in ctx.items.items():
+        if spec.codes is None:
+            continue
+        raw = ctx.frame[key]
+        num = ctx.numeric_items[key]
+        not_numeric = raw.notna() & num.isna()
+        invalid = not_numeric | (num.notna() & ~num.isin(list(spec.codes) + list(missing)))
+        bad = np.flatnonzero(invalid.to_numpy())
+        if len(bad):
+            parts.append(_failures(bad, key, [repr(raw.iloc[i]) if not_numeric.iloc[i] else _fmt_code(num.iloc[i])
+                                              for i in bad]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def check_numeric_range(ctx: Context) -> pd.DataFrame:
+    """Numeric items lie in their declared [min, max] (integers where declared) or hold a missing code."""
+    parts = [no_failures()]
+    missing = list(ctx.policy.missing_codes)
+    for key, spec in ctx.items.items():
+        if spec.numeric is None:
+            continue
+        lo, hi = spec.numeric
+        raw = ctx.frame[key]
+        num = ctx.numeric_items[key]
+        present = num.notna() & ~num.isin(missing)
+        invalid = (raw.notna() & num.isna()) | (present & ((num < lo) | (num > hi)))
+        if spec.integer:
+            invalid |= present & (num != np.round(num))
+        bad = np.flatnonzero(invalid.to_numpy())
+        if len(bad):
+            parts.append(_failures(bad, key, [repr(raw.iloc[i]) if pd.isna(num.iloc[i]) else _fmt_code(num.iloc[i])
+                                              for i in bad]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _missing_shares(ctx: Context) -> list[tuple[str, pd.Series, int, pd.Series]]:
+    """Per instrument present: (code, share missing, n items, applies) for rows the instrument applies to."""
+    out = []
+    for code, inst in ctx.instruments.items():
+        cols = ctx.instrument_columns(code)
+        if not cols:
+            continue
+        applies = ctx.frame["role"].isin(inst.roles)
+        if inst.age_range_years is not None:
+            lo, hi = inst.age_range_years
+            applies &= ctx.age_years.isna() | ((ctx.age_years >= lo) & (ctx.age_years <= hi))
+        n_items = len(inst.items)
+        # items of the instrument that the file does not carry count as missing
+        share = (ctx.missing_mask[cols].sum(axis=1) + (n_items - len(cols))) / n_items
+        out.append((code, share, n_items, applies))
+    return out
+
+
+def _share_failures(ctx: Context, lower: float, upper: float | None) -> pd.DataFrame:
+    parts = [no_failures()]
+    for code, share, n_items, applies in _missing_shares(ctx):
+        hit = applies & (share > lower)
+        if upper is not None:
+            hit &= share <= upper
+        bad = np.flatnonzero(hit.to_numpy())
+        parts.append(_failures(bad, code, [f"{round(share.iloc[i] * n_items)} of {n_items} items missing "
+                                           f"({share.iloc[i]:.0%}; limit {lower:.0%})" for i in bad]))
+    return pd.concat(parts, ignore_index=True)
+
+
+def check_missing_share(ctx: Context) -> pd.DataFrame:
+    """Share of an instrument's items missing above the warning threshold (and not above the high one)."""
+    t = ctx.policy.thresholds
+    return _share_failures(ctx, t["missing_share_warn"], t["missing_share_high"])
+
+
+def check_missing_share_high(ctx: Context) -> pd.DataFrame:
+    """Share of an instrument's items missing above the quarantine threshold."""
+    return _share_failures(ctx, ctx.policy.thresholds["missing_share_high"], None)
+
+
+CHECKS: dict[str, Callable[[Context], pd.DataFrame]] = {
+    "id_format": check_id_format,
+    "study_codes": check_study_codes,
+    "duplicate_key": check_duplicate_key,
+    "wave_window": check_wave_window,
+    "age_rule": check_age_rule,
+    "role_consistency": check_role_consistency,
+    "sex_birth_year_consistency": check_sex_birth_year,
+    "allowed_codes": check_allowed_codes,
+    "numeric_range": check_numeric_range,
+    "instrument_age_range": check_instrument_age_range,
+    "missing_share": check_missing_share,
+    "missing_share_high": check_missing_share_high,
+}

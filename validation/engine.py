@@ -1,0 +1,268 @@
+"""Validate one mapped export against its generated suite (Contract 2): the entry point of the stage.
+
+`validate_mapped_file` checks the file as a whole (required columns, identifier columns, rows), derives one
+check column per row rule from the definitions, runs a single Great Expectations validation of the frame
+against the source version's suite, and turns GX's row indices into row failures with their severity.
+Great Expectations is imported here lazily, only when a file is validated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cohortflow.config.study import Study
+from cohortflow.instruments.model import Instrument
+
+from .checks import CHECKS, build_context
+from .contract import (
+    ID_COLUMNS,
+    REQUIRED_COLUMNS,
+    ROW_FAILURE_COLUMNS,
+    RULE_RESULT_COLUMNS,
+    MappedInput,
+    ValidationOutcome,
+    as_mapped_input,
+    empty_frame,
+    make_outcome,
+)
+from .policy import ROW_RULES, RULE_DESCRIPTIONS
+from .suite import SuiteSpec, build_suite, check_column
+
+RESULT_FORMAT = {"result_format": "COMPLETE"}
+
+
+# --- Great Expectations contexts (created once per process) -------------------------------------------
+
+_EPHEMERAL: dict[str, Any] = {}
+_FILE_CONTEXTS: dict[str, Any] = {}
+
+
+def _quiet(context: Any) -> Any:
+    context.variables.progress_bars = {"globally": False, "profilers": False, "metric_calculations": False}
+    return context
+
+
+def _ephemeral() -> dict[str, Any]:
+    """An in-memory GX context with one pandas data source and one whole-frame batch definition."""
+    if not _EPHEMERAL:
+        os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import great_expectations as gx
+
+        context = _quiet(gx.get_context(mode="ephemeral"))
+        asset = context.data_sources.add_pandas("cohortflow").add_dataframe_asset("mapped_file")
+        _EPHEMERAL.update(context=context, batch_definition=asset.add_batch_definition_whole_dataframe("file"),
+                          suites=set())
+    return _EPHEMERAL
+
+
+def _run_ephemeral(frame: pd.DataFrame, suite: SuiteSpec) -> Any:
+    eph = _ephemeral()
+    gx_suite = suite.gx_suite()
+    if suite.name not in eph["suites"]:
+        eph["context"].suites.add_or_update(gx_suite)
+        eph["suites"].add(suite.name)
+    batch = eph["batch_definition"].get_batch(batch_parameters={"dataframe": frame})
+    return batch.validate(gx_suite, result_format=RESULT_FORMAT)
+
+
+def _batch_name(file_name: str, sha256: str | None) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", file_name).strip("_")[:80] or "file"
+    return f"{stem}_{sha256[:8]}" if sha256 else stem
+
+
+def _run_with_docs(frame: pd.DataFrame, suite: SuiteSpec, docs_dir: Path, batch_name: str) -> tuple[Any, Path | None]:
+    """Validate through a file context under `docs_dir` and build that batch's Data Docs page."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    root = str(Path(docs_dir).resolve())
+    context = _FILE_CONTEXTS.get(root)
+    if context is None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        context = _quiet(gx.get_context(mode="file", project_root_dir=root))
+        _FILE_CONTEXTS[root] = context
+    try:
+        source = context.data_sources.get("cohortflow")
+    except (KeyError, ValueError, LookupError):
+        source = context.data_sources.add_pandas("cohortflow")
+    try:
+        asset = source.get_asset(batch_name)
+    except (KeyError, ValueError, LookupError):
+        asset = source.add_dataframe_asset(batch_name)
+    try:
+        batch_def = asset.get_batch_definition("file")
+    except (KeyError, ValueError, LookupError):
+        batch_def = asset.add_batch_definition_whole_dataframe("file")
+    gx_suite = context.suites.add_or_update(suite.new_gx_suite())
+    vdef = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=batch_name, data=batch_def, suite=gx_suite))
+    checkpoint = context.checkpoints.add_or_update(gx.Checkpoint(
+        name=batch_name, validation_definitions=[vdef], result_format=RESULT_FORMAT,
+        actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")]))
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    key, validation = next(iter(result.run_results.items()))
+    page = Path(root, "gx", "uncommitted", "data_docs", "local_site", "validations",
+                *[str(p) for p in key.to_tuple()]).with_suffix(".html")
+    return validation, (page if page.exists() else None)
+
+
+# --- file-level checks ----------------------------------------------------------------------------------
+
+def _file_checks(mi: MappedInput, suite: SuiteSpec) -> list[tuple[str, str]]:
+    """(rule, message) for problems that refuse the file before any row is checked."""
+    f, name, src = mi.frame, mi.file_name, suite.source_label
+    problems: list[tuple[str, str]] = []
+    missing = [c for c in REQUIRED_COLUMNS if c not in f.columns]
+    if missing:
+        problems.append(("required_columns",
+                         f"{name}: column(s) {', '.join(missing)} missing after mapping with source {src}; expected "
+                         f"all of {', '.join(REQUIRED_COLUMNS)}. Check that the export has these columns and that "
+                         f"the source definition maps them (identifiers, demographics, arm/site/wave/role)."))
+    meta_missing = list(mi.meta.get("missing_columns") or [])
+    if meta_missing:
+        problems.append(("required_columns",
+                         f"{name}: required export column(s) {', '.join(map(str, meta_missing))} not found (source "
+                         f"{src}). Ask for a complete export, or correct required_columns in the source definition."))
+    if len(f) == 0:
+        problems.append(("no_rows", f"{name}: the file has no data rows. Ask the sender for the full export."))
+    else:
+        empty = [c for c in ID_COLUMNS if c in f.columns and f[c].isna().all()]
+        if empty:
+            problems.append(("id_columns_empty",
+                             f"{name}: identifier column(s) {', '.join(empty)} hold no value in any of {len(f)} "
+                             f"rows (source {src}). Check that the source definition names the right identifier "
+                             f"columns; rows without identifiers cannot be linked."))
+    return problems
+
+
+# --- the entry point ------------------------------------------------------------------------------------
+
+def _details_to_column(n: int, details: pd.DataFrame) -> pd.Series:
+    """The derived GX column of a rule: per row the failure reasons joined, or None."""
+    col = pd.Series([None] * n, dtype="object")
+    if len(details):
+        joined = (details["column"].astype(str) + ": " + details["value"].astype(str)).groupby(details["pos"]).agg("; ".join)
+        col.iloc[joined.index.to_numpy()] = joined.to_numpy()
+    return col
+
+
+def validate_mapped_file(
+    mapped: object,
+    study: Study,
+    instruments: dict[str, Instrument],
+    source: object | None = None,
+    history: pd.DataFrame | None = None,
+    docs_dir: Path | str | None = None,
+) -> ValidationOutcome:
+    """Validate one MappedFile (Contract 1) and return its ValidationOutcome (Contract 2).
+
+    `history`: earlier (pseudonym, sex, birth_year) of persons already in the warehouse, compared with the
+    frame's `subject_id` / `person_id` pseudonym columns when ingest provides them. `docs_dir`: when given,
+    the validation runs in a GX file context there and builds the batch's Data Docs page (its path is set as
+    `outcome.docs_path`). Failures of rules whose severity is `refuse`, or a file where every row fails,
+    refuse the file (`file_errors`).
+    """
+    mi = as_mapped_input(mapped)
+    suite = build_suite(source if source is not None else mi.meta.get("source"), study, instruments)
+    policy = suite.policy
+    name = mi.file_name
+    errors: list[str] = []
+    results: list[dict[str, Any]] = []
+    row_parts: list[pd.DataFrame] = []
+
+    file_problems = _file_checks(mi, suite)
+    for rule, msg in file_problems:
+        errors.append(msg)
+        results.append({"rule": rule, "severity": policy.of(rule), "n_checked": 1, "n_failed": 1, "examples": [msg]})
+    if file_problems:
+        return _finish(errors, row_parts, results, mi, None)
+
+    frame = mi.frame.reset_index(drop=True)
+    n = len(frame)
+    items = {k: s for k, s in suite.items.items() if k in frame.columns}
+    ctx = build_context(frame, study, suite.instruments, items, policy, history)
+    details = {rule: CHECKS[rule](ctx) for rule in ROW_RULES}
+    gx_frame = frame[list(REQUIRED_COLUMNS)].copy()
+    for rule in ROW_RULES:
+        gx_frame[check_column(rule)] = _details_to_column(n, details[rule])
+
+    docs_path = None
+    if docs_dir is not None:
+        validation, docs_path = _run_with_docs(gx_frame, suite, Path(docs_dir), _batch_name(name, mi.meta.get("sha256")))
+    else:
+        validation = _run_ephemeral(gx_frame, suite)
+
+    row_numbers = frame["row_number"].to_numpy()
+    quarantined: set[int] = set()
+    for res in validation.results:
+        meta = res.expectation_config.meta or {}
+        rule = meta.get("rule")
+        if rule not in details:
+            if rule and not res.success:  # a table-level expectation (required columns) failed
+                errors.append(f"{name}: rule {rule} failed in Great Expectations: {res.result}")
+            continue
+        sev = policy.of(rule)
+        if res.exception_info and res.exception_info.get("raised_exception"):
+            raise RuntimeError(f"{name}: Great Expectations could not evaluate rule {rule}: "
+                               f"{res.exception_info.get('exception_message')}")
+        failing = sorted(int(i) for i in (res.result.get("unexpected_index_list") or []))
+        d = details[rule]
+        d = d[d["pos"].isin(failing)].sort_values("pos", kind="stable")
+        examples = [f"row {int(row_numbers[p])} {c}: {v}" for p, c, v in
+                    d[["pos", "column", "value"]].head(policy.examples_per_rule).itertuples(index=False)]
+        results.append({"rule": rule, "severity": sev, "n_checked": int(res.result.get("element_count", n)),
+                        "n_failed": len(failing), "examples": examples})
+        if not failing:
+            continue
+        row_parts.append(pd.DataFrame({
+            "row_number": row_numbers[d["pos"].to_numpy()], "rule": rule, "column": d["column"].to_numpy(),
+            "value": d["value"].to_numpy(), "severity": "warn" if sev == "warn" else "quarantine"}))
+        if sev == "refuse":
+            errors.append(f"{name}: {len(failing)} row(s) fail rule {rule} ({RULE_DESCRIPTIONS[rule]}), which refuses "
+                          f"the file for source {suite.source_label}; first: {examples[0] if examples else ''}. "
+                          f"Correct the export and deliver it again.")
+        if sev != "warn":
+            quarantined.update(failing)
+
+    issues = mi.row_issues
+    if issues is not None and len(issues):
+        issues = issues.reindex(columns=ROW_FAILURE_COLUMNS)
+        row_parts.append(issues)
+        for rule, grp in issues.groupby("rule", sort=False):
+            results.append({"rule": str(rule), "severity": str(grp["severity"].iloc[0]), "n_checked": n,
+                            "n_failed": int(grp["row_number"].nunique()),
+                            "examples": [f"row {r} {c}: {v}" for r, c, v in
+                                         grp[["row_number", "column", "value"]].head(policy.examples_per_rule)
+                                         .itertuples(index=False)]})
+        bad_rows = set(issues.loc[issues["severity"] != "warn", "row_number"])
+        quarantined.update(int(p) for p in np.flatnonzero(frame["row_number"].isin(bad_rows).to_numpy()))
+
+    all_failed = n > 0 and len(quarantined) == n
+    results.append({"rule": "all_rows_failed", "severity": policy.of("all_rows_failed"), "n_checked": 1,
+                    "n_failed": int(all_failed), "examples": []})
+    if all_failed and policy.of("all_rows_failed") == "refuse":
+        top = max((r for r in results if r["rule"] in details), key=lambda r: r["n_failed"], default=None)
+        hint = f" Most failures: {top['rule']} ({top['n_failed']} rows), e.g. {top['examples'][:1]}." if top else ""
+        errors.append(f"{name}: all {n} rows fail validation (source {suite.source_label}), so the file is refused "
+                      f"whole.{hint} Check that the file is the right export for this source and wave.")
+        results[-1]["examples"] = [errors[-1]]
+    return _finish(errors, row_parts, results, mi, docs_path)
+
+
+def _finish(errors: list[str], row_parts: list[pd.DataFrame], results: list[dict[str, Any]], mi: MappedInput,
+            docs_path: Path | None) -> ValidationOutcome:
+    rows = pd.concat(row_parts, ignore_index=True) if row_parts else empty_frame(ROW_FAILURE_COLUMNS)
+    if len(rows):
+        rows = rows.sort_values(["row_number", "rule"], kind="stable")
+    rule_results = pd.DataFrame(results, columns=RULE_RESULT_COLUMNS) if results else empty_frame(RULE_RESULT_COLUMNS)
+    outcome = make_outcome(errors, rows, rule_results)
+    with contextlib.suppress(AttributeError):  # a slotted dataclass: the caller finds the page under docs_dir
+        outcome.docs_path = docs_path  # type: ignore[attr-defined]
+    return outcome

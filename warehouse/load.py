@@ -281,6 +281,7 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
     codes = f[keys].to_numpy(dtype="float64") if keys else np.zeros((len(f), 0))
     reasons = (mapped.missing_reasons[keys].to_numpy(dtype=object) if keys
                else np.zeros((len(f), 0), dtype=object))
+    reasons = np.where(pd.isna(reasons), None, reasons).astype(object)  # text columns may hold NaN for None
     # duplicates within the file: same person, subject, role, wave
     dup_rows: set[int] = set()
     quarantine = {k: list(v) for k, v in quarantine.items()}
@@ -427,7 +428,7 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
             continue
         rid, bid = existing[k]
         stored = {(iv.instrument + "_" + iv.item): (iv.value, iv.missing_reason)
-                  for iv in conn.execute(select(ItemValue).where(ItemValue.response_id == rid)).scalars()}
+                  for iv in conn.execute(select(ItemValue).where(ItemValue.response_id == rid))}
         i = pos[rec.row_number]
         mine = {}
         for j, key in enumerate(p.item_keys):

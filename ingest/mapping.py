@@ -98,10 +98,20 @@ def match_source(path: Path | str, sources: list[SourceDefinition]) -> SourceDef
     return max(cands, key=fit)
 
 
+def _canon(name: str) -> str:
+    """Lower-case, without separators, numbers without leading zeros: 'PSS_07' and 'pss7' are equal."""
+    return re.sub(r"0+(\d)", r"\1", re.sub(r"[^a-z0-9]", "", name.lower()))
+
+
 def closest(name: str, known: list[str]) -> str | None:
-    """The closest known column name (case-insensitive), or None when nothing is similar."""
+    """The closest known column name (same up to case, separators and leading zeros first), or None."""
+    known = [k for k in known if k != name]
+    canon = _canon(name)
+    for k in known:
+        if _canon(k) == canon:
+            return k
     lower = {k.lower(): k for k in known}
-    hit = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.6)
+    hit = difflib.get_close_matches(name.lower(), list(lower), n=1, cutoff=0.5)
     return lower[hit[0]] if hit else None
 
 

@@ -200,6 +200,13 @@ def read_csv(path: Path, options, text_columns: set[str]) -> RawExport:  # noqa:
     decimal = detect_decimal(text[:200_000], delimiter, options.decimal)
     header = next(csv.reader([first_line], delimiter=delimiter), [])
     header = [h.strip() for h in header]
+    if text and not text.endswith(("\n", "\r")):  # a cut-off file: is its last record complete?
+        last = text.rstrip("\r\n").rsplit("\n", 1)[-1]
+        fields = next(csv.reader([last], delimiter=delimiter), [])
+        if len(fields) < len(header):
+            line = text.count("\n") + 1
+            raise _refuse(path, f"is truncated: line {line} has {len(fields)} of {len(header)} fields and no line "
+                                "end", "Copy or export the file again completely and replace it.")
     dtype = {c: "str" for c in header if c in text_columns}
     try:
         df = pd.read_csv(io.StringIO(text), sep=delimiter, decimal=decimal, dtype=dtype,

@@ -72,12 +72,23 @@ class Context:
     items: dict[str, ItemSpec]  # item columns present in the frame
     policy: Policy
     history: pd.DataFrame | None
-    numeric_items: pd.DataFrame  # item columns as floats (non-numeric text -> NaN)
-    missing_mask: pd.DataFrame  # True where an item is missing (blank or a declared missing code)
+    values: np.ndarray  # item columns as floats, rows x items (non-numeric text -> NaN)
+    not_numeric: np.ndarray  # True where a cell holds text that is not a number
+    missing: np.ndarray  # True where an item is missing (blank or a declared missing code)
+    column_index: dict[str, int]  # item key -> column of `values`
+    by_instrument: dict[str, list[int]]  # instrument code -> its columns in `values`
     age_years: pd.Series  # completed years of the subject at the response date (NaN when unknown)
+    missing_codes: tuple[float, ...] = ()  # declared missing codes: the policy's and the file's own
 
     def instrument_columns(self, code: str) -> list[str]:
         return [k for k, s in self.items.items() if s.instrument == code]
+
+    def answered(self, code: str) -> pd.Series:
+        """Rows with at least one item of the instrument answered (a value that is not a missing code)."""
+        cols = self.by_instrument.get(code, [])
+        if not cols:
+            return pd.Series(False, index=self.frame.index)
+        return pd.Series((~self.missing[:, cols]).any(axis=1), index=self.frame.index)
 
 
 def completed_years(birth: pd.Series, at: pd.Series) -> pd.Series:
@@ -90,21 +101,36 @@ def completed_years(birth: pd.Series, at: pd.Series) -> pd.Series:
     return out.astype("float64").where(b.notna() & a.notna())
 
 
+def _as_float(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A column as floats plus a mask of cells that hold non-numeric text."""
+    if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        vals = col.to_numpy(dtype="float64", na_value=np.nan)
+        return vals, np.zeros(len(col), dtype=bool)
+    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    return num, col.notna().to_numpy() & np.isnan(num)
+
+
 def build_context(frame: pd.DataFrame, study: Study, instruments: dict[str, Instrument],
-                  items: dict[str, ItemSpec], policy: Policy, history: pd.DataFrame | None) -> Context:
-    """Prepare the shared derived values of one file."""
+                  items: dict[str, ItemSpec], policy: Policy, history: pd.DataFrame | None,
+                  extra_missing: tuple[float, ...] = ()) -> Context:
+    """Prepare the shared derived values of one file (`extra_missing`: codes the file itself declares)."""
     cols = list(items)
-    if cols:
-        numeric = frame[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
-        missing = numeric.isna() | numeric.isin(list(policy.missing_codes))
-    else:
-        numeric = pd.DataFrame(index=frame.index)
-        missing = pd.DataFrame(index=frame.index)
+    n = len(frame)
+    values = np.empty((n, len(cols)), dtype="float64")
+    not_numeric = np.zeros((n, len(cols)), dtype=bool)
+    for j, c in enumerate(cols):
+        values[:, j], not_numeric[:, j] = _as_float(frame[c])
+    missing_codes = sorted(set(policy.missing_codes) | set(extra_missing))
+    missing = (np.isnan(values) & ~not_numeric) | np.isin(values, missing_codes)
+    by_instrument: dict[str, list[int]] = {}
+    for j, c in enumerate(cols):
+        by_instrument.setdefault(items[c].instrument, []).append(j)
     if "subject_birth_date" in frame.columns:
         age = completed_years(frame["subject_birth_date"], frame["response_date"])
     else:
         age = pd.Series(np.nan, index=frame.index)
-    return Context(frame, study, instruments, items, policy, history, numeric, missing, age)
+    return Context(frame, study, instruments, items, policy, history, values, not_numeric, missing,
+                   {c: j for j, c in enumerate(cols)}, by_instrument, age, tuple(missing_codes))
 
 
 # --- identifiers and study codes -----------------------------------------------------------------------
@@ -149,16 +175,28 @@ def check_study_codes(ctx: Context) -> pd.DataFrame:
 
 
 def check_duplicate_key(ctx: Context) -> pd.DataFrame:
-    """A later row with the same (subject, informant, wave, role) as an earlier row of the file."""
+    """Rows with the same (subject, informant, wave, role) whose answers differ: every row of the group fails.
+
+    Exact copies are not a validation failure: the loader recognises and counts them as duplicates, so
+    every input row stays accounted for (loaded, quarantined or duplicate).
+    """
     key = ["subject_raw", "person_raw", "wave", "role"]
     f = ctx.frame
-    dup = f.duplicated(subset=key, keep="first").to_numpy()
-    if not dup.any():
+    same_key = f.duplicated(subset=key, keep=False).to_numpy()
+    if not same_key.any():
         return no_failures()
-    first_row = f.groupby(key, dropna=False, sort=False)["row_number"].transform("first")
-    bad = np.flatnonzero(dup)
-    return _failures(bad, "subject_raw,person_raw,wave,role",
-                     [f"same subject, informant, wave and role as row {int(first_row.iloc[i])}" for i in bad])
+    content = [c for c in f.columns if c not in ("row_number", *key)]
+    sub = f.loc[same_key]
+    n_versions = (sub[content].astype("object").where(sub[content].notna(), "<blank>").astype(str)
+                  .agg("|".join, axis=1).groupby([sub[k].astype("object").fillna("") for k in key], sort=False)
+                  .transform("nunique"))
+    rows_of = sub.groupby([sub[k].astype("object").fillna("") for k in key], sort=False)["row_number"].transform(
+        lambda r: ", ".join(str(int(x)) for x in r))
+    conflict = n_versions > 1
+    bad = np.flatnonzero(same_key)[conflict.to_numpy()]
+    texts = [f"rows {rows_of.iloc[i]} have the same subject, informant, wave and role but different answers"
+             for i in np.flatnonzero(conflict.to_numpy())]
+    return _failures(bad, "subject_raw,person_raw,wave,role", texts)
 
 
 # --- dates and ages ----------------------------------------------------------------------------------
@@ -204,14 +242,6 @@ def check_age_rule(ctx: Context) -> pd.DataFrame:
     return _failures(bad, "subject_birth_date", [text(i) for i in bad])
 
 
-def _answered(ctx: Context, code: str) -> pd.Series:
-    """Rows with at least one item of the instrument answered (a value that is not a missing code)."""
-    cols = ctx.instrument_columns(code)
-    if not cols:
-        return pd.Series(False, index=ctx.frame.index)
-    return (~ctx.missing_mask[cols]).any(axis=1)
-
-
 def check_role_consistency(ctx: Context) -> pd.DataFrame:
     """Self-reports are about the informant, parent reports about another person, instruments fit the role."""
     f = ctx.frame
@@ -223,9 +253,9 @@ def check_role_consistency(ctx: Context) -> pd.DataFrame:
     bad = np.flatnonzero(((informant == "parent") & same).to_numpy())
     parts.append(_failures(bad, "subject_raw", "parent-report row about the informant themself"))
     for code, inst in ctx.instruments.items():
-        if not ctx.instrument_columns(code):
+        if not ctx.by_instrument.get(code):
             continue
-        wrong = _answered(ctx, code) & f["role"].notna() & ~f["role"].isin(inst.roles)
+        wrong = ctx.answered(code) & f["role"].notna() & ~f["role"].isin(inst.roles)
         bad = np.flatnonzero(wrong.to_numpy())
         parts.append(_failures(bad, code, [f"role {f['role'].iloc[i]} answered {code}, which is for roles "
                                            f"{', '.join(inst.roles)}" for i in bad]))
@@ -236,10 +266,10 @@ def check_instrument_age_range(ctx: Context) -> pd.DataFrame:
     """Answers to an instrument only from subjects inside its age range."""
     parts = [no_failures()]
     for code, inst in ctx.instruments.items():
-        if inst.age_range_years is None or not ctx.instrument_columns(code):
+        if inst.age_range_years is None or not ctx.by_instrument.get(code):
             continue
         lo, hi = inst.age_range_years
-        outside = _answered(ctx, code) & ctx.age_years.notna() & ((ctx.age_years < lo) | (ctx.age_years > hi))
+        outside = ctx.answered(code) & ctx.age_years.notna() & ((ctx.age_years < lo) | (ctx.age_years > hi))
         bad = np.flatnonzero(outside.to_numpy())
         parts.append(_failures(bad, code, [f"subject aged {int(ctx.age_years.iloc[i])} answered {code} "
                                            f"(ages {lo:g}..{hi:g})" for i in bad]))
@@ -322,42 +352,52 @@ def _fmt_code(v: float) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def _cell_failures(ctx: Context, cols: list[int], invalid: np.ndarray) -> pd.DataFrame:
+    """Failures for the True cells of `invalid` (rows x cols block): column = item key, value = the code."""
+    rows, js = np.nonzero(invalid)
+    if len(rows) == 0:
+        return no_failures()
+    keys = list(ctx.column_index)
+    names = [keys[cols[j]] for j in js]
+    vals = [repr(ctx.frame[name].iloc[r]) if ctx.not_numeric[r, cols[j]] else _fmt_code(ctx.values[r, cols[j]])
+            for r, j, name in zip(rows, js, names, strict=True)]
+    return _failures(rows, names, vals)
+
+
 def check_allowed_codes(ctx: Context) -> pd.DataFrame:
     """Categorical items hold a response code, a declared missing code, or nothing."""
+    groups: dict[tuple[float, ...], list[int]] = {}
+    for key, j in ctx.column_index.items():
+        codes = ctx.items[key].codes
+        if codes is not None:
+            groups.setdefault(codes, []).append(j)
     parts = [no_failures()]
-    missing = set(ctx.policy.missing_codes)
-    for key, spec in ctx.items.items():
-        if spec.codes is None:
-            continue
-        raw = ctx.frame[key]
-        num = ctx.numeric_items[key]
-        not_numeric = raw.notna() & num.isna()
-        invalid = not_numeric | (num.notna() & ~num.isin(list(spec.codes) + list(missing)))
-        bad = np.flatnonzero(invalid.to_numpy())
-        if len(bad):
-            parts.append(_failures(bad, key, [repr(raw.iloc[i]) if not_numeric.iloc[i] else _fmt_code(num.iloc[i])
-                                              for i in bad]))
+    missing = list(ctx.missing_codes)
+    for codes, cols in groups.items():
+        block = ctx.values[:, cols]
+        invalid = ctx.not_numeric[:, cols] | (~np.isnan(block) & ~np.isin(block, list(codes) + missing))
+        if invalid.any():
+            parts.append(_cell_failures(ctx, cols, invalid))
     return pd.concat(parts, ignore_index=True)
 
 
 def check_numeric_range(ctx: Context) -> pd.DataFrame:
     """Numeric items lie in their declared [min, max] (integers where declared) or hold a missing code."""
     parts = [no_failures()]
-    missing = list(ctx.policy.missing_codes)
-    for key, spec in ctx.items.items():
+    missing = list(ctx.missing_codes)
+    for key, j in ctx.column_index.items():
+        spec = ctx.items[key]
         if spec.numeric is None:
             continue
         lo, hi = spec.numeric
-        raw = ctx.frame[key]
-        num = ctx.numeric_items[key]
-        present = num.notna() & ~num.isin(missing)
-        invalid = (raw.notna() & num.isna()) | (present & ((num < lo) | (num > hi)))
-        if spec.integer:
-            invalid |= present & (num != np.round(num))
-        bad = np.flatnonzero(invalid.to_numpy())
-        if len(bad):
-            parts.append(_failures(bad, key, [repr(raw.iloc[i]) if pd.isna(num.iloc[i]) else _fmt_code(num.iloc[i])
-                                              for i in bad]))
+        v = ctx.values[:, [j]]
+        present = ~np.isnan(v) & ~np.isin(v, missing)
+        with np.errstate(invalid="ignore"):
+            invalid = ctx.not_numeric[:, [j]] | (present & ((v < lo) | (v > hi)))
+            if spec.integer:
+                invalid |= present & (v != np.round(v))
+        if invalid.any():
+            parts.append(_cell_failures(ctx, [j], invalid))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -365,7 +405,7 @@ def _missing_shares(ctx: Context) -> list[tuple[str, pd.Series, int, pd.Series]]
     """Per instrument present: (code, share missing, n items, applies) for rows the instrument applies to."""
     out = []
     for code, inst in ctx.instruments.items():
-        cols = ctx.instrument_columns(code)
+        cols = ctx.by_instrument.get(code)
         if not cols:
             continue
         applies = ctx.frame["role"].isin(inst.roles)
@@ -374,7 +414,7 @@ def _missing_shares(ctx: Context) -> list[tuple[str, pd.Series, int, pd.Series]]
             applies &= ctx.age_years.isna() | ((ctx.age_years >= lo) & (ctx.age_years <= hi))
         n_items = len(inst.items)
         # items of the instrument that the file does not carry count as missing
-        share = (ctx.missing_mask[cols].sum(axis=1) + (n_items - len(cols))) / n_items
+        share = pd.Series((ctx.missing[:, cols].sum(axis=1) + (n_items - len(cols))) / n_items, index=ctx.frame.index)
         out.append((code, share, n_items, applies))
     return out
 

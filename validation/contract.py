@@ -89,3 +89,47 @@ def make_outcome(file_errors: list[str], row_failures: pd.DataFrame, rule_result
         row_failures=row_failures[ROW_FAILURE_COLUMNS].reset_index(drop=True),
         rule_results=rule_results[RULE_RESULT_COLUMNS].reset_index(drop=True),
     )
+
+
+def file_missing_codes(meta: dict[str, Any]) -> tuple[float, ...]:
+    """Missing codes the file declares (ingest's meta['missing_codes']: item key -> {code: reason})."""
+    codes: set[float] = set()
+    for per_item in (meta.get("missing_codes") or {}).values():
+        for c in per_item or {}:
+            try:
+                codes.add(float(c))
+            except (TypeError, ValueError):
+                continue
+    return tuple(sorted(codes))
+
+
+_SOURCES: dict[tuple[str, str], object] = {}
+
+
+def source_of(meta: dict[str, Any]) -> object | None:
+    """The source definition named in the meta (source_name, source_version), loaded once; else None."""
+    name, version = meta.get("source_name"), meta.get("source_version")
+    if meta.get("source") is not None:
+        return meta["source"]
+    if not name:
+        return None
+    if (str(name), str(version)) not in _SOURCES:
+        try:
+            from cohortflow.config.sources import load_source_definitions
+
+            for src in load_source_definitions():
+                _SOURCES[(src.name, str(src.version))] = src
+        except ImportError:  # pragma: no cover - before the ingest branch lands
+            pass
+    return _SOURCES.get((str(name), str(version)), {"name": name, "version": version})
+
+
+def with_pseudonyms(frame: pd.DataFrame, key: bytes) -> pd.DataFrame:
+    """Add person_id / subject_id pseudonyms (ingest's function) when the frame lacks them."""
+    from cohortflow.ingest.pseudonymise import pseudonymise_series
+
+    out = frame.copy()
+    for raw, pseudo in (("person_raw", "person_id"), ("subject_raw", "subject_id")):
+        if pseudo not in out.columns and raw in out.columns:
+            out[pseudo] = pseudonymise_series(key, "person", out[raw])
+    return out

@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from cohortflow.config.study import Study
@@ -30,7 +29,10 @@ from .contract import (
     ValidationOutcome,
     as_mapped_input,
     empty_frame,
+    file_missing_codes,
     make_outcome,
+    source_of,
+    with_pseudonyms,
 )
 from .policy import ROW_RULES, RULE_DESCRIPTIONS
 from .suite import SuiteSpec, build_suite, check_column
@@ -160,17 +162,21 @@ def validate_mapped_file(
     source: object | None = None,
     history: pd.DataFrame | None = None,
     docs_dir: Path | str | None = None,
+    *,
+    key: bytes | None = None,
 ) -> ValidationOutcome:
     """Validate one MappedFile (Contract 1) and return its ValidationOutcome (Contract 2).
 
-    `history`: earlier (pseudonym, sex, birth_year) of persons already in the warehouse, compared with the
-    frame's `subject_id` / `person_id` pseudonym columns when ingest provides them. `docs_dir`: when given,
+    `history`: earlier (pseudonym, sex, birth_year) of persons already in the warehouse (the `person`
+    table), compared with the frame's `subject_id` / `person_id` pseudonyms; when the frame has none and
+    `key` (the pseudonymisation key) is given, they are computed here with ingest's function. Ingest's
+    own structural row issues (`mapped.row_issues`) are not repeated: the loader merges them. `docs_dir`: when given,
     the validation runs in a GX file context there and builds the batch's Data Docs page (its path is set as
     `outcome.docs_path`). Failures of rules whose severity is `refuse`, or a file where every row fails,
     refuse the file (`file_errors`).
     """
     mi = as_mapped_input(mapped)
-    suite = build_suite(source if source is not None else mi.meta.get("source"), study, instruments)
+    suite = build_suite(source if source is not None else source_of(mi.meta), study, instruments)
     policy = suite.policy
     name = mi.file_name
     errors: list[str] = []
@@ -187,7 +193,9 @@ def validate_mapped_file(
     frame = mi.frame.reset_index(drop=True)
     n = len(frame)
     items = {k: s for k, s in suite.items.items() if k in frame.columns}
-    ctx = build_context(frame, study, suite.instruments, items, policy, history)
+    if history is not None and key is not None:
+        frame = with_pseudonyms(frame, key)
+    ctx = build_context(frame, study, suite.instruments, items, policy, history, file_missing_codes(mi.meta))
     details = {rule: CHECKS[rule](ctx) for rule in ROW_RULES}
     gx_frame = frame[list(REQUIRED_COLUMNS)].copy()
     for rule in ROW_RULES:
@@ -230,19 +238,6 @@ def validate_mapped_file(
                           f"Correct the export and deliver it again.")
         if sev != "warn":
             quarantined.update(failing)
-
-    issues = mi.row_issues
-    if issues is not None and len(issues):
-        issues = issues.reindex(columns=ROW_FAILURE_COLUMNS)
-        row_parts.append(issues)
-        for rule, grp in issues.groupby("rule", sort=False):
-            results.append({"rule": str(rule), "severity": str(grp["severity"].iloc[0]), "n_checked": n,
-                            "n_failed": int(grp["row_number"].nunique()),
-                            "examples": [f"row {r} {c}: {v}" for r, c, v in
-                                         grp[["row_number", "column", "value"]].head(policy.examples_per_rule)
-                                         .itertuples(index=False)]})
-        bad_rows = set(issues.loc[issues["severity"] != "warn", "row_number"])
-        quarantined.update(int(p) for p in np.flatnonzero(frame["row_number"].isin(bad_rows).to_numpy()))
 
     all_failed = n > 0 and len(quarantined) == n
     results.append({"rule": "all_rows_failed", "severity": policy.of("all_rows_failed"), "n_checked": 1,

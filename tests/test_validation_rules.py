@@ -56,7 +56,7 @@ def _quarantined(outcome):
 CASES = [
     ("id_format", "self", "child", [3, 7], [3, 7], "'AAA AA AAAA AAAAAA'"),
     ("study_codes", "self", "child", [5], [5], "is not a site of arm"),
-    ("duplicate_key", "self", "child", [9], [8, 9], "different answers"),
+    ("duplicate_key", "self", "child", [9], [9], "as row 9, with different answers"),
     ("wave_window", "self", "adult", [2, 11], [2, 11], "days after T0"),
     ("age_rule", "self", "child", [4], [4], "needs"),
     ("role_consistency", "self", "adult", [6], [6], "self-report row about another person"),
@@ -92,6 +92,40 @@ def test_rule_fails_on_exactly_the_broken_rows(study, instruments, rule, informa
     assert res.loc[rule, "n_checked"] == len(frame)
     assert res.loc[rule, "examples"] and text in res.loc[rule, "examples"][0]
     assert out.file_errors == []
+
+
+def test_exact_copy_is_a_duplicate_and_the_first_row_stays(study, instruments):
+    arm, wave = _first_arm_wave(study)
+    clean = valid_frame(study, instruments, arm, wave, _role(study, "self", "child"), n=6, seed=3)
+    frame = pd.concat([clean.iloc[:3], clean.iloc[[2]], clean.iloc[3:]], ignore_index=True)
+    frame["row_number"] = range(1, len(frame) + 1)
+    out = _run(frame, study, instruments)
+    assert _failing(out, "duplicate_key") == {4}
+    assert out.row_failures["value"].tolist() == ["exact copy of row 3"]
+
+
+def test_incomplete_instrument_refuses_the_file_with_the_closest_column(study, instruments):
+    arm, wave = _first_arm_wave(study)
+    frame = valid_frame(study, instruments, arm, wave, _role(study, "self", "child"), n=4)
+    col = item_columns(frame, instruments)[2]
+    meta = {"file_name": "t.sav", "problems": [{"kind": "missing_column", "column": col.upper(), "closest": "X_3"}]}
+    out = validate_mapped_file((frame.drop(columns=[col]), meta), study, instruments)
+    assert len(out.file_errors) == 1
+    assert f"missing {col} (closest column in the file: 'X_3')" in out.file_errors[0]
+    warn = validate_mapped_file((frame.drop(columns=[col]), meta), study, instruments,
+                                source={"name": "q", "version": "1", "validation": {"item_columns_incomplete": "warn"}})
+    assert warn.file_errors == [] and warn.rule_results.set_index("rule").loc["item_columns_incomplete", "n_failed"] == 1
+
+
+def test_id_pattern_may_require_the_household_prefix(study, instruments):
+    arm, wave = _first_arm_wave(study)
+    frame = valid_frame(study, instruments, arm, wave, _role(study, "self", "child"), n=5)
+    frame.loc[1, "person_raw"] = frame.loc[1, "subject_raw"] = "H-OTHER-0001-P1"
+    src = {"name": "p", "version": "1", "validation": {"id_patterns": {"person_raw": "^{household_raw}-P[0-9]+$"}}}
+    out = _run(frame, study, instruments, source=src)
+    assert _failing(out, "id_format") == {2}
+    assert set(out.row_failures["column"]) == {"person_raw"}
+    assert out.row_failures["value"].iloc[0] == "'A-AAAAA-9999-A9'"
 
 
 def test_role_consistency_instrument_not_for_role(study, instruments):
@@ -296,6 +330,7 @@ def test_summary_reads_well_and_hides_identifiers(study, instruments):
     assert "allowed_codes" in text and "row 6" in text and "e.g." in text
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("allowed_codes"))
     assert line.split()[-2:] == ["12", "2"]
+    assert "other rule(s) passed" in text and "wave_window" in text.splitlines()[-1]
     for raw in frame["household_raw"].tolist() + frame["person_raw"].tolist():
         assert raw not in text
     refused = _run(frame.drop(columns=["wave"]), study, instruments)

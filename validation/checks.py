@@ -135,18 +135,45 @@ def build_context(frame: pd.DataFrame, study: Study, instruments: dict[str, Inst
 
 # --- identifiers and study codes -----------------------------------------------------------------------
 
+def _id_pattern_ok(values: pd.Series, pattern: str, frame: pd.DataFrame) -> np.ndarray:
+    """Match each value against the pattern; `{column}` in the pattern stands for that row's (escaped) value."""
+    fields = re.findall(r"\{([a-z_]+)\}", pattern)
+    text = values.astype("object").where(values.notna(), None).tolist()
+    if not fields:
+        rx = re.compile(pattern)
+        return np.array([v is not None and rx.fullmatch(str(v)) is not None for v in text], dtype=bool)
+    cache: dict[tuple, re.Pattern] = {}
+    others = [frame[c].astype("object").where(frame[c].notna(), None).tolist() if c in frame.columns
+              else [None] * len(frame) for c in fields]
+    ok = np.zeros(len(text), dtype=bool)
+    for i, v in enumerate(text):
+        sub = tuple(o[i] for o in others)
+        if v is None or any(x is None for x in sub):
+            continue
+        rx = cache.get(sub)
+        if rx is None:
+            filled = pattern
+            for name, val in zip(fields, sub, strict=True):
+                filled = filled.replace("{" + name + "}", re.escape(str(val)))
+            rx = cache[sub] = re.compile(filled)
+        ok[i] = rx.fullmatch(str(v)) is not None
+    return ok
+
+
 def check_id_format(ctx: Context) -> pd.DataFrame:
-    """Identifiers present and matching the declared pattern of their column."""
+    """Identifiers present and matching the declared pattern of their column.
+
+    A pattern may name another column in braces, e.g. person ids that extend the household id:
+    `^{household_raw}-[A-Z][0-9]+$`.
+    """
     parts = []
     for col in ID_COLUMNS:
         if col not in ctx.frame.columns:
             continue
         s = ctx.frame[col]
-        text = s.astype("object").where(s.notna(), None)
-        pattern = re.compile(ctx.policy.id_patterns.get(col, r".+"))
-        ok = np.array([v is not None and pattern.fullmatch(str(v)) is not None for v in text], dtype=bool)
-        bad = np.flatnonzero(~ok)
-        parts.append(_failures(bad, col, [mask_identifier(text.iloc[i]) for i in bad]))
+        pattern = ctx.policy.id_patterns.get(col, r".+")
+        bad = np.flatnonzero(~_id_pattern_ok(s, pattern, ctx.frame))
+        parts.append(_failures(bad, col, [mask_identifier(s.iloc[i]) for i in bad]))
     return pd.concat(parts, ignore_index=True) if parts else no_failures()
 
 
@@ -175,27 +202,27 @@ def check_study_codes(ctx: Context) -> pd.DataFrame:
 
 
 def check_duplicate_key(ctx: Context) -> pd.DataFrame:
-    """Rows with the same (subject, informant, wave, role) whose answers differ: every row of the group fails.
+    """A later row with the same (subject, informant, wave, role) as an earlier row of the file.
 
-    Exact copies are not a validation failure: the loader recognises and counts them as duplicates, so
-    every input row stays accounted for (loaded, quarantined or duplicate).
+    The first row stays; each later one fails, saying whether it is an exact copy or answers differently.
     """
     key = ["subject_raw", "person_raw", "wave", "role"]
     f = ctx.frame
-    same_key = f.duplicated(subset=key, keep=False).to_numpy()
-    if not same_key.any():
+    later = f.duplicated(subset=key, keep="first").to_numpy()
+    if not later.any():
         return no_failures()
-    content = [c for c in f.columns if c not in ("row_number", *key)]
-    sub = f.loc[same_key]
-    n_versions = (sub[content].astype("object").where(sub[content].notna(), "<blank>").astype(str)
-                  .agg("|".join, axis=1).groupby([sub[k].astype("object").fillna("") for k in key], sort=False)
-                  .transform("nunique"))
-    rows_of = sub.groupby([sub[k].astype("object").fillna("") for k in key], sort=False)["row_number"].transform(
-        lambda r: ", ".join(str(int(x)) for x in r))
-    conflict = n_versions > 1
-    bad = np.flatnonzero(same_key)[conflict.to_numpy()]
-    texts = [f"rows {rows_of.iloc[i]} have the same subject, informant, wave and role but different answers"
-             for i in np.flatnonzero(conflict.to_numpy())]
+    groups = [f[k].astype("object").fillna("") for k in key]
+    first_pos = pd.Series(np.arange(len(f)), index=f.index).groupby(groups, sort=False).transform("first").to_numpy()
+    content = [c for c in f.columns if c != "row_number"]
+    texts = []
+    bad = np.flatnonzero(later)
+    for i in bad:
+        j = int(first_pos[i])
+        a, b = f.iloc[i][content], f.iloc[j][content]
+        same = bool(((a == b) | (a.isna() & b.isna())).all())
+        first_row = int(f["row_number"].iloc[j])
+        texts.append(f"exact copy of row {first_row}" if same else
+                     f"same subject, informant, wave and role as row {first_row}, with different answers")
     return _failures(bad, "subject_raw,person_raw,wave,role", texts)
 
 

@@ -34,7 +34,7 @@ from .contract import (
     source_of,
     with_pseudonyms,
 )
-from .policy import ROW_RULES, RULE_DESCRIPTIONS
+from .policy import RULE_DESCRIPTIONS
 from .suite import SuiteSpec, build_suite, check_column
 
 RESULT_FORMAT = {"result_format": "COMPLETE"}
@@ -132,6 +132,7 @@ def _file_checks(mi: MappedInput, suite: SuiteSpec) -> list[tuple[str, str]]:
         problems.append(("required_columns",
                          f"{name}: required export column(s) {', '.join(map(str, meta_missing))} not found (source "
                          f"{src}). Ask for a complete export, or correct required_columns in the source definition."))
+    problems += _incomplete_instruments(mi, suite)
     if len(f) == 0:
         problems.append(("no_rows", f"{name}: the file has no data rows. Ask the sender for the full export."))
     else:
@@ -142,6 +143,24 @@ def _file_checks(mi: MappedInput, suite: SuiteSpec) -> list[tuple[str, str]]:
                              f"rows (source {src}). Check that the source definition names the right identifier "
                              f"columns; rows without identifiers cannot be linked."))
     return problems
+
+
+def _incomplete_instruments(mi: MappedInput, suite: SuiteSpec) -> list[tuple[str, str]]:
+    """Instruments present in the file with some of their item columns missing (a renamed or dropped column)."""
+    closest = {str(p.get("column", "")).lower(): p.get("closest") for p in mi.meta.get("problems") or []
+               if isinstance(p, dict) and p.get("kind") == "missing_column"}
+    out = []
+    for code, inst in suite.instruments.items():
+        keys = [inst.item_key(i.code) for i in inst.items]
+        absent = [k for k in keys if k not in mi.frame.columns]
+        if 0 < len(absent) < len(keys):
+            hints = [f"{k} (closest column in the file: {closest[k.lower()]!r})" if closest.get(k.lower()) else k
+                     for k in absent]
+            out.append(("item_columns_incomplete",
+                        f"{mi.file_name}: instrument {code} has {len(keys) - len(absent)} of {len(keys)} item "
+                        f"columns; missing {', '.join(hints)} (source {suite.source_label}). Map the renamed "
+                        f"column in the source definition or ask the sender for a corrected export."))
+    return out
 
 
 # --- the entry point ------------------------------------------------------------------------------------
@@ -185,9 +204,10 @@ def validate_mapped_file(
 
     file_problems = _file_checks(mi, suite)
     for rule, msg in file_problems:
-        errors.append(msg)
+        if policy.of(rule) == "refuse" or rule in ("required_columns", "no_rows"):
+            errors.append(msg)
         results.append({"rule": rule, "severity": policy.of(rule), "n_checked": 1, "n_failed": 1, "examples": [msg]})
-    if file_problems:
+    if errors:
         return _finish(errors, row_parts, results, mi, None)
 
     frame = mi.frame.reset_index(drop=True)
@@ -196,9 +216,10 @@ def validate_mapped_file(
     if history is not None and key is not None:
         frame = with_pseudonyms(frame, key)
     ctx = build_context(frame, study, suite.instruments, items, policy, history, file_missing_codes(mi.meta))
-    details = {rule: CHECKS[rule](ctx) for rule in ROW_RULES}
+    rules = [r for r in suite.rules if r in CHECKS]
+    details = {rule: CHECKS[rule](ctx) for rule in rules}
     gx_frame = frame[list(REQUIRED_COLUMNS)].copy()
-    for rule in ROW_RULES:
+    for rule in rules:
         gx_frame[check_column(rule)] = _details_to_column(n, details[rule])
 
     docs_path = None

@@ -18,9 +18,11 @@ from cohortflow.config.loading import ConfigError
 Severity = Literal["warn", "quarantine", "refuse"]
 SEVERITIES: tuple[str, ...] = ("warn", "quarantine", "refuse")
 DEFAULTS_PATH = Path(__file__).resolve().parent / "defaults.yaml"
+SOURCE_RULES_PATH = Path(__file__).resolve().parent / "source_rules.yaml"
 
 # Rules checked once per file (before any row is looked at) and rules checked per row.
-FILE_RULES: tuple[str, ...] = ("required_columns", "id_columns_empty", "no_rows", "all_rows_failed")
+FILE_RULES: tuple[str, ...] = ("required_columns", "item_columns_incomplete", "id_columns_empty", "no_rows",
+                               "all_rows_failed")
 ROW_RULES: tuple[str, ...] = (
     "id_format",
     "study_codes",
@@ -38,6 +40,7 @@ ROW_RULES: tuple[str, ...] = (
 
 RULE_DESCRIPTIONS: dict[str, str] = {
     "required_columns": "the file has every canonical column (identifiers, arm/site/wave/role, dates)",
+    "item_columns_incomplete": "an instrument in the file has all its item columns (none renamed or dropped)",
     "id_columns_empty": "every identifier column holds values",
     "no_rows": "the file has data rows",
     "all_rows_failed": "at least one row passes validation",
@@ -90,18 +93,34 @@ def _defaults() -> dict[str, Any]:
     return data
 
 
+@cache
+def _source_rules() -> dict[str, Any]:
+    if not SOURCE_RULES_PATH.is_file():
+        return {}
+    return dict(yaml.safe_load(SOURCE_RULES_PATH.read_text(encoding="utf-8")) or {})
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def _source_overrides(source: object | None) -> dict[str, Any]:
-    """The `validation:` mapping of a source definition (a pydantic model or a dict), or {}."""
+    """validation/source_rules.yaml for the source's name, then the source's own `validation:` mapping."""
     if source is None:
         return {}
+    name = source.get("name") if isinstance(source, dict) else getattr(source, "name", None)
+    listed = dict(_source_rules().get(str(name), {}) or {})
     raw = source.get("validation") if isinstance(source, dict) else getattr(source, "validation", None)
     if raw is None:
-        return {}
+        return listed
     if hasattr(raw, "model_dump"):
         raw = raw.model_dump()
     if not isinstance(raw, dict):
         raise ConfigError(f"source {source_label(source)}: `validation` must be a mapping, got {type(raw).__name__}")
-    return dict(raw)
+    return _merge(listed, dict(raw))
 
 
 def source_label(source: object | None) -> str:

@@ -25,20 +25,23 @@ def _decision(outcome: Any) -> str:
 
 
 def summarise(outcome: Any, file_name: str) -> str:
-    """Plain text: decision, file errors, then one line per rule (failing rules first) with examples."""
+    """Plain text: decision, file errors, one line per failing rule with examples, then the rules that passed."""
     lines = [f"Validation of {file_name}: {_decision(outcome)}"]
     for err in outcome.file_errors:
         lines.append(f"  ! {err}")
     rr: pd.DataFrame = outcome.rule_results
     if len(rr):
-        rr = rr.assign(_failing=rr["n_failed"] > 0).sort_values("_failing", ascending=False, kind="stable")
-        width = max(len(str(r)) for r in rr["rule"])
-        lines.append(f"  {'rule':<{width}}  {'severity':<10} {'checked':>7} {'failed':>6}")
-        for r in rr.itertuples(index=False):
-            lines.append(f"  {r.rule:<{width}}  {r.severity:<10} {int(r.n_checked):>7} {int(r.n_failed):>6}")
-            if r.n_failed:
+        failing = rr[rr["n_failed"] > 0]
+        if len(failing):
+            width = max(len(str(r)) for r in failing["rule"])
+            lines.append(f"  {'rule':<{width}}  {'severity':<10} {'checked':>7} {'failed':>6}")
+            for r in failing.itertuples(index=False):
+                lines.append(f"  {r.rule:<{width}}  {r.severity:<10} {int(r.n_checked):>7} {int(r.n_failed):>6}")
                 for ex in list(r.examples or [])[:3]:
                     lines.append(f"  {'':<{width}}    e.g. {ex}")
+        n_pass = int((rr["n_failed"] == 0).sum())
+        if n_pass:
+            lines.append(f"  {n_pass} other rule(s) passed: {', '.join(rr.loc[rr['n_failed'] == 0, 'rule'])}")
     docs = getattr(outcome, "docs_path", None)
     if docs:
         lines.append(f"  Data Docs: {docs}")

@@ -303,6 +303,10 @@ def test_a_file_where_every_row_fails_is_refused(study, instruments):
     partial = inject(clean, "wave_window", list(range(5)), study, instruments)
     out = _run(partial, study, instruments)
     assert out.file_errors == [] and _quarantined(out) == {1, 2, 3, 4, 5}
+    # a two-row file whose rows both fail is no sign of a wrong file: its rows are quarantined
+    small = inject(clean.iloc[:2].copy(), "wave_window", [0, 1], study, instruments)
+    out = _run(small, study, instruments)
+    assert out.file_errors == [] and _quarantined(out) == {1, 2}
 
 
 # --- suites and summaries ---------------------------------------------------------------------------

@@ -260,7 +260,7 @@ def validate_mapped_file(
         if sev != "warn":
             quarantined.update(failing)
 
-    all_failed = n > 0 and len(quarantined) == n
+    all_failed = n >= policy.thresholds["all_rows_failed_min_rows"] and len(quarantined) == n
     results.append({"rule": "all_rows_failed", "severity": policy.of("all_rows_failed"), "n_checked": 1,
                     "n_failed": int(all_failed), "examples": []})
     if all_failed and policy.of("all_rows_failed") == "refuse":

@@ -172,7 +172,10 @@ def resolve_policy(source: object | None = None) -> Policy:
             value = float(v)
         except (TypeError, ValueError):
             raise ConfigError(f"source {label}: validation.thresholds.{k} must be a number, got {v!r}") from None
-        if not 0.0 <= value <= 1.0:
+        if k.endswith("_min_rows"):
+            if value < 1 or value != int(value):
+                raise ConfigError(f"source {label}: validation.thresholds.{k} must be a whole number >= 1, got {v!r}")
+        elif not 0.0 <= value <= 1.0:
             raise ConfigError(f"source {label}: validation.thresholds.{k} must lie in [0, 1], got {value}")
         thresholds[k] = value
     id_patterns = dict(d["id_patterns"])

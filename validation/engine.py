@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,7 @@ def validate_mapped_file(
     `outcome.docs_path`). Failures of rules whose severity is `refuse`, or a file where every row fails,
     refuse the file (`file_errors`).
     """
+    t_start = time.perf_counter()
     mi = as_mapped_input(mapped)
     suite = build_suite(source if source is not None else source_of(mi.meta), study, instruments)
     policy = suite.policy
@@ -216,18 +218,23 @@ def validate_mapped_file(
     if history is not None and key is not None:
         frame = with_pseudonyms(frame, key)
     ctx = build_context(frame, study, suite.instruments, items, policy, history, file_missing_codes(mi.meta))
+    t_checks = time.perf_counter()
     rules = [r for r in suite.rules if r in CHECKS]
     details = {rule: CHECKS[rule](ctx) for rule in rules}
     gx_frame = frame[list(REQUIRED_COLUMNS)].copy()
     for rule in rules:
         gx_frame[check_column(rule)] = _details_to_column(n, details[rule])
 
+    timings = {"checks_seconds": time.perf_counter() - t_checks}
+    t_gx = time.perf_counter()
     docs_path = None
     if docs_dir is not None:
         validation, docs_path = _run_with_docs(gx_frame, suite, Path(docs_dir), _batch_name(name, mi.meta.get("sha256")))
     else:
         validation = _run_ephemeral(gx_frame, suite)
 
+    timings["gx_seconds"] = time.perf_counter() - t_gx
+    timings["n_expectations"] = len(validation.results)
     row_numbers = frame["row_number"].to_numpy()
     quarantined: set[int] = set()
     for res in validation.results:
@@ -269,11 +276,12 @@ def validate_mapped_file(
         errors.append(f"{name}: all {n} rows fail validation (source {suite.source_label}), so the file is refused "
                       f"whole.{hint} Check that the file is the right export for this source and wave.")
         results[-1]["examples"] = [errors[-1]]
-    return _finish(errors, row_parts, results, mi, docs_path)
+    timings["total_seconds"] = time.perf_counter() - t_start
+    return _finish(errors, row_parts, results, mi, docs_path, timings)
 
 
 def _finish(errors: list[str], row_parts: list[pd.DataFrame], results: list[dict[str, Any]], mi: MappedInput,
-            docs_path: Path | None) -> ValidationOutcome:
+            docs_path: Path | None, timings: dict[str, float] | None = None) -> ValidationOutcome:
     rows = pd.concat(row_parts, ignore_index=True) if row_parts else empty_frame(ROW_FAILURE_COLUMNS)
     if len(rows):
         rows = rows.sort_values(["row_number", "rule"], kind="stable")
@@ -281,4 +289,5 @@ def _finish(errors: list[str], row_parts: list[pd.DataFrame], results: list[dict
     outcome = make_outcome(errors, rows, rule_results)
     with contextlib.suppress(AttributeError):  # a slotted dataclass: the caller finds the page under docs_dir
         outcome.docs_path = docs_path  # type: ignore[attr-defined]
+        outcome.timings = timings or {}  # type: ignore[attr-defined]
     return outcome

@@ -117,8 +117,8 @@ def _rule_notes(rule: str, study: Study, instruments: dict[str, Instrument], ite
             f"{w.code}: {w.window_days[0]}..{w.window_days[1]}" for w in study.waves)
     if rule == "age_rule":
         return "Ages (completed years at the response date): " + "; ".join(
-            f"{r.code}: {r.min_age_years if r.min_age_years is not None else ''}.."
-            f"{r.max_age_years if r.max_age_years is not None else ''}" for r in study.roles)
+            f"{r.code}: {'' if r.min_age_years is None else f'{r.min_age_years:g}'}.."
+            f"{'' if r.max_age_years is None else f'{r.max_age_years:g}'}" for r in study.roles)
     if rule == "id_format":
         return "Patterns: " + "; ".join(f"{k}: {v}" for k, v in policy.id_patterns.items())
     if rule in ("missing_share", "missing_share_high"):

@@ -41,7 +41,8 @@ def summarise(outcome: Any, file_name: str) -> str:
                     lines.append(f"  {'':<{width}}    e.g. {ex}")
         n_pass = int((rr["n_failed"] == 0).sum())
         if n_pass:
-            lines.append(f"  {n_pass} other rule(s) passed: {', '.join(rr.loc[rr['n_failed'] == 0, 'rule'])}")
+            which = "other rule(s)" if len(failing) else "rule(s)"
+            lines.append(f"  {n_pass} {which} passed: {', '.join(rr.loc[rr['n_failed'] == 0, 'rule'])}")
     docs = getattr(outcome, "docs_path", None)
     if docs:
         lines.append(f"  Data Docs: {docs}")

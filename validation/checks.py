@@ -142,7 +142,11 @@ def _id_pattern_ok(values: pd.Series, pattern: str, frame: pd.DataFrame) -> np.n
     if not fields:
         rx = re.compile(pattern)
         return np.array([v is not None and rx.fullmatch(str(v)) is not None for v in text], dtype=bool)
-    cache: dict[tuple, re.Pattern] = {}
+    # fast path: each {column} becomes a capture group; a row passes when the groups equal its own values
+    generic = pattern
+    for k, name in enumerate(fields):
+        generic = generic.replace("{" + name + "}", f"(?P<f{k}>.+)", 1)
+    rx_generic = re.compile(generic)
     others = [frame[c].astype("object").where(frame[c].notna(), None).tolist() if c in frame.columns
               else [None] * len(frame) for c in fields]
     ok = np.zeros(len(text), dtype=bool)
@@ -150,13 +154,16 @@ def _id_pattern_ok(values: pd.Series, pattern: str, frame: pd.DataFrame) -> np.n
         sub = tuple(o[i] for o in others)
         if v is None or any(x is None for x in sub):
             continue
-        rx = cache.get(sub)
-        if rx is None:
-            filled = pattern
-            for name, val in zip(fields, sub, strict=True):
-                filled = filled.replace("{" + name + "}", re.escape(str(val)))
-            rx = cache[sub] = re.compile(filled)
-        ok[i] = rx.fullmatch(str(v)) is not None
+        m = rx_generic.fullmatch(str(v))
+        if m is None:
+            continue
+        if all(m.group(f"f{k}") == str(x) for k, x in enumerate(sub)):
+            ok[i] = True
+            continue
+        filled = pattern  # the greedy groups split differently: check this row exactly
+        for name, val in zip(fields, sub, strict=True):
+            filled = filled.replace("{" + name + "}", re.escape(str(val)))
+        ok[i] = re.fullmatch(filled, str(v)) is not None
     return ok
 
 
@@ -335,10 +342,11 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
             by = pd.to_datetime(f[birth_col], errors="coerce").dt.year
             attrs["birth_year"] = by.astype("object").where(by.notna(), None)
         keys = f[raw_col].astype("object")
+        repeated = keys.notna() & keys.duplicated(keep=False)  # only persons with several rows can disagree
         flagged: set[tuple[int, str]] = set()
         for attr, values in attrs.items():
             col = sex_col if attr == "sex" else birth_col
-            data = pd.DataFrame({"k": keys, "v": values}).dropna()
+            data = pd.DataFrame({"k": keys[repeated], "v": values[repeated]}).dropna()
             if len(data):
                 counts = data.groupby(["k", "v"], sort=False).size()
                 multi = counts.groupby(level=0).size()

@@ -94,3 +94,26 @@ def test_injected_faults_fast(tmp_path):
     assert refused == {Path(f.file).name for f in manifest.faults if f.kind in FILE_FAULTS}
     expected = {Path(f.file).name: set(f.row_numbers) for f in manifest.faults if f.kind not in FILE_FAULTS}
     assert quarantined == expected
+
+
+def test_batch_validation_gives_the_same_outcomes_as_file_by_file(tmp_path):
+    """validate_mapped_files (one GX run per source version) agrees with validate_mapped_file per file."""
+    from cohortflow.validation import validate_mapped_files
+    from cohortflow.validation.sample import inject, valid_frame
+
+    study, instruments = load_study(), load_instruments()
+    arm = study.cohort_arms[0].code
+    roles = [r.code for r in study.roles]
+    frames = []
+    for k, role in enumerate(roles):
+        f = valid_frame(study, instruments, arm, study.waves_of(arm)[0], role, n=8 + k, seed=k)
+        frames.append(inject(f, "wave_window", [k, k + 2], study, instruments))
+    frames.append(frames[0].drop(columns=["wave"]))  # refused before GX
+    files = [(f, {"file_name": f"f{i}.sav"}) for i, f in enumerate(frames)]
+    together = validate_mapped_files(files, study, instruments)
+    for single_in, batch_out in zip(files, together, strict=True):
+        single = validate_mapped_file(single_in, study, instruments)
+        assert batch_out.file_errors == single.file_errors
+        pd.testing.assert_frame_equal(batch_out.row_failures, single.row_failures)
+        pd.testing.assert_frame_equal(batch_out.rule_results, single.rule_results)
+    assert [sorted(o.row_failures["row_number"]) for o in together[:3]] == [[1, 3], [2, 4], [3, 5]]

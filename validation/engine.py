@@ -12,9 +12,11 @@ import contextlib
 import os
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from cohortflow.config.study import Study
@@ -190,6 +192,116 @@ def _details_to_column(n: int, details: pd.DataFrame) -> pd.Series:
     return col
 
 
+@dataclass
+class _Prepared:
+    """A file after the file checks and the derived checks, ready for (or finished without) GX."""
+
+    mi: MappedInput
+    suite: SuiteSpec
+    errors: list[str]
+    results: list[dict[str, Any]]
+    t_start: float
+    frame: pd.DataFrame | None = None
+    details: dict[str, pd.DataFrame] = field(default_factory=dict)
+    gx_frame: pd.DataFrame | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.gx_frame is None
+
+
+def _prepare(mapped: object, study: Study, instruments: dict[str, Instrument], source: object | None,
+             history: pd.DataFrame | None, key: bytes | None) -> _Prepared:
+    """File-level checks, then the derived check columns; a refused file stops here (gx_frame None)."""
+    t_start = time.perf_counter()
+    mi = as_mapped_input(mapped)
+    suite = build_suite(source if source is not None else source_of(mi.meta), study, instruments)
+    policy = suite.policy
+    p = _Prepared(mi, suite, [], [], t_start)
+    for rule, msg in _file_checks(mi, suite):
+        if policy.of(rule) == "refuse" or rule in ("required_columns", "no_rows"):
+            p.errors.append(msg)
+        p.results.append({"rule": rule, "severity": policy.of(rule), "n_checked": 1, "n_failed": 1,
+                          "examples": [msg]})
+    if p.errors:
+        return p
+    t_checks = time.perf_counter()
+    frame = mi.frame.reset_index(drop=True)
+    items = {k: s for k, s in suite.items.items() if k in frame.columns}
+    if history is not None and key is not None:
+        frame = with_pseudonyms(frame, key)
+    ctx = build_context(frame, study, suite.instruments, items, policy, history, file_missing_codes(mi.meta))
+    rules = [r for r in suite.rules if r in CHECKS]
+    p.details = {rule: CHECKS[rule](ctx) for rule in rules}
+    gx_frame = frame[list(REQUIRED_COLUMNS)].copy()
+    for rule in rules:
+        gx_frame[check_column(rule)] = _details_to_column(len(frame), p.details[rule])
+    p.frame, p.gx_frame = frame, gx_frame
+    p.timings["checks_seconds"] = time.perf_counter() - t_checks
+    return p
+
+
+def _failing_positions(gx_results: list[Any], label: str) -> dict[str, list[int]]:
+    """Rule -> positions GX found failing (row rules); raises when GX could not evaluate a rule."""
+    out: dict[str, list[int]] = {}
+    for res in gx_results:
+        rule = (res.expectation_config.meta or {}).get("rule")
+        if res.exception_info and res.exception_info.get("raised_exception"):
+            raise RuntimeError(f"{label}: Great Expectations could not evaluate rule {rule}: "
+                               f"{res.exception_info.get('exception_message')}")
+        idx = sorted(int(i) for i in ((res.result or {}).get("unexpected_index_list") or []))
+        if not res.success and not idx and rule != "required_columns":
+            raise RuntimeError(f"{label}: rule {rule} failed in Great Expectations without row indices")
+        if not res.success and rule == "required_columns":
+            out["required_columns"] = [-1]
+        out.setdefault(rule, idx)
+    return out
+
+
+def _conclude(p: _Prepared, failing_by_rule: dict[str, list[int]], docs_path: Path | None) -> ValidationOutcome:
+    """Turn GX's failing positions into row failures, rule results and refusals (Contract 2)."""
+    policy, name, frame = p.suite.policy, p.mi.file_name, p.frame
+    assert frame is not None
+    n = len(frame)
+    errors, results, row_parts = p.errors, p.results, []
+    if failing_by_rule.get("required_columns"):
+        errors.append(f"{name}: Great Expectations found required columns missing (source {p.suite.source_label}).")
+    row_numbers = frame["row_number"].to_numpy()
+    quarantined: set[int] = set()
+    for rule, d in p.details.items():
+        sev = policy.of(rule)
+        failing = failing_by_rule.get(rule, [])
+        d = d[d["pos"].isin(failing)].sort_values("pos", kind="stable")
+        examples = [f"row {int(row_numbers[q])} {c}: {v}" for q, c, v in
+                    d[["pos", "column", "value"]].head(policy.examples_per_rule).itertuples(index=False)]
+        results.append({"rule": rule, "severity": sev, "n_checked": n, "n_failed": len(failing),
+                        "examples": examples})
+        if not failing:
+            continue
+        row_parts.append(pd.DataFrame({
+            "row_number": row_numbers[d["pos"].to_numpy()], "rule": rule, "column": d["column"].to_numpy(),
+            "value": d["value"].to_numpy(), "severity": "warn" if sev == "warn" else "quarantine"}))
+        if sev == "refuse":
+            errors.append(f"{name}: {len(failing)} row(s) fail rule {rule} ({RULE_DESCRIPTIONS[rule]}), which refuses "
+                          f"the file for source {p.suite.source_label}; first: {examples[0] if examples else ''}. "
+                          f"Correct the export and deliver it again.")
+        if sev != "warn":
+            quarantined.update(failing)
+
+    all_failed = n >= policy.thresholds["all_rows_failed_min_rows"] and len(quarantined) == n
+    results.append({"rule": "all_rows_failed", "severity": policy.of("all_rows_failed"), "n_checked": 1,
+                    "n_failed": int(all_failed), "examples": []})
+    if all_failed and policy.of("all_rows_failed") == "refuse":
+        top = max((r for r in results if r["rule"] in p.details), key=lambda r: r["n_failed"], default=None)
+        hint = f" Most failures: {top['rule']} ({top['n_failed']} rows), e.g. {top['examples'][:1]}." if top else ""
+        errors.append(f"{name}: all {n} rows fail validation (source {p.suite.source_label}), so the file is refused "
+                      f"whole.{hint} Check that the file is the right export for this source and wave.")
+        results[-1]["examples"] = [errors[-1]]
+    p.timings["total_seconds"] = time.perf_counter() - p.t_start
+    return _finish(errors, row_parts, results, p.mi, docs_path, p.timings)
+
+
 def validate_mapped_file(
     mapped: object,
     study: Study,
@@ -205,95 +317,71 @@ def validate_mapped_file(
     `history`: earlier (pseudonym, sex, birth_year) of persons already in the warehouse (the `person`
     table), compared with the frame's `subject_id` / `person_id` pseudonyms; when the frame has none and
     `key` (the pseudonymisation key) is given, they are computed here with ingest's function. Ingest's
-    own structural row issues (`mapped.row_issues`) are not repeated: the loader merges them. `docs_dir`: when given,
-    the validation runs in a GX file context there and builds the batch's Data Docs page (its path is set as
-    `outcome.docs_path`). Failures of rules whose severity is `refuse`, or a file where every row fails,
-    refuse the file (`file_errors`).
+    own structural row issues (`mapped.row_issues`) are not repeated: the loader merges them. `docs_dir`:
+    when given, the validation runs in a GX file context there and builds the batch's Data Docs page (its
+    path is set as `outcome.docs_path`). Failures of rules whose severity is `refuse`, or a file where
+    every row fails, refuse the file (`file_errors`).
     """
-    t_start = time.perf_counter()
-    mi = as_mapped_input(mapped)
-    suite = build_suite(source if source is not None else source_of(mi.meta), study, instruments)
-    policy = suite.policy
-    name = mi.file_name
-    errors: list[str] = []
-    results: list[dict[str, Any]] = []
-    row_parts: list[pd.DataFrame] = []
-
-    file_problems = _file_checks(mi, suite)
-    for rule, msg in file_problems:
-        if policy.of(rule) == "refuse" or rule in ("required_columns", "no_rows"):
-            errors.append(msg)
-        results.append({"rule": rule, "severity": policy.of(rule), "n_checked": 1, "n_failed": 1, "examples": [msg]})
-    if errors:
-        return _finish(errors, row_parts, results, mi, None)
-
-    frame = mi.frame.reset_index(drop=True)
-    n = len(frame)
-    items = {k: s for k, s in suite.items.items() if k in frame.columns}
-    if history is not None and key is not None:
-        frame = with_pseudonyms(frame, key)
-    ctx = build_context(frame, study, suite.instruments, items, policy, history, file_missing_codes(mi.meta))
-    t_checks = time.perf_counter()
-    rules = [r for r in suite.rules if r in CHECKS]
-    details = {rule: CHECKS[rule](ctx) for rule in rules}
-    gx_frame = frame[list(REQUIRED_COLUMNS)].copy()
-    for rule in rules:
-        gx_frame[check_column(rule)] = _details_to_column(n, details[rule])
-
-    timings = {"checks_seconds": time.perf_counter() - t_checks}
+    p = _prepare(mapped, study, instruments, source, history, key)
+    if p.done:
+        return _finish(p.errors, [], p.results, p.mi, None)
+    assert p.gx_frame is not None
     t_gx = time.perf_counter()
     docs_path = None
     if docs_dir is not None:
-        validation, docs_path = _run_with_docs(gx_frame, suite, Path(docs_dir), _batch_name(name, mi.meta.get("sha256")))
+        validation, docs_path = _run_with_docs(p.gx_frame, p.suite, Path(docs_dir),
+                                               _batch_name(p.mi.file_name, p.mi.meta.get("sha256")))
         gx_results = list(validation.results)
     else:
-        gx_results = _run_ephemeral(gx_frame, suite)
+        gx_results = _run_ephemeral(p.gx_frame, p.suite)
+    p.timings["gx_seconds"] = time.perf_counter() - t_gx
+    p.timings["n_expectations"] = len(gx_results)
+    return _conclude(p, _failing_positions(gx_results, p.mi.file_name), docs_path)
 
-    timings["gx_seconds"] = time.perf_counter() - t_gx
-    timings["n_expectations"] = len(gx_results)
-    row_numbers = frame["row_number"].to_numpy()
-    quarantined: set[int] = set()
-    for res in gx_results:
-        meta = res.expectation_config.meta or {}
-        rule = meta.get("rule")
-        if rule not in details:
-            if rule and not res.success:  # a table-level expectation (required columns) failed
-                errors.append(f"{name}: rule {rule} failed in Great Expectations: {res.result}")
-            continue
-        sev = policy.of(rule)
-        if res.exception_info and res.exception_info.get("raised_exception"):
-            raise RuntimeError(f"{name}: Great Expectations could not evaluate rule {rule}: "
-                               f"{res.exception_info.get('exception_message')}")
-        failing = sorted(int(i) for i in ((res.result or {}).get("unexpected_index_list") or []))
-        d = details[rule]
-        d = d[d["pos"].isin(failing)].sort_values("pos", kind="stable")
-        examples = [f"row {int(row_numbers[p])} {c}: {v}" for p, c, v in
-                    d[["pos", "column", "value"]].head(policy.examples_per_rule).itertuples(index=False)]
-        results.append({"rule": rule, "severity": sev, "n_checked": int((res.result or {}).get("element_count", n)),
-                        "n_failed": len(failing), "examples": examples})
-        if not failing:
-            continue
-        row_parts.append(pd.DataFrame({
-            "row_number": row_numbers[d["pos"].to_numpy()], "rule": rule, "column": d["column"].to_numpy(),
-            "value": d["value"].to_numpy(), "severity": "warn" if sev == "warn" else "quarantine"}))
-        if sev == "refuse":
-            errors.append(f"{name}: {len(failing)} row(s) fail rule {rule} ({RULE_DESCRIPTIONS[rule]}), which refuses "
-                          f"the file for source {suite.source_label}; first: {examples[0] if examples else ''}. "
-                          f"Correct the export and deliver it again.")
-        if sev != "warn":
-            quarantined.update(failing)
 
-    all_failed = n >= policy.thresholds["all_rows_failed_min_rows"] and len(quarantined) == n
-    results.append({"rule": "all_rows_failed", "severity": policy.of("all_rows_failed"), "n_checked": 1,
-                    "n_failed": int(all_failed), "examples": []})
-    if all_failed and policy.of("all_rows_failed") == "refuse":
-        top = max((r for r in results if r["rule"] in details), key=lambda r: r["n_failed"], default=None)
-        hint = f" Most failures: {top['rule']} ({top['n_failed']} rows), e.g. {top['examples'][:1]}." if top else ""
-        errors.append(f"{name}: all {n} rows fail validation (source {suite.source_label}), so the file is refused "
-                      f"whole.{hint} Check that the file is the right export for this source and wave.")
-        results[-1]["examples"] = [errors[-1]]
-    timings["total_seconds"] = time.perf_counter() - t_start
-    return _finish(errors, row_parts, results, mi, docs_path, timings)
+def validate_mapped_files(
+    mapped_files: list[object],
+    study: Study,
+    instruments: dict[str, Instrument],
+    sources: list[object | None] | None = None,
+    history: pd.DataFrame | None = None,
+    *,
+    key: bytes | None = None,
+) -> list[ValidationOutcome]:
+    """Validate several files with one GX run per source version; outcomes as from validate_mapped_file.
+
+    GX costs about the same per expectation whatever the row count, so stacking the files of a source
+    version into one frame makes the GX part of a whole inbox cost about as much as one file. Every file
+    is checked against the same `history`: validate earlier waves first (one call per wave) so that the
+    next call's history holds them. No Data Docs here: use validate_mapped_file(docs_dir=...) for those.
+    """
+    srcs = list(sources) if sources is not None else [None] * len(mapped_files)
+    if len(srcs) != len(mapped_files):
+        raise ValueError(f"validate_mapped_files: {len(mapped_files)} files but {len(srcs)} sources")
+    preps = [_prepare(m, study, instruments, s, history, key) for m, s in zip(mapped_files, srcs, strict=True)]
+    outcomes: list[ValidationOutcome | None] = [None] * len(preps)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(preps):
+        if p.done:
+            outcomes[i] = _finish(p.errors, [], p.results, p.mi, None)
+        else:
+            groups.setdefault(p.suite.name, []).append(i)
+    for members in groups.values():
+        frames = [preps[i].gx_frame for i in members]
+        starts = np.cumsum([0] + [len(f) for f in frames])  # type: ignore[arg-type]
+        t_gx = time.perf_counter()
+        gx_results = _run_ephemeral(pd.concat(frames, ignore_index=True), preps[members[0]].suite)
+        failing = _failing_positions(gx_results, f"{len(members)} files of {preps[members[0]].suite.source_label}")
+        gx_share = (time.perf_counter() - t_gx) / len(members)
+        for k, i in enumerate(members):
+            lo, hi = int(starts[k]), int(starts[k + 1])
+            local = {rule: [q - lo for q in pos if lo <= q < hi] for rule, pos in failing.items()
+                     if rule != "required_columns"}
+            if failing.get("required_columns"):
+                local["required_columns"] = [-1]
+            preps[i].timings.update(gx_seconds=gx_share, n_expectations=len(gx_results))
+            outcomes[i] = _conclude(preps[i], local, None)
+    return [o for o in outcomes if o is not None]
 
 
 def _finish(errors: list[str], row_parts: list[pd.DataFrame], results: list[dict[str, Any]], mi: MappedInput,

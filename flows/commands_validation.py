@@ -6,12 +6,15 @@
   definitions say (allowed codes, windows, ages, thresholds).
 * `results`: validation results per batch stored in the warehouse (failing rules with examples).
 
-`validation_status_lines(engine)` gives `cohortflow status` a short per-batch line of failing rules, and
-`publish_summary_artifact(outcome, file_name)` posts the summary as a Prefect markdown artifact.
+`validation_status_lines(engine)` gives `cohortflow status` a short per-batch line of failing rules,
+`publish_summary_artifact(outcome, file_name)` posts the summary as a Prefect markdown artifact, and
+`flow_validator(...)` is the `validate` callable for `ingest_file`: history from the warehouse, Data Docs
+under the data folder, the summary as an artifact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -127,3 +130,37 @@ def publish_summary_artifact(outcome: Any, file_name: str) -> None:
     key = "validation-" + "".join(c if c.isalnum() else "-" for c in file_name.lower()).strip("-")[:48]
     create_markdown_artifact(key=key, markdown=summarise_markdown(outcome, file_name),
                              description=f"Validation of {file_name}")
+
+
+def person_history(engine: Any) -> Any:
+    """Persons already in the warehouse as the frame validation compares with: pseudonym, sex, birth_year."""
+    import pandas as pd
+    from sqlalchemy import select
+
+    from cohortflow.warehouse.models import Person
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(Person.person_id, Person.sex, Person.birth_year)).all()
+    return pd.DataFrame(rows, columns=["pseudonym", "sex", "birth_year"])
+
+
+def flow_validator(engine: Any, study: Any, instruments: Any, key: bytes, docs_dir: Path | None = None,
+                   artifacts: bool = True, echo: Any = None) -> Any:
+    """A `validate(mapped) -> ValidationOutcome` for ingest_file: cross-wave history from the warehouse,
+    Data Docs per batch under `docs_dir` (e.g. <data_dir>/validation), the plain-text summary passed to
+    `echo` (e.g. a logger's info) and, inside a Prefect run, posted as an artifact."""
+    _env()
+    from cohortflow.validation import summarise, validate_mapped_file
+
+    def validate(mapped: Any) -> Any:
+        out = validate_mapped_file(mapped, study, instruments, history=person_history(engine), docs_dir=docs_dir,
+                                   key=key)
+        name = mapped.meta.get("file_name", "file")
+        if echo is not None:
+            echo(summarise(out, name))
+        if artifacts:
+            with contextlib.suppress(Exception):  # outside a flow run there is nowhere to post it
+                publish_summary_artifact(out, name)
+        return out
+
+    return validate

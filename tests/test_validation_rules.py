@@ -339,3 +339,23 @@ def test_summary_reads_well_and_hides_identifiers(study, instruments):
         assert raw not in text
     refused = _run(frame.drop(columns=["wave"]), study, instruments)
     assert "REFUSED" in summarise(refused, "x.sav")
+
+
+def test_history_without_pseudonyms_is_a_clear_error(study, instruments):
+    arm, wave = _first_arm_wave(study)
+    frame = valid_frame(study, instruments, arm, wave, _role(study, "self", "adult"), n=3)
+    history = pd.DataFrame({"pseudonym": ["x"], "sex": ["male"], "birth_year": [1980]})
+    with pytest.raises(ValueError, match="pass key="):
+        _run(frame, study, instruments, history=history)
+
+
+def test_validation_from_several_threads_gives_the_sequential_outcomes(study, instruments):
+    from concurrent.futures import ThreadPoolExecutor
+
+    arm, wave = _first_arm_wave(study)
+    frames = [inject(valid_frame(study, instruments, arm, wave, _role(study, "self", "child"), n=10, seed=s),
+                     "allowed_codes", [s], study, instruments) for s in range(4)]
+    sequential = [_failing(_run(f, study, instruments), "allowed_codes") for f in frames]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda f: _failing(_run(f, study, instruments), "allowed_codes"), frames))
+    assert parallel == sequential == [{1}, {2}, {3}, {4}]

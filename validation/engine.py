@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ RESULT_FORMAT = {"result_format": "COMPLETE"}
 # --- Great Expectations contexts (created once per process) -------------------------------------------
 
 _EPHEMERAL: dict[str, Any] = {}
+_GX_LOCK = threading.RLock()  # GX contexts are not thread-safe; Prefect runs tasks in a thread pool
 _FILE_CONTEXTS: dict[str, Any] = {}
 
 
@@ -73,6 +75,11 @@ def _run_ephemeral(frame: pd.DataFrame, suite: SuiteSpec) -> list[Any]:
     Two passes keep the common case cheap: the whole suite with BOOLEAN_ONLY (about 2.5 times faster than
     COMPLETE), then only the expectations that failed again with COMPLETE for their row indices.
     """
+    with _GX_LOCK:
+        return _run_ephemeral_locked(frame, suite)
+
+
+def _run_ephemeral_locked(frame: pd.DataFrame, suite: SuiteSpec) -> list[Any]:
     eph = _ephemeral()
     gx_suite = suite.gx_suite()
     if suite.name not in eph["suites"]:
@@ -99,6 +106,12 @@ def _batch_name(file_name: str, sha256: str | None) -> str:
 
 def _run_with_docs(frame: pd.DataFrame, suite: SuiteSpec, docs_dir: Path, batch_name: str) -> tuple[Any, Path | None]:
     """Validate through a file context under `docs_dir` and build that batch's Data Docs page."""
+    with _GX_LOCK:
+        return _run_with_docs_locked(frame, suite, docs_dir, batch_name)
+
+
+def _run_with_docs_locked(frame: pd.DataFrame, suite: SuiteSpec, docs_dir: Path,
+                          batch_name: str) -> tuple[Any, Path | None]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
@@ -231,6 +244,9 @@ def _prepare(mapped: object, study: Study, instruments: dict[str, Instrument], s
     items = {k: s for k, s in suite.items.items() if k in frame.columns}
     if history is not None and key is not None:
         frame = with_pseudonyms(frame, key)
+    if history is not None and len(history) and not {"subject_id", "person_id"} & set(frame.columns):
+        raise ValueError(f"{mi.file_name}: a history of earlier waves was given but the frame has no subject_id/"
+                         f"person_id pseudonyms to compare it with; pass key= (the pseudonymisation key) too")
     ctx = build_context(frame, study, suite.instruments, items, policy, history, file_missing_codes(mi.meta))
     rules = [r for r in suite.rules if r in CHECKS]
     p.details = {rule: CHECKS[rule](ctx) for rule in rules}

@@ -188,24 +188,34 @@ def check_study_codes(ctx: Context) -> pd.DataFrame:
     """Arm, site, wave and role are study codes; the site belongs to the arm; the arm is measured at the wave."""
     f, study = ctx.frame, ctx.study
     arms = {a.code: a for a in study.arms}
+    sites = {a.code: {s.code for s in a.sites} for a in study.arms}
     roles = {r.code for r in study.roles}
     waves = set(study.wave_codes)
-    out: list[tuple[int, str, str]] = []
-    for pos, (arm, site, wave, role) in enumerate(zip(f["arm"], f["site"], f["wave"], f["role"], strict=True)):
+    cols = ["arm", "site", "wave", "role"]
+    combos = f[cols].astype("object").where(f[cols].notna(), None)
+    problems: dict[tuple, list[tuple[str, str]]] = {}
+    for arm, site, wave, role in combos.drop_duplicates().itertuples(index=False):  # each combination once
+        out: list[tuple[str, str]] = []
         a = arms.get(arm)
         if a is None:
-            out.append((pos, "arm", f"arm {arm!r} is not an arm of the study {sorted(arms)}"))
-        elif a.sites and site not in {s.code for s in a.sites}:
-            out.append((pos, "site", f"site {site!r} is not a site of arm {arm!r}"))
+            out.append(("arm", f"arm {arm!r} is not an arm of the study {sorted(arms)}"))
+        elif sites[arm] and site not in sites[arm]:
+            out.append(("site", f"site {site!r} is not a site of arm {arm!r}"))
         if wave not in waves:
-            out.append((pos, "wave", f"wave {wave!r} is not a wave of the study {sorted(waves)}"))
+            out.append(("wave", f"wave {wave!r} is not a wave of the study {sorted(waves)}"))
         elif a is not None and wave not in study.waves_of(arm):
-            out.append((pos, "wave", f"arm {arm!r} is not measured at wave {wave!r}"))
+            out.append(("wave", f"arm {arm!r} is not measured at wave {wave!r}"))
         if role not in roles:
-            out.append((pos, "role", f"role {role!r} is not a role of the study {sorted(roles)}"))
-    if not out:
+            out.append(("role", f"role {role!r} is not a role of the study {sorted(roles)}"))
+        if out:
+            problems[(arm, site, wave, role)] = out
+    if not problems:
         return no_failures()
-    return pd.DataFrame(out, columns=FAIL_COLUMNS)
+    rows = []
+    for pos, combo in enumerate(combos.itertuples(index=False, name=None)):
+        for col, text in problems.get(combo, []):
+            rows.append((pos, col, text))
+    return pd.DataFrame(rows, columns=FAIL_COLUMNS)
 
 
 def check_duplicate_key(ctx: Context) -> pd.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from typer.testing import CliRunner
 
 from cohortflow.config.sources import load_source_definitions
@@ -27,6 +28,7 @@ def test_suite_lists_rules_with_what_the_definitions_allow():
     assert CliRunner().invoke(app, ["suite", "no_such_source"]).exit_code == 2
 
 
+@pytest.mark.slow
 def test_validate_prints_summaries_and_fails_on_a_refused_file(tmp_path):
     manifest = generate_study(tmp_path, factor=0.02, seed=3, faults=["out_of_range", "empty_file"],
                               study=load_study(), instruments=load_instruments())

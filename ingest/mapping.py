@@ -194,7 +194,8 @@ def read_export(
     date_cols = [*demo.response_date, *demo.registration_date, *demo.subject_birth_date, *demo.informant_birth_date]
     text_cols = {ids.household, ids.person, *([ids.subject] if ids.subject else []), *field_cols, *date_cols,
                  *source.direct_identifiers}
-    raw: RawExport = read_raw(path, source, text_cols)
+    id_cols = {ids.household, ids.person, *([ids.subject] if ids.subject else []), *field_cols}
+    raw: RawExport = read_raw(path, source, id_cols if source.format == "xlsx" else text_cols)
     df = raw.frame
     n = len(df)
     columns = set(df.columns)
@@ -401,6 +402,7 @@ def read_export(
         "item_index": {k: index[k] for k in item_keys}, "column_map": col_to_key,
         "problems": problems, "unmapped_columns": [p["column"] for p in problems if p["kind"] == "unmapped_column"],
         "file_level": file_level, "read_seconds": time.perf_counter() - t0,
+        "person_pattern": ids.person_pattern,
     }
     missing_reasons = pd.DataFrame(reasons, index=frame.index) if reasons else pd.DataFrame(index=frame.index)
     row_issues = pd.DataFrame(issues, columns=ROW_FAILURE_COLUMNS)

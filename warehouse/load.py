@@ -206,7 +206,7 @@ def ingest_file(
     report.problems = mapped.meta["problems"]
 
     file_errors, study_rows = study_field_checks(mapped, study)
-    outcome = validate(mapped) if validate is not None else basic_validation(mapped, instruments)
+    outcome = validate(mapped) if validate is not None else basic_validation(mapped, instruments, study)
     file_errors += list(outcome.file_errors)
     if file_errors:
         return _refuse(engine, report, path, source, "\n".join(file_errors))
@@ -227,7 +227,7 @@ class _AllRowsInvalid(Exception):
 def _row_failures(mapped: MappedFile, outcome: ValidationOutcome, study_rows: list[dict]) -> pd.DataFrame:
     """All row-level failures: reading issues, study fields, ids, validation; private values redacted."""
     parts = [mapped.row_issues, pd.DataFrame(study_rows, columns=ROW_FAILURE_COLUMNS),
-             pd.DataFrame(id_checks(mapped), columns=ROW_FAILURE_COLUMNS), outcome.row_failures]
+             pd.DataFrame(id_checks(mapped), columns=[*ROW_FAILURE_COLUMNS, "expected"]), outcome.row_failures]
     parts = [p for p in parts if p is not None and len(p)]
     if not parts:
         return pd.DataFrame(columns=ROW_FAILURE_COLUMNS)
@@ -417,6 +417,7 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     for i in range(0, len(persons), 900):
         for r in conn.execute(q.where(Response.person_id.in_(persons[i:i + 900]))):
             existing[(r.person_id, r.subject_id, r.role, r.wave, r.arm)] = (r.id, r.batch_id)
+    _sex_conflicts(conn, cand, earlier, quarantine)
     if not existing:
         return
     from .models import ItemValue
@@ -442,6 +443,28 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
                 "rule": "conflicts_with_loaded", "column": "person_id",
                 "value": f"batch {bid} already holds different answers for this person, wave and role; "
                          "deliver a corrected export of the whole arm/site/wave to supersede it"})
+
+
+def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
+                   quarantine: dict[int, list[dict]]) -> None:
+    """Rows giving a subject another sex than current responses already loaded for that person."""
+    subjects = sorted(set(cand["subject_id"].dropna()))
+    q = select(Response.subject_id, Response.subject_sex, Response.batch_id).where(
+        Response.superseded.is_(False), Response.subject_sex.is_not(None))
+    if earlier:
+        q = q.where(Response.batch_id.not_in(earlier))
+    known: dict[str, tuple[str, int]] = {}
+    for i in range(0, len(subjects), 900):
+        for r in conn.execute(q.where(Response.subject_id.in_(subjects[i:i + 900]))):
+            known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
+    if not known:
+        return
+    for rec in cand.itertuples(index=False):
+        k = known.get(rec.subject_id)
+        if k is not None and isinstance(rec.subject_sex, str) and rec.subject_sex != k[0]:
+            quarantine.setdefault(int(rec.row_number), []).append({
+                "rule": "sex_conflict", "column": "subject_sex", "value": rec.subject_sex,
+                "expected": f"{k[0]}, as in batch {k[1]}"})
 
 
 def _upsert(conn: Connection, table, rows: list[dict[str, Any]], key: str) -> None:  # noqa: ANN001

@@ -73,15 +73,15 @@ def id_checks(mapped: MappedFile) -> list[dict[str, Any]]:
                          "value": None, "severity": "quarantine"})
     pattern = mapped.meta.get("person_pattern")
     if pattern:
-        for rn, hh, pid, sid in zip(f["row_number"], f["household_raw"], f["person_raw"], f["subject_raw"],
-                                    strict=True):
-            if pd.isna(hh) or pd.isna(pid):
-                continue
-            rx = re.compile(pattern.replace("{household}", re.escape(str(hh))))
-            for col, v in (("person_id", pid), ("subject_id", sid)):
-                if not pd.isna(v) and not rx.fullmatch(str(v)):
-                    rows.append({"row_number": int(rn), "rule": "id_not_of_household", "column": col,
-                                 "value": "<redacted>", "severity": "quarantine",
+        rx = re.compile(pattern.replace("{household}", "(?P<_household>.*?)", 1))
+        hh = f["household_raw"].to_numpy(dtype=object)
+        for col, raw in (("person_id", f["person_raw"]), ("subject_id", f["subject_raw"])):
+            vals = raw.to_numpy(dtype=object)
+            for i in np.flatnonzero(~pd.isna(vals) & ~pd.isna(hh)):
+                m = rx.fullmatch(str(vals[i]))
+                if m is None or ("_household" in rx.groupindex and m.group("_household") != str(hh[i])):
+                    rows.append({"row_number": int(f["row_number"].iat[i]), "rule": "id_not_of_household",
+                                 "column": col, "value": "<redacted>", "severity": "quarantine",
                                  "expected": "an id of the form given by the source's person_pattern "
                                              "(the household id followed by the respondent code)"})
     return rows

@@ -131,23 +131,24 @@ def _item_index(instruments: dict[str, Instrument]) -> dict[str, tuple[str, str]
 def _parse_dates(s: pd.Series, fmt: str | None) -> tuple[pd.Series, pd.Series]:
     """Dates from a column; returns (datetime64 series, mask of non-blank cells that did not parse)."""
     if pd.api.types.is_datetime64_any_dtype(s):
-        out = s.astype("datetime64[ns]")
-        return out, pd.Series(False, index=s.index)
+        return s.astype("datetime64[ns]"), pd.Series(False, index=s.index)
     if pd.api.types.is_numeric_dtype(s):  # Excel serial day numbers
         out = pd.to_datetime(s, unit="D", origin="1899-12-30", errors="coerce")
-        return out, s.notna() & out.isna()
-    txt = s.astype("object").where(s.notna(), None)
-    txt = txt.map(lambda v: v if v is None or not hasattr(v, "year") else pd.Timestamp(v).strftime("%Y-%m-%d"))
-    txt = pd.Series(txt, index=s.index, dtype="object").map(lambda v: None if v is None else str(v).strip() or None)
+        return out.astype("datetime64[ns]"), s.notna() & out.isna()
+    if not pd.api.types.is_string_dtype(s) and s.map(lambda v: hasattr(v, "year")).any():  # dates and text
+        s = s.map(lambda v: pd.Timestamp(v).strftime("%Y-%m-%d") if hasattr(v, "year") else v)
+    txt = s.astype("str").str.strip()
+    blank = s.isna() | (txt == "") | (txt == "nan")
+    txt = txt.where(~blank, None)
     if fmt:
         out = pd.to_datetime(txt, format=fmt, errors="coerce")
-        retry = out.isna() & txt.notna()
+        retry = out.isna() & ~blank
         if retry.any():  # ISO dates are always accepted too
             out = out.where(~retry, pd.to_datetime(txt.where(retry), format="ISO8601", errors="coerce"))
     else:
         out = pd.to_datetime(txt, format="mixed", dayfirst=True, errors="coerce")
     out = out.astype("datetime64[ns]")
-    return out, txt.notna() & out.isna()
+    return out, ~blank & out.isna()
 
 
 def _first_present(cands: list[str], columns: set[str]) -> str | None:

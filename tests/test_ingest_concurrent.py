@@ -16,6 +16,7 @@ from cohortflow.warehouse.load import inbox_files
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_two_concurrent_ingests_load_each_file_once(pg_engine, tmp_path):
     url = pg_engine.url.render_as_string(hide_password=False)
     inbox = tmp_path / "inbox"

@@ -122,11 +122,13 @@ def _months_between(birth: pd.Series, at: pd.Series) -> pd.Series:
 
 
 def _dates(s: pd.Series) -> list[Any]:
-    return [None if pd.isna(v) else v.date() for v in pd.to_datetime(s)]
+    """ISO date strings (None for NaT): what SQLAlchemy's Date stores on SQLite and COPY accepts."""
+    txt = pd.to_datetime(s).dt.strftime("%Y-%m-%d")
+    return txt.astype(object).where(txt.notna(), None).tolist()
 
 
 def _ints(s: pd.Series) -> list[int | None]:
-    return [None if pd.isna(v) else int(v) for v in s]
+    return [None if np.isnan(v) else int(v) for v in pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)]
 
 
 # --- recording refused files ----------------------------------------------------------------------
@@ -423,10 +425,11 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     from .models import ItemValue
 
     pos = {rn: i for i, rn in enumerate(d["row_number"].tolist())}
-    for rec in cand.itertuples(index=False):
-        k = (rec.person_id, rec.subject_id, rec.role, rec.wave, rec.arm)
+    keys = list(zip(cand["person_id"], cand["subject_id"], cand["role"], cand["wave"], cand["arm"], strict=True))
+    for rn, k in zip(cand["row_number"].tolist(), keys, strict=True):
         if k not in existing:
             continue
+        rec = type("Rec", (), {"row_number": rn})
         rid, bid = existing[k]
         stored = {(iv.instrument + "_" + iv.item): (iv.value, iv.missing_reason)
                   for iv in conn.execute(select(ItemValue).where(ItemValue.response_id == rid))}
@@ -459,11 +462,11 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
             known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
     if not known:
         return
-    for rec in cand.itertuples(index=False):
-        k = known.get(rec.subject_id)
-        if k is not None and isinstance(rec.subject_sex, str) and rec.subject_sex != k[0]:
-            quarantine.setdefault(int(rec.row_number), []).append({
-                "rule": "sex_conflict", "column": "subject_sex", "value": rec.subject_sex,
+    for rn, sid, sex in zip(cand["row_number"].tolist(), cand["subject_id"], cand["subject_sex"], strict=True):
+        k = known.get(sid)
+        if k is not None and isinstance(sex, str) and sex != k[0]:
+            quarantine.setdefault(int(rn), []).append({
+                "rule": "sex_conflict", "column": "subject_sex", "value": sex,
                 "expected": f"{k[0]}, as in batch {k[1]}"})
 
 
@@ -479,41 +482,64 @@ def _upsert(conn: Connection, table, rows: list[dict[str, Any]], key: str) -> No
         conn.execute(dinsert(table).on_conflict_do_nothing(index_elements=[key]), rows[i:i + 5000])
 
 
+def _none(v: Any) -> Any:
+    return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
+
+
 def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
+    """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
     hh = ld.sort_values("registration_date").drop_duplicates("household_id")
+    reg = [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])]
     _upsert(conn, Household.__table__, [
-        {"household_id": r.household_id, "arm": r.arm, "site": r.site,
-         "registration_date": None if pd.isna(r.registration_date) else r.registration_date.date(),
-         "first_batch_id": batch_id} for r in hh.itertuples(index=False)], "household_id")
-    people: dict[str, dict[str, Any]] = {}
-    for r in ld.itertuples(index=False):
-        for pid, sex, year in ((r.subject_id, r.subject_sex, r.subject_birth_year),
-                               (r.person_id, r.informant_sex, r.informant_birth_year)):
-            cur = people.get(pid)
-            rec = {"person_id": pid, "household_id": r.household_id, "sex": sex if isinstance(sex, str) else None,
-                   "birth_year": None if pd.isna(year) else int(year), "first_batch_id": batch_id}
-            if cur is None:
-                people[pid] = rec
-            else:
-                cur["sex"] = cur["sex"] or rec["sex"]
-                cur["birth_year"] = cur["birth_year"] or rec["birth_year"]
-    _upsert(conn, Person.__table__, list(people.values()), "person_id")
+        {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
+        for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")
+    both = pd.concat([
+        pd.DataFrame({"person_id": ld["subject_id"], "household_id": ld["household_id"],
+                      "sex": ld["subject_sex"], "birth_year": ld["subject_birth_year"]}),
+        pd.DataFrame({"person_id": ld["person_id"], "household_id": ld["household_id"],
+                      "sex": ld["informant_sex"], "birth_year": ld["informant_birth_year"]}),
+    ], ignore_index=True)
+    both["sex"] = both["sex"].where(both["sex"].map(lambda v: isinstance(v, str)), None)
+    first = both.groupby("person_id", sort=True).agg(
+        household_id=("household_id", "first"), sex=("sex", "first"), birth_year=("birth_year", "first"))
+    _upsert(conn, Person.__table__, [
+        {"person_id": pid, "household_id": h, "sex": _none(sx), "birth_year": None if pd.isna(by) else int(by),
+         "first_batch_id": batch_id}
+        for pid, h, sx, by in zip(first.index, first["household_id"], first["sex"], first["birth_year"], strict=True)],
+        "person_id")
+
+
+RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",
+                    "site", "wave", "response_date", "registration_date", "days_since_t0", "subject_age_months",
+                    "subject_sex", "superseded"]
+
+
+def _bulk(conn: Connection, table: str, columns: list[str], rows: list[tuple]) -> None:
+    """Insert many rows fast: COPY on PostgreSQL, the driver's executemany elsewhere (same transaction)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
+        return
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    for i in range(0, len(rows), 200_000):
+        conn.exec_driver_sql(sql, rows[i:i + 200_000])
 
 
 def _insert_responses(conn: Connection, ld: pd.DataFrame, ids: np.ndarray, batch_id: int) -> None:
-    if not len(ld):
+    n = len(ld)
+    if not n:
         return
-    rows = pd.DataFrame({
-        "id": ids.tolist(), "batch_id": batch_id, "row_number": ld["row_number"].astype(int).tolist(),
-        "household_id": ld["household_id"].tolist(), "person_id": ld["person_id"].tolist(),
-        "subject_id": ld["subject_id"].tolist(), "role": ld["role"].tolist(), "arm": ld["arm"].tolist(),
-        "site": ld["site"].tolist(), "wave": ld["wave"].tolist(),
-        "response_date": _dates(ld["response_date"]), "registration_date": _dates(ld["registration_date"]),
-        "days_since_t0": _ints(ld["days_since_t0"]), "subject_age_months": _ints(ld["subject_age_months"]),
-        "subject_sex": [s if isinstance(s, str) else None for s in ld["subject_sex"]], "superseded": False,
-    }).to_dict("records")
-    for i in range(0, len(rows), 5000):
-        conn.execute(insert(Response), rows[i:i + 5000])
+    pg = conn.dialect.name == "postgresql"
+    cols = [ids.tolist(), [batch_id] * n, ld["row_number"].astype(int).tolist(), ld["household_id"].tolist(),
+            ld["person_id"].tolist(), ld["subject_id"].tolist(), ld["role"].tolist(), ld["arm"].tolist(),
+            ld["site"].tolist(), ld["wave"].tolist(), _dates(ld["response_date"]), _dates(ld["registration_date"]),
+            _ints(ld["days_since_t0"]), _ints(ld["subject_age_months"]),
+            [s if isinstance(s, str) else None for s in ld["subject_sex"]], [False if pg else 0] * n]
+    _bulk(conn, "response", RESPONSE_COLUMNS, list(zip(*cols, strict=True)))
 
 
 def _insert_item_values(conn: Connection, resp_ids: np.ndarray, inst: list[str], item: list[str],
@@ -525,23 +551,8 @@ def _insert_item_values(conn: Connection, resp_ids: np.ndarray, inst: list[str],
     vals = codes.astype(object)
     vals[np.isnan(codes) | ~pd.isna(reasons)] = None
     rid = np.repeat(resp_ids, k).tolist()
-    ins = inst * n
-    its = item * n
-    v = vals.ravel().tolist()
-    r = reasons.ravel().tolist()
-    if conn.dialect.name == "postgresql":
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(
-            "COPY item_value (response_id, instrument, item, value, missing_reason) FROM STDIN"
-        ) as cp:
-            for row in zip(rid, ins, its, v, r, strict=True):
-                cp.write_row(row)
-        return
-    rows = list(zip(rid, ins, its, v, r, strict=True))
-    for i in range(0, len(rows), 200_000):
-        conn.exec_driver_sql(
-            "INSERT INTO item_value (response_id, instrument, item, value, missing_reason) VALUES (?, ?, ?, ?, ?)",
-            rows[i:i + 200_000])
+    rows = list(zip(rid, inst * n, item * n, vals.ravel().tolist(), reasons.ravel().tolist(), strict=True))
+    _bulk(conn, "item_value", ["response_id", "instrument", "item", "value", "missing_reason"], rows)
 
 
 def _insert_quarantine(conn: Connection, d: pd.DataFrame, p: _Prepared, quarantine: dict[int, list[dict]],
@@ -550,11 +561,11 @@ def _insert_quarantine(conn: Connection, d: pd.DataFrame, p: _Prepared, quaranti
         return
     pos = {rn: i for i, rn in enumerate(d["row_number"].tolist())}
     miss = {k: {str(c): r for c, r in m.items()} for k, m in mapped.meta["missing_codes"].items()}
+    cols = [c for c in d.columns if c != "row_number"]
     rows = []
     for rn in sorted(quarantine):
         i = pos[rn]
-        rec = d.iloc[i]
-        payload = {c: _jsonable(rec[c]) for c in d.columns if c != "row_number"}
+        payload = {c: _jsonable(d[c].iat[i]) for c in cols}
         payload["items"] = {k: _jsonable(p.codes[i, j]) for j, k in enumerate(p.item_keys)}
         payload["missing"] = {k: p.reasons[i, j] for j, k in enumerate(p.item_keys) if p.reasons[i, j] is not None}
         payload["missing_codes"] = miss

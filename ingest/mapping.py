@@ -138,8 +138,7 @@ def _parse_dates(s: pd.Series, fmt: str | None) -> tuple[pd.Series, pd.Series]:
     if not pd.api.types.is_string_dtype(s) and s.map(lambda v: hasattr(v, "year")).any():  # dates and text
         s = s.map(lambda v: pd.Timestamp(v).strftime("%Y-%m-%d") if hasattr(v, "year") else v)
     txt = s.astype("str").str.strip()
-    blank = s.isna() | (txt == "") | (txt == "nan")
-    txt = txt.where(~blank, None)
+    blank = (s.isna() | (txt == "")).to_numpy()
     if fmt:
         out = pd.to_datetime(txt, format=fmt, errors="coerce")
         retry = out.isna() & ~blank
@@ -249,7 +248,11 @@ def read_export(
         s = df[col]
         if pd.api.types.is_float_dtype(s):
             s = s.map(lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
-        return s.astype("object").map(lambda v: None if v is None or pd.isna(v) or str(v).strip() == "" else str(v).strip())
+        txt = s.astype("str").str.strip()
+        blank = (s.isna() | (txt == "")).to_numpy()
+        out = txt.to_numpy(dtype=object)
+        out[blank] = None
+        return pd.Series(out, index=s.index, dtype=object)
 
     person = id_col(ids.person)
     household = id_col(ids.household)

@@ -1,0 +1,122 @@
+"""Fake direct identifiers: Dutch-looking names, e-mail, phone, address and BSN (passing the 11-test).
+
+Nothing here is real: names are drawn from short built-in lists, e-mail addresses use the reserved
+example.org domain, phone numbers are random, and every BSN starts with 9 (a range not issued to residents).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FIRST_FEMALE = [
+    "Anna", "Emma", "Sophie", "Julia", "Lotte", "Sanne", "Fleur", "Noor", "Zoë", "Eva", "Lieke", "Fatima",
+    "Yasmina", "Amira", "Esmée", "Marieke", "Ingrid", "Petra", "Linda", "Chantal", "Naomi", "Renée", "Daphne",
+    "Inge", "Mila", "Saar", "Tess", "Nina", "Hanna", "Liv", "Ayse", "Chloë",
+]
+FIRST_MALE = [
+    "Daan", "Sem", "Lucas", "Milan", "Levi", "Finn", "Bram", "Thijs", "Jesse", "Ruben", "Mohammed", "Youssef",
+    "Ömer", "Kevin", "Dennis", "Marco", "Pieter", "Jeroen", "Sander", "Mark", "René", "Stijn", "Luuk", "Noah",
+    "Sven", "Tim", "Rayan", "Joël", "André", "Jan", "Kees", "Mehmet",
+]
+LAST = [
+    "de Jong", "Jansen", "de Vries", "van den Berg", "van Dijk", "Bakker", "Janssen", "Visser", "Smit",
+    "Meijer", "de Boer", "Mulder", "de Groot", "Bos", "Vos", "Peters", "Hendriks", "van Leeuwen", "Dekker",
+    "Brouwer", "de Wit", "Dijkstra", "Smits", "de Graaf", "van der Meer", "Yilmaz", "El Amrani", "Kaya",
+    "Boukhari", "Koç", "Çelik", "Sahin", "Verbeek", "van Wijk", "Kok", "Jacobs", "Vermeulen", "Willems",
+]
+STREETS = [
+    "Dorpsstraat", "Kerkstraat", "Schoolstraat", "Molenweg", "Stationsweg", "Julianastraat", "Beatrixlaan",
+    "Wilhelminaplein", "Lindenlaan", "Eikenlaan", "Rozengracht", "Havenkade", "Brinkweg", "Parallelweg",
+    "Kastanjelaan", "Populierenstraat", "Prinses Irenestraat", "Oranjestraat", "Veldweg", "Sluisweg",
+    "Gedempte Gracht", "Zuiderdiep", "Noordeinde", "Hoogstraat", "Achterweg", "Fazantenlaan",
+]
+PLACES = [
+    "Amsterdam", "Rotterdam", "Utrecht", "Den Haag", "Eindhoven", "Groningen", "Tilburg", "Almere", "Breda",
+    "Nijmegen", "Apeldoorn", "Haarlem", "Arnhem", "Enschede", "Zwolle", "Leeuwarden", "Maastricht", "Dordrecht",
+    "Zaandam", "Delft", "Venlo", "Heerlen", "Assen", "Emmen", "Middelburg", "Lelystad",
+]
+
+_BSN_WEIGHTS = np.array([9, 8, 7, 6, 5, 4, 3, 2], dtype=np.int64)
+
+
+def bsn_is_valid(bsn: str) -> bool:
+    """The Dutch 11-test: sum(w_i * d_i, w = 9..2) - d_9 is divisible by 11 (9 digits)."""
+    if len(bsn) != 9 or not bsn.isdigit():
+        return False
+    d = [int(c) for c in bsn]
+    return (sum(w * x for w, x in zip(_BSN_WEIGHTS.tolist(), d[:8], strict=True)) - d[8]) % 11 == 0
+
+
+def fake_bsns(rng: np.random.Generator, n: int) -> np.ndarray:
+    """`n` distinct 9-digit strings starting with 9 that pass the 11-test."""
+    out: list[str] = []
+    seen: set[str] = set()
+    while len(out) < n:
+        m = (n - len(out)) * 2 + 16
+        digits = rng.integers(0, 10, size=(m, 8))
+        digits[:, 0] = 9
+        check = (digits @ _BSN_WEIGHTS) % 11
+        ok = check < 10
+        digits, check = digits[ok], check[ok]
+        for row, c in zip(digits, check, strict=True):
+            s = "".join(map(str, row)) + str(int(c))
+            if s not in seen:
+                seen.add(s)
+                out.append(s)
+                if len(out) == n:
+                    break
+    return np.array(out, dtype=object)
+
+
+def _ascii_local(name: str) -> str:
+    table = str.maketrans("ëéèêöóïíüúäáçşıÖÇŞ", "eeeeooiiuuaacsiOCS")
+    return name.translate(table).lower().replace(" ", "")
+
+
+def fake_identities(
+    rng: np.random.Generator, sex: np.ndarray, household: np.ndarray, is_child: np.ndarray, age_years: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Names, e-mail, phone and address per person; members of a household share surname and address.
+
+    `sex` holds 1 (male) / 2 (female), `household` an integer household index per person.
+    Returns arrays keyed naam, email, telefoon, adres, bsn.
+    """
+    n = len(sex)
+    hh_codes, hh_inv = np.unique(household, return_inverse=True)
+    n_hh = len(hh_codes)
+    hh_last = rng.integers(0, len(LAST), n_hh)
+    hh_street = rng.integers(0, len(STREETS), n_hh)
+    hh_number = rng.integers(1, 180, n_hh)
+    hh_place = rng.integers(0, len(PLACES), n_hh)
+    hh_post = rng.integers(1000, 9999, n_hh)
+    hh_letters = rng.integers(0, 26, size=(n_hh, 2))
+    own_last = rng.random(n) < 0.15  # some members carry another surname
+    last_idx = np.where(own_last, rng.integers(0, len(LAST), n), hh_last[hh_inv])
+    f_idx = rng.integers(0, len(FIRST_FEMALE), n)
+    m_idx = rng.integers(0, len(FIRST_MALE), n)
+    first = np.where(sex == 2, np.array(FIRST_FEMALE, dtype=object)[f_idx], np.array(FIRST_MALE, dtype=object)[m_idx])
+    last = np.array(LAST, dtype=object)[last_idx]
+    naam = np.array([f"{a} {b}" for a, b in zip(first, last, strict=True)], dtype=object)
+    tag = rng.integers(1, 999, n)
+    email = np.array(
+        [f"{_ascii_local(a)}.{_ascii_local(b)}{t}@example.org" for a, b, t in zip(first, last, tag, strict=True)],
+        dtype=object,
+    )
+    email[is_child & (age_years < 12)] = ""
+    phone_digits = rng.integers(10_000_000, 99_999_999, n)
+    telefoon = np.array([f"06-{d}" for d in phone_digits], dtype=object)
+    telefoon[is_child & (age_years < 10)] = ""
+    adres_hh = np.array(
+        [
+            f"{STREETS[s]} {h}, {p} {chr(65 + a)}{chr(65 + b)} {PLACES[pl]}"
+            for s, h, p, (a, b), pl in zip(hh_street, hh_number, hh_post, hh_letters, hh_place, strict=True)
+        ],
+        dtype=object,
+    )
+    return {
+        "naam": naam,
+        "email": email,
+        "telefoon": telefoon,
+        "adres": adres_hh[hh_inv],
+        "bsn": fake_bsns(rng, n),
+    }

@@ -74,7 +74,9 @@ def _export_identifier_values(inbox) -> set[str]:
                 continue
             for v in df[c].dropna():
                 if c.endswith("geboortedatum"):
-                    d = pd.Timestamp(v) if hasattr(v, "year") else pd.to_datetime(v, dayfirst=True, errors="coerce")
+                    txt = str(v)[:10]
+                    fmt = "%Y-%m-%d" if txt[4:5] == "-" else "%d-%m-%Y"
+                    d = pd.Timestamp(v) if hasattr(v, "year") else pd.to_datetime(txt, format=fmt, errors="coerce")
                     if not pd.isna(d):
                         vals.update({d.strftime("%Y-%m-%d"), d.strftime("%d-%m-%Y")})
                 else:

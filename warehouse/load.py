@@ -493,20 +493,22 @@ def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int
     _upsert(conn, Household.__table__, [
         {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
         for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")
-    both = pd.concat([
-        pd.DataFrame({"person_id": ld["subject_id"], "household_id": ld["household_id"],
-                      "sex": ld["subject_sex"], "birth_year": ld["subject_birth_year"]}),
-        pd.DataFrame({"person_id": ld["person_id"], "household_id": ld["household_id"],
-                      "sex": ld["informant_sex"], "birth_year": ld["informant_birth_year"]}),
-    ], ignore_index=True)
-    both["sex"] = both["sex"].where(both["sex"].map(lambda v: isinstance(v, str)), None)
-    first = both.groupby("person_id", sort=True).agg(
-        household_id=("household_id", "first"), sex=("sex", "first"), birth_year=("birth_year", "first"))
+    people: dict[str, list[Any]] = {}
+    for pid, h, sx, by in (*zip(ld["subject_id"], ld["household_id"], ld["subject_sex"], ld["subject_birth_year"],
+                                strict=True),
+                           *zip(ld["person_id"], ld["household_id"], ld["informant_sex"], ld["informant_birth_year"],
+                                strict=True)):
+        sx = sx if isinstance(sx, str) else None
+        by = None if by is None or pd.isna(by) else int(by)
+        cur = people.get(pid)
+        if cur is None:
+            people[pid] = [h, sx, by]
+        else:
+            cur[1] = cur[1] or sx
+            cur[2] = cur[2] or by
     _upsert(conn, Person.__table__, [
-        {"person_id": pid, "household_id": h, "sex": _none(sx), "birth_year": None if pd.isna(by) else int(by),
-         "first_batch_id": batch_id}
-        for pid, h, sx, by in zip(first.index, first["household_id"], first["sex"], first["birth_year"], strict=True)],
-        "person_id")
+        {"person_id": pid, "household_id": v[0], "sex": v[1], "birth_year": v[2], "first_batch_id": batch_id}
+        for pid, v in people.items()], "person_id")
 
 
 RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",

@@ -201,6 +201,12 @@ def ingest_file(
     except BadFileError as exc:
         report.read_seconds = time.perf_counter() - t0
         return _refuse(engine, report, path, source, str(exc))
+    except Exception as exc:  # an export the readers did not foresee: refuse it, keep the run going
+        report.read_seconds = time.perf_counter() - t0
+        return _refuse(engine, report, path, source,
+                       f"{path.name}: could not be read with source {source.label if source else '?'} "
+                       f"({type(exc).__name__}: {exc}). Check the file against its source definition; if it "
+                       "looks right, report this message to the pipeline maintainers.")
     report.read_seconds = time.perf_counter() - t0
     fl = mapped.meta["file_level"]
     report.arm, report.site, report.wave, report.role = fl["arm"], fl["site"], fl["wave"], fl["role"]
@@ -471,15 +477,16 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
 
 
 def _upsert(conn: Connection, table, rows: list[dict[str, Any]], key: str) -> None:  # noqa: ANN001
+    """Insert rows whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so writers never deadlock."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dinsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dinsert
     rows = sorted(rows, key=lambda r: r[key])
-    for i in range(0, len(rows), 5000):
-        conn.execute(dinsert(table).on_conflict_do_nothing(index_elements=[key]), rows[i:i + 5000])
+    cols = list(rows[0])
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))}) "
+           f"ON CONFLICT ({key}) DO NOTHING")
+    for i in range(0, len(rows), 20_000):
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows[i:i + 20_000]])
 
 
 def _none(v: Any) -> Any:
@@ -489,7 +496,8 @@ def _none(v: Any) -> Any:
 def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
     """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
     hh = ld.sort_values("registration_date").drop_duplicates("household_id")
-    reg = [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])]
+    reg = (_dates(hh["registration_date"]) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
+           else [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])])
     _upsert(conn, Household.__table__, [
         {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
         for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")

@@ -55,6 +55,10 @@ class Identifiers(BaseModel):
     household: str
     person: str
     subject: str | None = Field(default=None, description="column of the person reported on; empty = self")
+    person_pattern: str | None = Field(
+        default=None,
+        description="regex a person (and subject) id must match; {household} stands for the row's household id",
+    )
     household_from_person: str | None = Field(
         default=None, description="regex with group 'household' deriving the household id from the person id"
     )

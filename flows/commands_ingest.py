@@ -33,6 +33,7 @@ def status(
     if as_json:
         typer.echo(df.drop(columns=["started_at", "finished_at"]).to_json(orient="records", indent=1))
         return
+    df = df.astype(object).where(df.notna(), None)
     console = Console(width=200)
     table = Table(title=f"Import batches ({len(df)})")
     for col in ("id", "arm", "site", "wave", "role", "file", "status", "in", "loaded", "quarantined", "duplicate",
@@ -43,7 +44,7 @@ def status(
         ok = r.rows_in == r.rows_loaded + r.rows_quarantined + r.rows_duplicate
         bad += not ok
         style = {"refused": "red", "superseded": "dim"}.get(r.status, "yellow" if r.rows_quarantined else "")
-        status_txt = r.status + (f" by {int(r.superseded_by)}" if r.status == "superseded" and r.superseded_by == r.superseded_by and r.superseded_by is not None else "")
+        status_txt = r.status + (f" by {int(r.superseded_by)}" if r.superseded_by is not None else "")
         table.add_row(str(r.id), r.arm or "?", r.site or "?", r.wave or "*", r.role or "*", r.file_name, status_txt,
                       str(r.rows_in), str(r.rows_loaded), str(r.rows_quarantined), str(r.rows_duplicate),
                       "ok" if ok else "MISMATCH", f"{r.source_name or '?'} v{r.source_version or '?'}", style=style)

@@ -7,6 +7,7 @@ Duplicates are found by the loader (they need the warehouse).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -62,7 +63,7 @@ def study_field_checks(mapped: MappedFile, study: Study) -> tuple[list[str], lis
 
 
 def id_checks(mapped: MappedFile) -> list[dict[str, Any]]:
-    """Rows without a household or person id cannot be loaded."""
+    """Rows without a household or person id cannot be loaded; ids must fit the source's person_pattern."""
     rows: list[dict[str, Any]] = []
     f = mapped.frame
     for col, rule in (("household_raw", "missing_household_id"), ("person_raw", "missing_person_id")):
@@ -70,6 +71,48 @@ def id_checks(mapped: MappedFile) -> list[dict[str, Any]]:
         for rn in f["row_number"].to_numpy()[miss]:
             rows.append({"row_number": int(rn), "rule": rule, "column": col.replace("_raw", "_id"),
                          "value": None, "severity": "quarantine"})
+    pattern = mapped.meta.get("person_pattern")
+    if pattern:
+        rx = re.compile(pattern.replace("{household}", "(?P<_household>.*?)", 1))
+        hh = f["household_raw"].to_numpy(dtype=object)
+        for col, raw in (("person_id", f["person_raw"]), ("subject_id", f["subject_raw"])):
+            vals = raw.to_numpy(dtype=object)
+            for i in np.flatnonzero(~pd.isna(vals) & ~pd.isna(hh)):
+                m = rx.fullmatch(str(vals[i]))
+                if m is None or ("_household" in rx.groupindex and m.group("_household") != str(hh[i])):
+                    rows.append({"row_number": int(f["row_number"].iat[i]), "rule": "id_not_of_household",
+                                 "column": col, "value": "<redacted>", "severity": "quarantine",
+                                 "expected": "an id of the form given by the source's person_pattern "
+                                             "(the household id followed by the respondent code)"})
+    return rows
+
+
+def design_checks(mapped: MappedFile, study: Study) -> list[dict[str, Any]]:
+    """Response date inside the wave's window after registration; subject age within the role's range."""
+    f = mapped.frame
+    rows: list[dict[str, Any]] = []
+    rn = f["row_number"].to_numpy()
+    days = (pd.to_datetime(f["response_date"]) - pd.to_datetime(f["registration_date"])).dt.days.to_numpy()
+    b, a = pd.to_datetime(f["subject_birth_date"]), pd.to_datetime(f["response_date"])
+    months = ((a.dt.year - b.dt.year) * 12 + (a.dt.month - b.dt.month) - (a.dt.day < b.dt.day)).to_numpy(dtype=float)
+    waves = {w.code: w for w in study.waves}
+    roles = {r.code: r for r in study.roles}
+    for i, (w, r) in enumerate(zip(f["wave"], f["role"], strict=True)):
+        if w in waves and not np.isnan(days[i]):
+            lo, hi = waves[w].window_days
+            if not lo <= days[i] <= hi:
+                rows.append({"row_number": int(rn[i]), "rule": "date_outside_window", "column": "response_date",
+                             "value": int(days[i]), "severity": "quarantine",
+                             "expected": f"{lo}..{hi} days after registration for wave {w}"})
+        role = roles.get(r)
+        if role is not None and not np.isnan(months[i]):
+            years = months[i] / 12
+            if (role.min_age_years is not None and years < role.min_age_years) or (
+                    role.max_age_years is not None and years >= role.max_age_years + 1):
+                rows.append({"row_number": int(rn[i]), "rule": "age_outside_role", "column": "subject_age",
+                             "value": int(years), "severity": "quarantine",
+                             "expected": f"age {role.min_age_years or 0:g}..{role.max_age_years or 'any'} "
+                                         f"for role {r}"})
     return rows
 
 
@@ -85,9 +128,11 @@ def allowed_codes(instruments: dict[str, Instrument], key: str) -> tuple[set[flo
     return None, None
 
 
-def basic_validation(mapped: MappedFile, instruments: dict[str, Instrument]) -> ValidationOutcome:
-    """Codes allowed by the instrument definitions (declared missing codes pass); Contract 2 outcome."""
-    failures: list[dict[str, Any]] = []
+def basic_validation(mapped: MappedFile, instruments: dict[str, Instrument],
+                     study: Study | None = None) -> ValidationOutcome:
+    """Codes allowed by the instrument definitions (declared missing codes pass), and with `study` the wave
+    window and the role's age range; Contract 2 outcome."""
+    failures: list[dict[str, Any]] = list(design_checks(mapped, study)) if study is not None else []
     results: list[dict[str, Any]] = []
     f = mapped.frame
     rn = f["row_number"].to_numpy()

@@ -131,23 +131,27 @@ def _item_index(instruments: dict[str, Instrument]) -> dict[str, tuple[str, str]
 def _parse_dates(s: pd.Series, fmt: str | None) -> tuple[pd.Series, pd.Series]:
     """Dates from a column; returns (datetime64 series, mask of non-blank cells that did not parse)."""
     if pd.api.types.is_datetime64_any_dtype(s):
-        out = s.astype("datetime64[ns]")
-        return out, pd.Series(False, index=s.index)
+        return s.astype("datetime64[ns]"), pd.Series(False, index=s.index)
     if pd.api.types.is_numeric_dtype(s):  # Excel serial day numbers
         out = pd.to_datetime(s, unit="D", origin="1899-12-30", errors="coerce")
+        return out.astype("datetime64[ns]"), s.notna() & out.isna()
+    kind = pd.api.types.infer_dtype(s, skipna=True)
+    if kind in ("date", "datetime", "datetime64"):  # date objects (e.g. SPSS DATE, Excel dates)
+        out = pd.to_datetime(s, errors="coerce").astype("datetime64[ns]")
         return out, s.notna() & out.isna()
-    txt = s.astype("object").where(s.notna(), None)
-    txt = txt.map(lambda v: v if v is None or not hasattr(v, "year") else pd.Timestamp(v).strftime("%Y-%m-%d"))
-    txt = pd.Series(txt, index=s.index, dtype="object").map(lambda v: None if v is None else str(v).strip() or None)
+    if kind.startswith("mixed"):  # dates and text
+        s = s.map(lambda v: pd.Timestamp(v).strftime("%Y-%m-%d") if hasattr(v, "year") else v)
+    txt = s.astype("str").str.strip()
+    blank = (s.isna() | (txt == "")).to_numpy()
     if fmt:
         out = pd.to_datetime(txt, format=fmt, errors="coerce")
-        retry = out.isna() & txt.notna()
+        retry = out.isna() & ~blank
         if retry.any():  # ISO dates are always accepted too
             out = out.where(~retry, pd.to_datetime(txt.where(retry), format="ISO8601", errors="coerce"))
     else:
         out = pd.to_datetime(txt, format="mixed", dayfirst=True, errors="coerce")
     out = out.astype("datetime64[ns]")
-    return out, txt.notna() & out.isna()
+    return out, ~blank & out.isna()
 
 
 def _first_present(cands: list[str], columns: set[str]) -> str | None:
@@ -194,7 +198,8 @@ def read_export(
     date_cols = [*demo.response_date, *demo.registration_date, *demo.subject_birth_date, *demo.informant_birth_date]
     text_cols = {ids.household, ids.person, *([ids.subject] if ids.subject else []), *field_cols, *date_cols,
                  *source.direct_identifiers}
-    raw: RawExport = read_raw(path, source, text_cols)
+    id_cols = {ids.household, ids.person, *([ids.subject] if ids.subject else []), *field_cols}
+    raw: RawExport = read_raw(path, source, id_cols if source.format == "xlsx" else text_cols)
     df = raw.frame
     n = len(df)
     columns = set(df.columns)
@@ -247,7 +252,11 @@ def read_export(
         s = df[col]
         if pd.api.types.is_float_dtype(s):
             s = s.map(lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
-        return s.astype("object").map(lambda v: None if v is None or pd.isna(v) or str(v).strip() == "" else str(v).strip())
+        txt = s.astype("str").str.strip()
+        blank = (s.isna() | (txt == "")).to_numpy()
+        out = txt.to_numpy(dtype=object)
+        out[blank] = None
+        return pd.Series(out, index=s.index, dtype=object)
 
     person = id_col(ids.person)
     household = id_col(ids.household)
@@ -401,6 +410,7 @@ def read_export(
         "item_index": {k: index[k] for k in item_keys}, "column_map": col_to_key,
         "problems": problems, "unmapped_columns": [p["column"] for p in problems if p["kind"] == "unmapped_column"],
         "file_level": file_level, "read_seconds": time.perf_counter() - t0,
+        "person_pattern": ids.person_pattern,
     }
     missing_reasons = pd.DataFrame(reasons, index=frame.index) if reasons else pd.DataFrame(index=frame.index)
     row_issues = pd.DataFrame(issues, columns=ROW_FAILURE_COLUMNS)

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,12 @@ def pseudonym(key: bytes, kind: str, raw: object) -> str | None:
     norm = normalise_id(raw)
     if norm is None:
         return None
-    return hmac.new(key, f"{kind}:{norm}".encode(), hashlib.sha256).hexdigest()
+    return _hmac(key, f"{kind}:{norm}")
+
+
+@lru_cache(maxsize=500_000)
+def _hmac(key: bytes, message: str) -> str:
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
 def pseudonymise_series(key: bytes, kind: str, raw: pd.Series) -> pd.Series:

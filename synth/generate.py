@@ -97,7 +97,7 @@ def generate_study(
 
     `factor` scales the study's targets (1 = study.yaml's targets); `seed` fixes everything; `faults`
     names faults to inject (see cohortflow.synth.faults.FAULTS). Returns the manifest (also written to
-    `out_dir/truth/manifest.json`). `truth_persons_per_arm` overrides model.yaml's Monte Carlo size.
+    `out_dir/truth/manifest.json`). Export files (.sav/.xlsx/.csv) already in `out_dir/inbox` are removed. `truth_persons_per_arm` overrides model.yaml's Monte Carlo size.
     """
     if factor <= 0:
         raise ValueError(f"factor must be > 0, got {factor}")
@@ -160,6 +160,9 @@ def generate_study(
 
     inbox = out_dir / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
+    for old in inbox.iterdir():  # exports of an earlier run here would mix with this one
+        if old.is_file() and old.suffix in (".sav", ".xlsx", ".csv"):
+            old.unlink()
     for f in files.values():
         WRITERS[f.format](f.frame, out_dir / f.path, f.spec)
     manifest_files = [ManifestFile(path=f.path, arm=f.arm, site=f.site, wave=f.wave, role=f.role, format=f.format,
@@ -196,7 +199,10 @@ def generate_study(
 
 def _free_layout_path(study: Study, quest: Questionnaires, files: dict[str, ExportFile],
                       injector: FaultInjector) -> tuple[str, str, str, str, str, str]:
-    """A layout path (arm, site, wave, role) that no generated file uses, for an empty file."""
+    """A layout path (arm, site, wave, role) that no generated file uses, for an empty file; roles and arms
+    that have files elsewhere first (a site without households at that wave, say)."""
+    with_files = {(f.arm, f.role) for f in files.values()}
+    cands = []
     for arm in study.arms:
         for site in [s.code for s in arm.sites] or [arm.code.upper()]:
             for wave in study.waves_of(arm.code):
@@ -204,9 +210,13 @@ def _free_layout_path(study: Study, quest: Questionnaires, files: dict[str, Expo
                     fmt = quest.format_of(arm.code)
                     rel = f"inbox/{arm.code}_{site}_{wave}_{role.code}.{fmt}"
                     if rel not in files and rel not in injector.used:
-                        injector.used.add(rel)
-                        return rel, arm.code, site, wave, role.code, fmt
-    raise ValueError("fault 'empty_file': every layout path already has a file")
+                        cands.append(((arm.code, role.code) not in with_files, rel, arm.code, site, wave, role.code,
+                                      fmt))
+    if not cands:
+        raise ValueError("fault 'empty_file': every layout path already has a file")
+    best = min(cands, key=lambda c: c[0])
+    injector.used.add(best[1])
+    return best[1:]  # type: ignore[return-value]
 
 
 def persons_table(

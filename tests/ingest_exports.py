@@ -30,16 +30,21 @@ def bsn(i: int) -> str:
 ROLE_ITEMS = {"child": ["cries13", "cyrm_r"], "adult": ["pss"], "parent": ["cries13"]}
 
 
+WAVE_DAYS = {"T0": 30, "T1": 395, "T2": 575}
+
+
 def build_rows(instruments: dict, arm: str, site: str, wave: str, role: str, n: int, seed: int = 1,
-               wave_days: int = 30) -> pd.DataFrame:
-    """n respondents of one role with ids, direct identifiers, dates, sex and valid item codes."""
+               wave_days: int | None = None) -> pd.DataFrame:
+    """n respondents of one role with ids, direct identifiers, dates (inside the wave window), sex and
+    valid item codes."""
+    wave_days = WAVE_DAYS.get(wave, 30) if wave_days is None else wave_days
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
         hh = f"G-{site}-{i + 1:04d}"
         reg = date(2025, 1, 6) + timedelta(days=int(i * 3))
         who = {"adult": "V1", "child": "K1", "parent": "V1"}[role]
-        child_birth = date(2013, 1, 1) + timedelta(days=int(i * 37 % 1500))
+        child_birth = date(2012, 1, 1) + timedelta(days=int(i * 37 % 1500))
         adult_birth = date(1985, 3, 1) + timedelta(days=int(i * 53 % 4000))
         r = {
             "gezin_id": hh, "resp_id": f"{hh}-{who}",

@@ -145,6 +145,17 @@ def source_missing_codes(source: object | None) -> list[float]:
     return out
 
 
+def _declared_person_pattern(source: object | None) -> str | None:
+    """identifiers.person_pattern of a source definition (pydantic model or dict), if any."""
+    if source is None:
+        return None
+    ids = source.get("identifiers") if isinstance(source, dict) else getattr(source, "identifiers", None)
+    if ids is None:
+        return None
+    pattern = ids.get("person_pattern") if isinstance(ids, dict) else getattr(ids, "person_pattern", None)
+    return str(pattern) if pattern else None
+
+
 def resolve_policy(source: object | None = None) -> Policy:
     """The defaults with the source's `validation:` overrides applied; bad overrides raise ConfigError."""
     d = _defaults()
@@ -179,6 +190,10 @@ def resolve_policy(source: object | None = None) -> Policy:
             raise ConfigError(f"source {label}: validation.thresholds.{k} must lie in [0, 1], got {value}")
         thresholds[k] = value
     id_patterns = dict(d["id_patterns"])
+    person_pattern = _declared_person_pattern(source)
+    if person_pattern:  # the source's identifiers.person_pattern: {household} is the row's household id
+        id_patterns["person_raw"] = id_patterns["subject_raw"] = person_pattern.replace("{household}",
+                                                                                       "{household_raw}")
     id_patterns.update(dict(over.get("id_patterns") or {}))
     declared = over.get("missing_codes")
     if declared is None:

@@ -122,11 +122,13 @@ def _months_between(birth: pd.Series, at: pd.Series) -> pd.Series:
 
 
 def _dates(s: pd.Series) -> list[Any]:
-    return [None if pd.isna(v) else v.date() for v in pd.to_datetime(s)]
+    """ISO date strings (None for NaT): what SQLAlchemy's Date stores on SQLite and COPY accepts."""
+    txt = pd.to_datetime(s).dt.strftime("%Y-%m-%d")
+    return txt.astype(object).where(txt.notna(), None).tolist()
 
 
 def _ints(s: pd.Series) -> list[int | None]:
-    return [None if pd.isna(v) else int(v) for v in s]
+    return [None if np.isnan(v) else int(v) for v in pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)]
 
 
 # --- recording refused files ----------------------------------------------------------------------
@@ -199,6 +201,12 @@ def ingest_file(
     except BadFileError as exc:
         report.read_seconds = time.perf_counter() - t0
         return _refuse(engine, report, path, source, str(exc))
+    except Exception as exc:  # an export the readers did not foresee: refuse it, keep the run going
+        report.read_seconds = time.perf_counter() - t0
+        return _refuse(engine, report, path, source,
+                       f"{path.name}: could not be read with source {source.label if source else '?'} "
+                       f"({type(exc).__name__}: {exc}). Check the file against its source definition; if it "
+                       "looks right, report this message to the pipeline maintainers.")
     report.read_seconds = time.perf_counter() - t0
     fl = mapped.meta["file_level"]
     report.arm, report.site, report.wave, report.role = fl["arm"], fl["site"], fl["wave"], fl["role"]
@@ -206,7 +214,7 @@ def ingest_file(
     report.problems = mapped.meta["problems"]
 
     file_errors, study_rows = study_field_checks(mapped, study)
-    outcome = validate(mapped) if validate is not None else basic_validation(mapped, instruments)
+    outcome = validate(mapped) if validate is not None else basic_validation(mapped, instruments, study)
     file_errors += list(outcome.file_errors)
     if file_errors:
         return _refuse(engine, report, path, source, "\n".join(file_errors))
@@ -227,7 +235,7 @@ class _AllRowsInvalid(Exception):
 def _row_failures(mapped: MappedFile, outcome: ValidationOutcome, study_rows: list[dict]) -> pd.DataFrame:
     """All row-level failures: reading issues, study fields, ids, validation; private values redacted."""
     parts = [mapped.row_issues, pd.DataFrame(study_rows, columns=ROW_FAILURE_COLUMNS),
-             pd.DataFrame(id_checks(mapped), columns=ROW_FAILURE_COLUMNS), outcome.row_failures]
+             pd.DataFrame(id_checks(mapped), columns=[*ROW_FAILURE_COLUMNS, "expected"]), outcome.row_failures]
     parts = [p for p in parts if p is not None and len(p)]
     if not parts:
         return pd.DataFrame(columns=ROW_FAILURE_COLUMNS)
@@ -417,15 +425,17 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     for i in range(0, len(persons), 900):
         for r in conn.execute(q.where(Response.person_id.in_(persons[i:i + 900]))):
             existing[(r.person_id, r.subject_id, r.role, r.wave, r.arm)] = (r.id, r.batch_id)
+    _sex_conflicts(conn, cand, earlier, quarantine)
     if not existing:
         return
     from .models import ItemValue
 
     pos = {rn: i for i, rn in enumerate(d["row_number"].tolist())}
-    for rec in cand.itertuples(index=False):
-        k = (rec.person_id, rec.subject_id, rec.role, rec.wave, rec.arm)
+    keys = list(zip(cand["person_id"], cand["subject_id"], cand["role"], cand["wave"], cand["arm"], strict=True))
+    for rn, k in zip(cand["row_number"].tolist(), keys, strict=True):
         if k not in existing:
             continue
+        rec = type("Rec", (), {"row_number": rn})
         rid, bid = existing[k]
         stored = {(iv.instrument + "_" + iv.item): (iv.value, iv.missing_reason)
                   for iv in conn.execute(select(ItemValue).where(ItemValue.response_id == rid))}
@@ -444,53 +454,102 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
                          "deliver a corrected export of the whole arm/site/wave to supersede it"})
 
 
+def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
+                   quarantine: dict[int, list[dict]]) -> None:
+    """Rows giving a subject another sex than current responses already loaded for that person."""
+    subjects = sorted(set(cand["subject_id"].dropna()))
+    q = select(Response.subject_id, Response.subject_sex, Response.batch_id).where(
+        Response.superseded.is_(False), Response.subject_sex.is_not(None))
+    if earlier:
+        q = q.where(Response.batch_id.not_in(earlier))
+    known: dict[str, tuple[str, int]] = {}
+    for i in range(0, len(subjects), 900):
+        for r in conn.execute(q.where(Response.subject_id.in_(subjects[i:i + 900]))):
+            known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
+    if not known:
+        return
+    for rn, sid, sex in zip(cand["row_number"].tolist(), cand["subject_id"], cand["subject_sex"], strict=True):
+        k = known.get(sid)
+        if k is not None and isinstance(sex, str) and sex != k[0]:
+            quarantine.setdefault(int(rn), []).append({
+                "rule": "sex_conflict", "column": "subject_sex", "value": sex,
+                "expected": f"{k[0]}, as in batch {k[1]}"})
+
+
 def _upsert(conn: Connection, table, rows: list[dict[str, Any]], key: str) -> None:  # noqa: ANN001
+    """Insert rows whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so writers never deadlock."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dinsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dinsert
     rows = sorted(rows, key=lambda r: r[key])
-    for i in range(0, len(rows), 5000):
-        conn.execute(dinsert(table).on_conflict_do_nothing(index_elements=[key]), rows[i:i + 5000])
+    cols = list(rows[0])
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))}) "
+           f"ON CONFLICT ({key}) DO NOTHING")
+    for i in range(0, len(rows), 20_000):
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows[i:i + 20_000]])
+
+
+def _none(v: Any) -> Any:
+    return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
 
 
 def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
+    """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
     hh = ld.sort_values("registration_date").drop_duplicates("household_id")
+    reg = (_dates(hh["registration_date"]) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
+           else [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])])
     _upsert(conn, Household.__table__, [
-        {"household_id": r.household_id, "arm": r.arm, "site": r.site,
-         "registration_date": None if pd.isna(r.registration_date) else r.registration_date.date(),
-         "first_batch_id": batch_id} for r in hh.itertuples(index=False)], "household_id")
-    people: dict[str, dict[str, Any]] = {}
-    for r in ld.itertuples(index=False):
-        for pid, sex, year in ((r.subject_id, r.subject_sex, r.subject_birth_year),
-                               (r.person_id, r.informant_sex, r.informant_birth_year)):
-            cur = people.get(pid)
-            rec = {"person_id": pid, "household_id": r.household_id, "sex": sex if isinstance(sex, str) else None,
-                   "birth_year": None if pd.isna(year) else int(year), "first_batch_id": batch_id}
-            if cur is None:
-                people[pid] = rec
-            else:
-                cur["sex"] = cur["sex"] or rec["sex"]
-                cur["birth_year"] = cur["birth_year"] or rec["birth_year"]
-    _upsert(conn, Person.__table__, list(people.values()), "person_id")
+        {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
+        for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")
+    people: dict[str, list[Any]] = {}
+    for pid, h, sx, by in (*zip(ld["subject_id"], ld["household_id"], ld["subject_sex"], ld["subject_birth_year"],
+                                strict=True),
+                           *zip(ld["person_id"], ld["household_id"], ld["informant_sex"], ld["informant_birth_year"],
+                                strict=True)):
+        sx = sx if isinstance(sx, str) else None
+        by = None if by is None or pd.isna(by) else int(by)
+        cur = people.get(pid)
+        if cur is None:
+            people[pid] = [h, sx, by]
+        else:
+            cur[1] = cur[1] or sx
+            cur[2] = cur[2] or by
+    _upsert(conn, Person.__table__, [
+        {"person_id": pid, "household_id": v[0], "sex": v[1], "birth_year": v[2], "first_batch_id": batch_id}
+        for pid, v in people.items()], "person_id")
+
+
+RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",
+                    "site", "wave", "response_date", "registration_date", "days_since_t0", "subject_age_months",
+                    "subject_sex", "superseded"]
+
+
+def _bulk(conn: Connection, table: str, columns: list[str], rows: list[tuple]) -> None:
+    """Insert many rows fast: COPY on PostgreSQL, the driver's executemany elsewhere (same transaction)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
+        return
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    for i in range(0, len(rows), 200_000):
+        conn.exec_driver_sql(sql, rows[i:i + 200_000])
 
 
 def _insert_responses(conn: Connection, ld: pd.DataFrame, ids: np.ndarray, batch_id: int) -> None:
-    if not len(ld):
+    n = len(ld)
+    if not n:
         return
-    rows = pd.DataFrame({
-        "id": ids.tolist(), "batch_id": batch_id, "row_number": ld["row_number"].astype(int).tolist(),
-        "household_id": ld["household_id"].tolist(), "person_id": ld["person_id"].tolist(),
-        "subject_id": ld["subject_id"].tolist(), "role": ld["role"].tolist(), "arm": ld["arm"].tolist(),
-        "site": ld["site"].tolist(), "wave": ld["wave"].tolist(),
-        "response_date": _dates(ld["response_date"]), "registration_date": _dates(ld["registration_date"]),
-        "days_since_t0": _ints(ld["days_since_t0"]), "subject_age_months": _ints(ld["subject_age_months"]),
-        "subject_sex": [s if isinstance(s, str) else None for s in ld["subject_sex"]], "superseded": False,
-    }).to_dict("records")
-    for i in range(0, len(rows), 5000):
-        conn.execute(insert(Response), rows[i:i + 5000])
+    pg = conn.dialect.name == "postgresql"
+    cols = [ids.tolist(), [batch_id] * n, ld["row_number"].astype(int).tolist(), ld["household_id"].tolist(),
+            ld["person_id"].tolist(), ld["subject_id"].tolist(), ld["role"].tolist(), ld["arm"].tolist(),
+            ld["site"].tolist(), ld["wave"].tolist(), _dates(ld["response_date"]), _dates(ld["registration_date"]),
+            _ints(ld["days_since_t0"]), _ints(ld["subject_age_months"]),
+            [s if isinstance(s, str) else None for s in ld["subject_sex"]], [False if pg else 0] * n]
+    _bulk(conn, "response", RESPONSE_COLUMNS, list(zip(*cols, strict=True)))
 
 
 def _insert_item_values(conn: Connection, resp_ids: np.ndarray, inst: list[str], item: list[str],
@@ -502,23 +561,8 @@ def _insert_item_values(conn: Connection, resp_ids: np.ndarray, inst: list[str],
     vals = codes.astype(object)
     vals[np.isnan(codes) | ~pd.isna(reasons)] = None
     rid = np.repeat(resp_ids, k).tolist()
-    ins = inst * n
-    its = item * n
-    v = vals.ravel().tolist()
-    r = reasons.ravel().tolist()
-    if conn.dialect.name == "postgresql":
-        raw = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(
-            "COPY item_value (response_id, instrument, item, value, missing_reason) FROM STDIN"
-        ) as cp:
-            for row in zip(rid, ins, its, v, r, strict=True):
-                cp.write_row(row)
-        return
-    rows = list(zip(rid, ins, its, v, r, strict=True))
-    for i in range(0, len(rows), 200_000):
-        conn.exec_driver_sql(
-            "INSERT INTO item_value (response_id, instrument, item, value, missing_reason) VALUES (?, ?, ?, ?, ?)",
-            rows[i:i + 200_000])
+    rows = list(zip(rid, inst * n, item * n, vals.ravel().tolist(), reasons.ravel().tolist(), strict=True))
+    _bulk(conn, "item_value", ["response_id", "instrument", "item", "value", "missing_reason"], rows)
 
 
 def _insert_quarantine(conn: Connection, d: pd.DataFrame, p: _Prepared, quarantine: dict[int, list[dict]],
@@ -527,11 +571,11 @@ def _insert_quarantine(conn: Connection, d: pd.DataFrame, p: _Prepared, quaranti
         return
     pos = {rn: i for i, rn in enumerate(d["row_number"].tolist())}
     miss = {k: {str(c): r for c, r in m.items()} for k, m in mapped.meta["missing_codes"].items()}
+    cols = [c for c in d.columns if c != "row_number"]
     rows = []
     for rn in sorted(quarantine):
         i = pos[rn]
-        rec = d.iloc[i]
-        payload = {c: _jsonable(rec[c]) for c in d.columns if c != "row_number"}
+        payload = {c: _jsonable(d[c].iat[i]) for c in cols}
         payload["items"] = {k: _jsonable(p.codes[i, j]) for j, k in enumerate(p.item_keys)}
         payload["missing"] = {k: p.reasons[i, j] for j, k in enumerate(p.item_keys) if p.reasons[i, j] is not None}
         payload["missing_codes"] = miss

@@ -82,7 +82,6 @@ def test_exactly_the_injected_rows_and_files(tmp_path):
     assert quarantined == expected_rows
 
 
-@pytest.mark.slow
 def test_injected_faults_fast(tmp_path):
     """The fault files only (plus the baseline file a sex conflict is checked against): exact rows and files."""
     study, instruments = load_study(), load_instruments()

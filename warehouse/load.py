@@ -1,0 +1,625 @@
+"""Loading export files into the warehouse: one transaction per file, every row accounted for.
+
+Public: `ingest_file(path, engine, sources, study, instruments, key, validate=None) -> BatchReport` and
+`ingest_inbox(inbox_dir, engine, ...) -> list[BatchReport]`.
+
+A file is read and validated outside the transaction; the write (batch, households, persons, responses,
+item values, quarantine rows, rule results, superseding earlier batches of the same arm/site/wave/role)
+happens in one transaction behind a write lock, so a crash leaves the warehouse as it was before the file
+and two concurrent ingests neither deadlock nor load a file twice. rows_in = rows_loaded +
+rows_quarantined + rows_duplicate for every loaded batch. Refused files raise nothing: the report (and a
+`batch` row with status `refused`) carries the message.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from cohortflow.config.sources import SourceDefinition
+from cohortflow.config.study import Study
+from cohortflow.ingest.checks import basic_validation, id_checks, study_field_checks
+from cohortflow.ingest.mapping import file_digest, match_source, read_export
+from cohortflow.ingest.outcome import ROW_FAILURE_COLUMNS, MappedFile, ValidationOutcome
+from cohortflow.ingest.pseudonymise import pseudonymise_series
+from cohortflow.ingest.readers import BadFileError
+from cohortflow.instruments.model import Instrument
+
+from .db import take_write_lock
+from .models import Batch, Household, Person, QuarantineRow, Response, ValidationResult
+
+Validator = Callable[[MappedFile], ValidationOutcome]
+FILE_SUFFIXES = (".sav", ".csv", ".xlsx", ".dta")
+PRIVATE_COLUMNS = {"household_raw", "person_raw", "subject_raw", "subject_birth_date", "informant_birth_date"}
+ITEM_BATCH = 50_000
+
+
+@dataclass
+class BatchReport:
+    """What became of one file: status (`loaded`, `refused`, `skipped`) with counts and messages."""
+
+    file_name: str
+    sha256: str
+    size: int
+    status: str
+    batch_id: int | None = None
+    source: str | None = None
+    source_version: str | None = None
+    arm: str | None = None
+    site: str | None = None
+    wave: str | None = None
+    role: str | None = None
+    rows_in: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    rows_duplicate: int = 0
+    item_values: int = 0
+    message: str = ""
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    supersedes: list[int] = field(default_factory=list)
+    read_seconds: float = 0.0
+    load_seconds: float = 0.0
+
+    @property
+    def accounted(self) -> bool:
+        return self.rows_in == self.rows_loaded + self.rows_quarantined + self.rows_duplicate
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """cohortflow's version plus the git commit when run from a checkout."""
+    from cohortflow import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+    except Exception:
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _scope(fl: dict[str, str | None]) -> str:
+    return "|".join(fl.get(f) or "*" for f in ("arm", "site", "wave", "role"))
+
+
+def _jsonable(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and np.isnan(v):
+        return None
+    if isinstance(v, pd.Timestamp | datetime):
+        return None if pd.isna(v) else v.strftime("%Y-%m-%d")
+    if isinstance(v, str | int | float | bool):
+        return v
+    return str(v)
+
+
+def _months_between(birth: pd.Series, at: pd.Series) -> pd.Series:
+    """Completed months from birth to `at` (NaN when either is missing)."""
+    b, a = pd.to_datetime(birth), pd.to_datetime(at)
+    months = (a.dt.year - b.dt.year) * 12 + (a.dt.month - b.dt.month) - (a.dt.day < b.dt.day).astype("float64")
+    return months.where(b.notna() & a.notna())
+
+
+def _dates(s: pd.Series) -> list[Any]:
+    """ISO date strings (None for NaT): what SQLAlchemy's Date stores on SQLite and COPY accepts."""
+    txt = pd.to_datetime(s).dt.strftime("%Y-%m-%d")
+    return txt.astype(object).where(txt.notna(), None).tolist()
+
+
+def _ints(s: pd.Series) -> list[int | None]:
+    return [None if np.isnan(v) else int(v) for v in pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)]
+
+
+# --- recording refused files ----------------------------------------------------------------------
+
+def _record_refused(engine: Engine, report: BatchReport, path: Path, source: SourceDefinition | None) -> BatchReport:
+    """Store (once per SHA-256) a `refused` batch row carrying the message; return the report."""
+    with engine.connect() as conn:
+        conn.execution_options(write_lock=True)
+        with conn.begin():
+            take_write_lock(conn)
+            row = conn.execute(select(Batch.id, Batch.status).where(Batch.sha256 == report.sha256)).first()
+            if row is not None:
+                report.batch_id = row.id
+                if row.status != "refused":  # loaded meanwhile by another process
+                    report.status, report.message = "skipped", f"{path.name}: already loaded as batch {row.id}"
+                return report
+            values = dict(
+                file_name=path.name, file_path=str(path), sha256=report.sha256, size_bytes=report.size,
+                source_name=report.source, source_version=report.source_version,
+                file_format=source.format if source else path.suffix.lstrip("."),
+                arm=report.arm, site=report.site, wave=report.wave, role=report.role,
+                status="refused", rows_in=report.rows_in, rows_loaded=0, rows_quarantined=0, rows_duplicate=0,
+                item_values=0, started_at=_now(), finished_at=_now(), read_seconds=report.read_seconds,
+                load_seconds=0.0, code_version=code_version(), message=report.message, problems=report.problems,
+            )
+            report.batch_id = conn.execute(insert(Batch).values(**values)).inserted_primary_key[0]
+    return report
+
+
+def _refuse(engine: Engine, report: BatchReport, path: Path, source: SourceDefinition | None, msg: str) -> BatchReport:
+    report.status = "refused"
+    report.message = msg
+    report.rows_loaded = report.rows_quarantined = report.rows_duplicate = report.item_values = 0
+    return _record_refused(engine, report, path, source)
+
+
+# --- the main entry ---------------------------------------------------------------------------------
+
+def ingest_file(
+    path: Path | str,
+    engine: Engine,
+    sources: list[SourceDefinition],
+    study: Study,
+    instruments: dict[str, Instrument],
+    key: bytes,
+    validate: Validator | None = None,
+) -> BatchReport:
+    """Load one export file in one transaction and return its BatchReport (never raises for bad files).
+
+    Without `validate`, the basic checks apply (ids present, codes allowed by the instrument definitions,
+    duplicates). A file whose SHA-256 is already loaded is skipped; a new file for an arm/site/wave/role
+    already loaded supersedes the earlier batch (its rows stay, marked superseded).
+    """
+    path = Path(path)
+    t0 = time.perf_counter()
+    sha, size = file_digest(path)
+    report = BatchReport(file_name=path.name, sha256=sha, size=size, status="pending")
+    with engine.connect() as conn:
+        row = conn.execute(select(Batch.id, Batch.status).where(Batch.sha256 == sha)).first()
+    if row is not None and row.status != "refused":
+        report.status, report.batch_id = "skipped", row.id
+        report.message = f"{path.name}: already loaded as batch {row.id} (same SHA-256); nothing to do."
+        return report
+
+    source: SourceDefinition | None = None
+    try:
+        source = match_source(path, sources)
+        report.source, report.source_version = source.name, source.version
+        mapped = read_export(path, source, instruments)
+    except BadFileError as exc:
+        report.read_seconds = time.perf_counter() - t0
+        return _refuse(engine, report, path, source, str(exc))
+    except Exception as exc:  # an export the readers did not foresee: refuse it, keep the run going
+        report.read_seconds = time.perf_counter() - t0
+        return _refuse(engine, report, path, source,
+                       f"{path.name}: could not be read with source {source.label if source else '?'} "
+                       f"({type(exc).__name__}: {exc}). Check the file against its source definition; if it "
+                       "looks right, report this message to the pipeline maintainers.")
+    report.read_seconds = time.perf_counter() - t0
+    fl = mapped.meta["file_level"]
+    report.arm, report.site, report.wave, report.role = fl["arm"], fl["site"], fl["wave"], fl["role"]
+    report.rows_in = len(mapped.frame)
+    report.problems = mapped.meta["problems"]
+
+    file_errors, study_rows = study_field_checks(mapped, study)
+    outcome = validate(mapped) if validate is not None else basic_validation(mapped, instruments, study)
+    file_errors += list(outcome.file_errors)
+    if file_errors:
+        return _refuse(engine, report, path, source, "\n".join(file_errors))
+
+    failures = _row_failures(mapped, outcome, study_rows)
+    quarantine_reasons = _reasons_by_row(failures[failures["severity"] == "quarantine"])
+    prepared = _prepare_rows(mapped, key, quarantine_reasons)
+    try:
+        return _write(engine, path, source, mapped, outcome, failures, prepared, report, t0)
+    except _AllRowsInvalid as exc:
+        return _refuse(engine, report, path, source, str(exc))
+
+
+class _AllRowsInvalid(Exception):
+    pass
+
+
+def _row_failures(mapped: MappedFile, outcome: ValidationOutcome, study_rows: list[dict]) -> pd.DataFrame:
+    """All row-level failures: reading issues, study fields, ids, validation; private values redacted."""
+    parts = [mapped.row_issues, pd.DataFrame(study_rows, columns=ROW_FAILURE_COLUMNS),
+             pd.DataFrame(id_checks(mapped), columns=[*ROW_FAILURE_COLUMNS, "expected"]), outcome.row_failures]
+    parts = [p for p in parts if p is not None and len(p)]
+    if not parts:
+        return pd.DataFrame(columns=ROW_FAILURE_COLUMNS)
+    f = pd.concat(parts, ignore_index=True)
+    if "severity" not in f:
+        f["severity"] = "quarantine"
+    f["severity"] = f["severity"].fillna("quarantine")
+    private = f["column"].isin(PRIVATE_COLUMNS | {"subject_birth_date", "informant_birth_date", "birth_date"})
+    f["value"] = f["value"].astype(object).where(~private, "<redacted>")
+    return f
+
+
+def _reasons_by_row(f: pd.DataFrame) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    extra = "expected" in f.columns
+    for rec in f.itertuples(index=False):
+        reason = {"rule": rec.rule, "column": rec.column, "value": _jsonable(rec.value)}
+        if extra and isinstance(rec.expected, str):
+            reason["expected"] = rec.expected
+        out.setdefault(int(rec.row_number), []).append(reason)
+    return out
+
+
+@dataclass
+class _Prepared:
+    frame: pd.DataFrame  # pseudonymised, derived; no raw ids, no birth dates
+    item_keys: list[str]
+    codes: np.ndarray  # rows x items, raw codes
+    reasons: np.ndarray  # rows x items, missing reason or None
+    quarantine: dict[int, list[dict[str, Any]]]
+    duplicate_rows: set[int]
+
+
+def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dict]]) -> _Prepared:
+    """Pseudonymise ids, derive age and T0 days, drop private columns, find duplicates within the file."""
+    f = mapped.frame
+    d = pd.DataFrame({
+        "row_number": f["row_number"].astype("int64"),
+        "arm": f["arm"], "site": f["site"], "wave": f["wave"], "role": f["role"],
+        "household_id": pseudonymise_series(key, "household", f["household_raw"]),
+        "person_id": pseudonymise_series(key, "person", f["person_raw"]),
+        "subject_id": pseudonymise_series(key, "person", f["subject_raw"]),
+        "response_date": f["response_date"], "registration_date": f["registration_date"],
+        "subject_sex": f["subject_sex"], "informant_sex": f["informant_sex"],
+        "subject_birth_year": pd.to_datetime(f["subject_birth_date"]).dt.year,
+        "informant_birth_year": pd.to_datetime(f["informant_birth_date"]).dt.year,
+    })
+    d["subject_age_months"] = _months_between(f["subject_birth_date"], f["response_date"])
+    d["days_since_t0"] = (pd.to_datetime(f["response_date"]) - pd.to_datetime(f["registration_date"])).dt.days
+    keys = mapped.item_columns
+    codes = f[keys].to_numpy(dtype="float64") if keys else np.zeros((len(f), 0))
+    reasons = (mapped.missing_reasons[keys].to_numpy(dtype=object) if keys
+               else np.zeros((len(f), 0), dtype=object))
+    reasons = np.where(pd.isna(reasons), None, reasons).astype(object)  # text columns may hold NaN for None
+    # duplicates within the file: same person, subject, role, wave
+    dup_rows: set[int] = set()
+    quarantine = {k: list(v) for k, v in quarantine.items()}
+    ok = ~d["row_number"].isin(list(quarantine)).to_numpy()
+    kcols = ["person_id", "subject_id", "role", "wave", "arm"]
+    cand = d[ok]
+    dupmask = cand.duplicated(kcols, keep=False)
+    if dupmask.any():
+        sig = pd.DataFrame(np.where(np.isnan(codes), -1e300, codes)[ok], index=cand.index).astype(str).agg("|".join, axis=1)
+        sig = sig + "|" + cand["response_date"].astype(str)
+        for _, grp in cand[dupmask].groupby(kcols, sort=False):
+            rows = grp["row_number"].tolist()
+            if sig.loc[grp.index].nunique() == 1:
+                dup_rows.update(rows[1:])
+            else:
+                for r in rows:
+                    quarantine.setdefault(int(r), []).append({
+                        "rule": "conflicting_duplicate", "column": "person_id",
+                        "value": f"rows {', '.join(map(str, rows))} differ for the same person, wave and role"})
+    return _Prepared(d, keys, codes, reasons, quarantine, dup_rows)
+
+
+def _split_key(instruments_keys: list[str], item_index: dict[str, tuple[str, str]]) -> tuple[list[str], list[str]]:
+    inst = [item_index[k][0] for k in instruments_keys]
+    item = [item_index[k][1] for k in instruments_keys]
+    return inst, item
+
+
+def _write(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedFile, outcome: ValidationOutcome,
+           failures: pd.DataFrame, p: _Prepared, report: BatchReport, t0: float) -> BatchReport:
+    """The one transaction per file."""
+
+    t_load = time.perf_counter()
+    d = p.frame
+    n = len(d)
+    fl = mapped.meta["file_level"]
+    scope = _scope(fl)
+    with engine.connect() as conn:
+        conn.execution_options(write_lock=True)
+        with conn.begin():
+            take_write_lock(conn)
+            row = conn.execute(select(Batch.id, Batch.status).where(Batch.sha256 == report.sha256)).first()
+            if row is not None and row.status != "refused":
+                report.status, report.batch_id = "skipped", row.id
+                report.message = f"{path.name}: already loaded as batch {row.id} (same SHA-256); nothing to do."
+                return report
+            refused_id = row.id if row is not None else None
+            earlier = [r.id for r in conn.execute(
+                select(Batch.id).where(Batch.scope == scope, Batch.status == "loaded").order_by(Batch.id))]
+            quarantine = dict(p.quarantine)
+            dup_rows = set(p.duplicate_rows)
+            load_mask = ~d["row_number"].isin(list(quarantine) + list(dup_rows)).to_numpy()
+            # duplicates against rows already loaded (current, not about to be superseded)
+            _against_warehouse(conn, d, p, load_mask, earlier, quarantine, dup_rows)
+            load_mask = ~d["row_number"].isin(list(quarantine) + list(dup_rows)).to_numpy()
+            n_loaded = int(load_mask.sum())
+            if n_loaded == 0 and quarantine and len(dup_rows) == 0:
+                raise _AllRowsInvalid(_all_invalid_message(path, quarantine, n))
+            now = _now()
+            values = dict(
+                file_name=path.name, file_path=str(path), sha256=report.sha256, size_bytes=report.size,
+                source_name=source.name, source_version=source.version, file_format=source.format,
+                arm=fl["arm"], site=fl["site"], wave=fl["wave"], role=fl["role"], scope=scope, status="loaded",
+                rows_in=n, rows_loaded=n_loaded, rows_quarantined=len(quarantine), rows_duplicate=len(dup_rows),
+                item_values=n_loaded * len(p.item_keys), started_at=now, finished_at=None,
+                read_seconds=report.read_seconds, code_version=code_version(), message=None,
+                problems=mapped.meta["problems"], supersedes=earlier or None,
+            )
+            if refused_id is not None:
+                conn.execute(update(Batch).where(Batch.id == refused_id).values(**values))
+                batch_id = refused_id
+            else:
+                batch_id = conn.execute(insert(Batch).values(**values)).inserted_primary_key[0]
+            if earlier:
+                conn.execute(update(Batch).where(Batch.id.in_(earlier)).values(status="superseded",
+                                                                                 superseded_by=batch_id))
+                conn.execute(update(Response).where(Response.batch_id.in_(earlier)).values(superseded=True))
+            ld = d[load_mask]
+            _insert_households_persons(conn, ld, batch_id)
+            first_id = (conn.execute(select(func.max(Response.id))).scalar() or 0) + 1
+            resp_ids = np.arange(first_id, first_id + n_loaded, dtype=np.int64)
+            _insert_responses(conn, ld, resp_ids, batch_id)
+            inst, item = _split_key(p.item_keys, _item_index_for(p.item_keys, mapped))
+            _insert_item_values(conn, resp_ids, inst, item, p.codes[load_mask], p.reasons[load_mask])
+            _insert_quarantine(conn, d, p, quarantine, batch_id, mapped)
+            _insert_rule_results(conn, outcome, failures, batch_id, n)
+            report.load_seconds = time.perf_counter() - t_load
+            conn.execute(update(Batch).where(Batch.id == batch_id).values(
+                finished_at=_now(), load_seconds=report.load_seconds))
+    report.status, report.batch_id, report.supersedes = "loaded", batch_id, earlier
+    report.rows_loaded, report.rows_quarantined, report.rows_duplicate = n_loaded, len(quarantine), len(dup_rows)
+    report.item_values = n_loaded * len(p.item_keys)
+    n_q = len(quarantine)
+    report.message = (f"{path.name}: {n} rows in, {n_loaded} loaded, {n_q} quarantined, {len(dup_rows)} duplicate"
+                      + (f"; supersedes batch {', '.join(map(str, earlier))}" if earlier else ""))
+    return report
+
+
+def _item_index_for(keys: list[str], mapped: MappedFile) -> dict[str, tuple[str, str]]:
+    """Instrument and item code of each item key (from the mapping recorded in meta)."""
+    idx = mapped.meta.get("item_index")
+    if idx:
+        return idx
+    out: dict[str, tuple[str, str]] = {}
+    for k in keys:
+        inst, _, item = k.rpartition("_")
+        out[k] = (inst, item)
+    return out
+
+
+def _all_invalid_message(path: Path, quarantine: dict[int, list[dict]], n: int) -> str:
+    counts: dict[str, int] = {}
+    for reasons in quarantine.values():
+        for r in {(x["rule"], x["column"]) for x in reasons}:
+            counts[f"{r[0]} ({r[1]})"] = counts.get(f"{r[0]} ({r[1]})", 0) + 1
+    top = ", ".join(f"{k}: {v} rows" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:5])
+    return (f"{path.name}: all {n} rows are invalid ({top}); the file was refused whole. Check that the export "
+            "belongs to this source definition and study, correct it and deliver it again.")
+
+
+def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mask: np.ndarray, earlier: list[int],
+                       quarantine: dict[int, list[dict]], dup_rows: set[int]) -> None:
+    """Rows whose person/subject/role/wave/arm is already loaded: duplicate when identical, else quarantine."""
+    cand = d[load_mask]
+    if cand.empty:
+        return
+    persons = sorted(set(cand["person_id"].dropna()))
+    q = select(Response.id, Response.person_id, Response.subject_id, Response.role, Response.wave, Response.arm,
+               Response.batch_id).where(Response.superseded.is_(False))
+    if earlier:
+        q = q.where(Response.batch_id.not_in(earlier))
+    existing: dict[tuple, tuple[int, int]] = {}
+    for i in range(0, len(persons), 900):
+        for r in conn.execute(q.where(Response.person_id.in_(persons[i:i + 900]))):
+            existing[(r.person_id, r.subject_id, r.role, r.wave, r.arm)] = (r.id, r.batch_id)
+    _sex_conflicts(conn, cand, earlier, quarantine)
+    if not existing:
+        return
+    from .models import ItemValue
+
+    pos = {rn: i for i, rn in enumerate(d["row_number"].tolist())}
+    keys = list(zip(cand["person_id"], cand["subject_id"], cand["role"], cand["wave"], cand["arm"], strict=True))
+    for rn, k in zip(cand["row_number"].tolist(), keys, strict=True):
+        if k not in existing:
+            continue
+        rec = type("Rec", (), {"row_number": rn})
+        rid, bid = existing[k]
+        stored = {(iv.instrument + "_" + iv.item): (iv.value, iv.missing_reason)
+                  for iv in conn.execute(select(ItemValue).where(ItemValue.response_id == rid))}
+        i = pos[rec.row_number]
+        mine = {}
+        for j, key in enumerate(p.item_keys):
+            reason = p.reasons[i, j]
+            v = None if reason is not None or np.isnan(p.codes[i, j]) else float(p.codes[i, j])
+            mine[key] = (v, reason)
+        if mine == stored:
+            dup_rows.add(int(rec.row_number))
+        else:
+            quarantine.setdefault(int(rec.row_number), []).append({
+                "rule": "conflicts_with_loaded", "column": "person_id",
+                "value": f"batch {bid} already holds different answers for this person, wave and role; "
+                         "deliver a corrected export of the whole arm/site/wave to supersede it"})
+
+
+def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
+                   quarantine: dict[int, list[dict]]) -> None:
+    """Rows giving a subject another sex than current responses already loaded for that person."""
+    subjects = sorted(set(cand["subject_id"].dropna()))
+    q = select(Response.subject_id, Response.subject_sex, Response.batch_id).where(
+        Response.superseded.is_(False), Response.subject_sex.is_not(None))
+    if earlier:
+        q = q.where(Response.batch_id.not_in(earlier))
+    known: dict[str, tuple[str, int]] = {}
+    for i in range(0, len(subjects), 900):
+        for r in conn.execute(q.where(Response.subject_id.in_(subjects[i:i + 900]))):
+            known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
+    if not known:
+        return
+    for rn, sid, sex in zip(cand["row_number"].tolist(), cand["subject_id"], cand["subject_sex"], strict=True):
+        k = known.get(sid)
+        if k is not None and isinstance(sex, str) and sex != k[0]:
+            quarantine.setdefault(int(rn), []).append({
+                "rule": "sex_conflict", "column": "subject_sex", "value": sex,
+                "expected": f"{k[0]}, as in batch {k[1]}"})
+
+
+def _upsert(conn: Connection, table, rows: list[dict[str, Any]], key: str) -> None:  # noqa: ANN001
+    """Insert rows whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so writers never deadlock."""
+    if not rows:
+        return
+    rows = sorted(rows, key=lambda r: r[key])
+    cols = list(rows[0])
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))}) "
+           f"ON CONFLICT ({key}) DO NOTHING")
+    for i in range(0, len(rows), 20_000):
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows[i:i + 20_000]])
+
+
+def _none(v: Any) -> Any:
+    return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
+
+
+def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
+    """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
+    hh = ld.sort_values("registration_date").drop_duplicates("household_id")
+    reg = (_dates(hh["registration_date"]) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
+           else [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])])
+    _upsert(conn, Household.__table__, [
+        {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
+        for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")
+    people: dict[str, list[Any]] = {}
+    for pid, h, sx, by in (*zip(ld["subject_id"], ld["household_id"], ld["subject_sex"], ld["subject_birth_year"],
+                                strict=True),
+                           *zip(ld["person_id"], ld["household_id"], ld["informant_sex"], ld["informant_birth_year"],
+                                strict=True)):
+        sx = sx if isinstance(sx, str) else None
+        by = None if by is None or pd.isna(by) else int(by)
+        cur = people.get(pid)
+        if cur is None:
+            people[pid] = [h, sx, by]
+        else:
+            cur[1] = cur[1] or sx
+            cur[2] = cur[2] or by
+    _upsert(conn, Person.__table__, [
+        {"person_id": pid, "household_id": v[0], "sex": v[1], "birth_year": v[2], "first_batch_id": batch_id}
+        for pid, v in people.items()], "person_id")
+
+
+RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",
+                    "site", "wave", "response_date", "registration_date", "days_since_t0", "subject_age_months",
+                    "subject_sex", "superseded"]
+
+
+def _bulk(conn: Connection, table: str, columns: list[str], rows: list[tuple]) -> None:
+    """Insert many rows fast: COPY on PostgreSQL, the driver's executemany elsewhere (same transaction)."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
+            for row in rows:
+                cp.write_row(row)
+        return
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    for i in range(0, len(rows), 200_000):
+        conn.exec_driver_sql(sql, rows[i:i + 200_000])
+
+
+def _insert_responses(conn: Connection, ld: pd.DataFrame, ids: np.ndarray, batch_id: int) -> None:
+    n = len(ld)
+    if not n:
+        return
+    pg = conn.dialect.name == "postgresql"
+    cols = [ids.tolist(), [batch_id] * n, ld["row_number"].astype(int).tolist(), ld["household_id"].tolist(),
+            ld["person_id"].tolist(), ld["subject_id"].tolist(), ld["role"].tolist(), ld["arm"].tolist(),
+            ld["site"].tolist(), ld["wave"].tolist(), _dates(ld["response_date"]), _dates(ld["registration_date"]),
+            _ints(ld["days_since_t0"]), _ints(ld["subject_age_months"]),
+            [s if isinstance(s, str) else None for s in ld["subject_sex"]], [False if pg else 0] * n]
+    _bulk(conn, "response", RESPONSE_COLUMNS, list(zip(*cols, strict=True)))
+
+
+def _insert_item_values(conn: Connection, resp_ids: np.ndarray, inst: list[str], item: list[str],
+                        codes: np.ndarray, reasons: np.ndarray) -> None:
+    """Bulk insert of the long item values: executemany on SQLite, COPY on PostgreSQL."""
+    n, k = codes.shape
+    if n == 0 or k == 0:
+        return
+    vals = codes.astype(object)
+    vals[np.isnan(codes) | ~pd.isna(reasons)] = None
+    rid = np.repeat(resp_ids, k).tolist()
+    rows = list(zip(rid, inst * n, item * n, vals.ravel().tolist(), reasons.ravel().tolist(), strict=True))
+    _bulk(conn, "item_value", ["response_id", "instrument", "item", "value", "missing_reason"], rows)
+
+
+def _insert_quarantine(conn: Connection, d: pd.DataFrame, p: _Prepared, quarantine: dict[int, list[dict]],
+                       batch_id: int, mapped: MappedFile) -> None:
+    if not quarantine:
+        return
+    pos = {rn: i for i, rn in enumerate(d["row_number"].tolist())}
+    miss = {k: {str(c): r for c, r in m.items()} for k, m in mapped.meta["missing_codes"].items()}
+    cols = [c for c in d.columns if c != "row_number"]
+    rows = []
+    for rn in sorted(quarantine):
+        i = pos[rn]
+        payload = {c: _jsonable(d[c].iat[i]) for c in cols}
+        payload["items"] = {k: _jsonable(p.codes[i, j]) for j, k in enumerate(p.item_keys)}
+        payload["missing"] = {k: p.reasons[i, j] for j, k in enumerate(p.item_keys) if p.reasons[i, j] is not None}
+        payload["missing_codes"] = miss
+        rows.append({"batch_id": batch_id, "row_number": int(rn), "reasons": quarantine[rn], "payload": payload})
+    conn.execute(insert(QuarantineRow), rows)
+
+
+def _insert_rule_results(conn: Connection, outcome: ValidationOutcome, failures: pd.DataFrame, batch_id: int,
+                         n: int) -> None:
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in outcome.rule_results.itertuples(index=False):
+        seen.add(str(r.rule))
+        ex = r.examples if isinstance(r.examples, list) else ([] if r.examples is None else [r.examples])
+        rows.append({"batch_id": batch_id, "rule": str(r.rule), "severity": str(r.severity),
+                     "n_checked": int(r.n_checked), "n_failed": int(r.n_failed),
+                     "examples": json.loads(json.dumps([_jsonable(x) for x in ex]))})
+    if len(failures):
+        for rule, grp in failures.groupby("rule"):
+            if rule in seen:
+                continue
+            rows.append({"batch_id": batch_id, "rule": str(rule), "severity": str(grp["severity"].iloc[0]),
+                         "n_checked": n, "n_failed": int(grp["row_number"].nunique()),
+                         "examples": [int(x) for x in grp["row_number"].head(5)]})
+    if rows:
+        conn.execute(insert(ValidationResult), rows)
+
+
+def inbox_files(inbox_dir: Path | str) -> list[Path]:
+    """Export files in a folder (sorted by name), ignoring hidden and temporary files."""
+    return sorted(p for p in Path(inbox_dir).iterdir()
+                  if p.is_file() and p.suffix.lower() in FILE_SUFFIXES and not p.name.startswith((".", "~$")))
+
+
+def ingest_inbox(
+    inbox_dir: Path | str,
+    engine: Engine,
+    sources: list[SourceDefinition],
+    study: Study,
+    instruments: dict[str, Instrument],
+    key: bytes,
+    validate: Validator | None = None,
+    files: Iterable[Path] | None = None,
+) -> list[BatchReport]:
+    """Ingest every export in `inbox_dir` (one transaction each), in name order; returns their reports."""
+    return [ingest_file(f, engine, sources, study, instruments, key, validate)
+            for f in (files if files is not None else inbox_files(inbox_dir))]

@@ -14,6 +14,7 @@ rows_quarantined + rows_duplicate for every loaded batch. Refused files raise no
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -174,6 +175,13 @@ def _record_refused(engine: Engine, report: BatchReport, path: Path, source: Sou
 
 
 def _refuse(engine: Engine, report: BatchReport, path: Path, source: SourceDefinition | None, msg: str) -> BatchReport:
+    if source is not None and source.filename_regex and report.arm is None:  # what the file name tells
+        m = re.fullmatch(source.filename_regex, path.name)
+        for f in ("arm", "site", "wave", "role"):
+            fs = getattr(source, f)
+            value = fs.value if fs.value is not None else (
+                m.group(fs.filename_group) if m and fs.filename_group else None)
+            setattr(report, f, fs.map.get(value, value) if fs.map and value else value)
     report.status = "refused"
     report.message = msg
     report.rows_loaded = report.rows_quarantined = report.rows_duplicate = report.item_values = 0

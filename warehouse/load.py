@@ -14,6 +14,7 @@ rows_quarantined + rows_duplicate for every loaded batch. Refused files raise no
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -114,17 +115,32 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _months_between(birth: pd.Series, at: pd.Series) -> pd.Series:
+def _ymd(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Year, month, day (float arrays, NaN where missing) and the missing mask of a date column."""
+    a = pd.to_datetime(s).to_numpy(dtype="datetime64[D]")
+    nat = np.isnat(a)
+    y = a.astype("datetime64[Y]").astype("int64") + 1970
+    m = a.astype("datetime64[M]").astype("int64") % 12 + 1
+    d = (a - a.astype("datetime64[M]")).astype("int64") + 1
+    out = [v.astype("float64") for v in (y, m, d)]
+    for v in out:
+        v[nat] = np.nan
+    return out[0], out[1], out[2], nat
+
+
+def _months_between(birth: pd.Series, at: pd.Series) -> np.ndarray:
     """Completed months from birth to `at` (NaN when either is missing)."""
-    b, a = pd.to_datetime(birth), pd.to_datetime(at)
-    months = (a.dt.year - b.dt.year) * 12 + (a.dt.month - b.dt.month) - (a.dt.day < b.dt.day).astype("float64")
-    return months.where(b.notna() & a.notna())
+    by, bm, bd, _ = _ymd(birth)
+    ay, am, ad, _ = _ymd(at)
+    return (ay - by) * 12 + (am - bm) - (ad < bd)
 
 
 def _dates(s: pd.Series) -> list[Any]:
     """ISO date strings (None for NaT): what SQLAlchemy's Date stores on SQLite and COPY accepts."""
-    txt = pd.to_datetime(s).dt.strftime("%Y-%m-%d")
-    return txt.astype(object).where(txt.notna(), None).tolist()
+    a = pd.to_datetime(s).to_numpy(dtype="datetime64[D]")
+    txt = np.datetime_as_string(a, unit="D").astype(object)
+    txt[np.isnat(a)] = None
+    return txt.tolist()
 
 
 def _ints(s: pd.Series) -> list[int | None]:
@@ -159,6 +175,13 @@ def _record_refused(engine: Engine, report: BatchReport, path: Path, source: Sou
 
 
 def _refuse(engine: Engine, report: BatchReport, path: Path, source: SourceDefinition | None, msg: str) -> BatchReport:
+    if source is not None and source.filename_regex and report.arm is None:  # what the file name tells
+        m = re.fullmatch(source.filename_regex, path.name)
+        for f in ("arm", "site", "wave", "role"):
+            fs = getattr(source, f)
+            value = fs.value if fs.value is not None else (
+                m.group(fs.filename_group) if m and fs.filename_group else None)
+            setattr(report, f, fs.map.get(value, value) if fs.map and value else value)
     report.status = "refused"
     report.message = msg
     report.rows_loaded = report.rows_quarantined = report.rows_duplicate = report.item_values = 0
@@ -280,11 +303,15 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
         "subject_id": pseudonymise_series(key, "person", f["subject_raw"]),
         "response_date": f["response_date"], "registration_date": f["registration_date"],
         "subject_sex": f["subject_sex"], "informant_sex": f["informant_sex"],
-        "subject_birth_year": pd.to_datetime(f["subject_birth_date"]).dt.year,
-        "informant_birth_year": pd.to_datetime(f["informant_birth_date"]).dt.year,
+        "subject_birth_year": _ymd(f["subject_birth_date"])[0],
+        "informant_birth_year": _ymd(f["informant_birth_date"])[0],
     })
     d["subject_age_months"] = _months_between(f["subject_birth_date"], f["response_date"])
-    d["days_since_t0"] = (pd.to_datetime(f["response_date"]) - pd.to_datetime(f["registration_date"])).dt.days
+    resp = pd.to_datetime(f["response_date"]).to_numpy(dtype="datetime64[D]")
+    reg = pd.to_datetime(f["registration_date"]).to_numpy(dtype="datetime64[D]")
+    days = (resp - reg).astype("int64").astype("float64")
+    days[np.isnat(resp) | np.isnat(reg)] = np.nan
+    d["days_since_t0"] = days
     keys = mapped.item_columns
     codes = f[keys].to_numpy(dtype="float64") if keys else np.zeros((len(f), 0))
     reasons = (mapped.missing_reasons[keys].to_numpy(dtype=object) if keys

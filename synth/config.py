@@ -38,6 +38,8 @@ class ItemModel(BaseModel):
     not_answered: float = Field(ge=0, lt=1)
     dont_know_items: int = Field(ge=0)
     dont_know: float = Field(ge=0, lt=1)
+    instrument_discrimination: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="per instrument: range of a (default `discrimination`)")
     instrument_location: dict[str, float] = Field(
         default_factory=dict, description="per instrument: shift of all thresholds (+ = lower scale scores)")
 

@@ -130,9 +130,12 @@ def generate_study(
     dur_rng = _rng(seed, "duration")
     files: dict[str, ExportFile] = {}
     answered_roles: dict[int, set[str]] = {}
+    answered = pd.DataFrame(False, index=pop.persons.index, columns=study.wave_codes)
     for b in blocks:
         keep = responded[b.wave].to_numpy()[b.rows["informant"].to_numpy()]
-        for i in b.rows.loc[keep, "informant"].to_numpy():
+        informants = b.rows.loc[keep, "informant"].to_numpy()
+        answered.loc[informants, b.wave] = True
+        for i in informants:
             answered_roles.setdefault(int(i), set()).add(b.role)
         frame = _block_frame(b, keep, pop, study, instruments, dur_rng)
         for (arm, site), g in frame.groupby(["arm", "site"], sort=True):
@@ -185,7 +188,7 @@ def generate_study(
     truth = compute_truth(study, model, instruments, used_by_arm, _rng(seed, "truth"), truth_persons_per_arm)
     truth.update({"seed": seed, "factor": factor})
     (truth_dir / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=False), encoding="utf-8")
-    persons_table(study, pop, problems, responded, dropout, answered_roles).to_parquet(
+    persons_table(study, pop, problems, answered, dropout, answered_roles).to_parquet(
         truth_dir / "persons.parquet", index=False)
 
     manifest = StudyManifest(
@@ -220,7 +223,7 @@ def _free_layout_path(study: Study, quest: Questionnaires, files: dict[str, Expo
 
 
 def persons_table(
-    study: Study, pop: Population, problems: dict[str, pd.DataFrame], responded: pd.DataFrame,
+    study: Study, pop: Population, problems: dict[str, pd.DataFrame], answered: pd.DataFrame,
     dropout: pd.Series, answered_roles: dict[int, set[str]],
 ) -> pd.DataFrame:
     """truth/persons.parquet: raw ids, arm, site, member, roles answered, birth date, sex, waves responded,
@@ -234,10 +237,8 @@ def persons_table(
         "birth_date": p["birth_date"], "sex": p["sex"].map({1: "male", 2: "female"}),
         "registration_date": hh["registration"].to_numpy()[p["hh_idx"].to_numpy()],
     })
-    for w in study.wave_codes:
-        # a person 'responded' when they answered at least one questionnaire at the wave
-        answered = responded[w].to_numpy() & out["roles"].ne("").to_numpy()
-        out[f"responded_{w}"] = answered
+    for w in study.wave_codes:  # answered at least one questionnaire (as informant) at the wave
+        out[f"responded_{w}"] = answered[w].to_numpy()
     flags = out[[f"responded_{w}" for w in study.wave_codes]].to_numpy()
     out["waves_responded"] = [",".join(w for w, f in zip(study.wave_codes, row, strict=True) if f) for row in flags]
     out["dropout_wave"] = dropout.to_numpy()[p["hh_idx"].to_numpy()]

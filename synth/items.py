@@ -65,7 +65,7 @@ def scale_items(inst: Instrument, sc: Scale) -> list[str]:
 def item_params(inst: Instrument, model: ItemModel) -> list[ItemParams]:
     """Deterministic GRM parameters per item (seeded by the instrument code, not the study seed)."""
     rng = np.random.default_rng(zlib.crc32(f"items:{inst.code}".encode()))
-    lo_a, hi_a = model.discrimination
+    lo_a, hi_a = model.instrument_discrimination.get(inst.code, model.discrimination)
     out: list[ItemParams] = []
     for it in inst.items:
         rs = inst.response_scale_of(it)

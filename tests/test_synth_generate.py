@@ -274,3 +274,21 @@ def test_other_study_design_needs_no_code(tmp_path):
     assert set(dic["proeftuin_vs_extra"]["waves"]) == {"T1", "T2", "T3"}
     persons = pd.read_parquet(tmp_path / "truth" / "persons.parquet")
     assert "responded_T3" in persons and persons["dropout_wave"].isin(["T1", "T2", "T3"]).any()
+
+
+def test_persons_truth_matches_the_exports(small, small_data):
+    out, _ = small
+    persons = pd.read_parquet(out / "truth" / "persons.parquet")
+    in_files = set(zip(small_data["resp_id"], small_data["wave"], strict=True))
+    in_truth = {(r, w) for w in STUDY.wave_codes for r in persons.loc[persons[f"responded_{w}"], "resp_id"]}
+    assert in_files == in_truth
+    # sex and birth date in the files are the true ones
+    truth = persons.set_index("resp_id")
+    sex = small_data["resp_id"].map(truth["sex"].map({"male": 1.0, "female": 2.0}))
+    assert (sex == small_data["geslacht"]).all()
+    assert (small_data["resp_id"].map(truth["birth_date"]) == small_data["geboortedatum"]).all()
+    # nobody answers after the household's dropout wave; baseline respondents all have a T0 theta
+    for i, w in enumerate(STUDY.wave_codes[1:], start=1):
+        gone = persons["dropout_wave"].isin(STUDY.wave_codes[1: i + 1])
+        assert not persons.loc[gone, f"responded_{w}"].any()
+    assert persons.filter(like="theta_T0_").notna().all().all()

@@ -45,6 +45,7 @@ class ResponseScale(BaseModel):
     options: list[ResponseOption] | None = Field(default=None, description="categorical answers")
     numeric: tuple[float, float] | None = Field(default=None, description="[min, max] for numeric answers")
     integer: bool = True
+    unit: str | None = Field(default=None, description="numeric answers: unit, e.g. 'days since 1970-01-01'")
     provenance: Provenance = Field(default_factory=Provenance)
 
     @model_validator(mode="after")
@@ -83,7 +84,12 @@ class Item(BaseModel):
 
 
 class Condition(BaseModel):
-    """When a cut-off or band applies: informant role, subject age at the wave date, sex."""
+    """When a cut-off, band set or classification applies: informant role, subject age at the wave date, sex.
+
+    Age bounds are in (fractional) years: `min_age_years <= age < max_age_years` (the upper bound is
+    exclusive, so ages 4-17 are written 4 and 18). A condition that names a field the context lacks
+    (no age, no sex) does not hold.
+    """
 
     model_config = ConfigDict(extra="forbid")
     roles: list[str] | None = None
@@ -93,17 +99,25 @@ class Condition(BaseModel):
 
 
 class Cutoff(BaseModel):
-    """score >= threshold means 'above cut-off' (e.g. probable PTSD)."""
+    """`score <operator> threshold` means 'above cut-off' (e.g. probable PTSD); the default operator is >=.
+
+    For scales where higher is better (e.g. quality of life) use `operator: "<="` to flag low scores.
+    """
 
     model_config = ConfigDict(extra="forbid")
     threshold: float
+    operator: Literal[">=", ">", "<=", "<"] = ">="
     label: Labels
     when: Condition = Field(default_factory=Condition)
     provenance: Provenance = Field(default_factory=Provenance)
 
 
 class Band(BaseModel):
-    """A band [min, max] of the score with a label (e.g. SDQ 'close to average')."""
+    """A band [min, max] of the score with a label (e.g. SDQ 'close to average').
+
+    Scoring puts a score in the band with the largest `min <= score` (so a prorated 13.5 falls in 0-13
+    when the next band starts at 14); scores below the lowest min or above the highest max get no band.
+    """
 
     model_config = ConfigDict(extra="forbid")
     code: str
@@ -121,9 +135,16 @@ class BandSet(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> BandSet:
-        for a, b in zip(self.bands, self.bands[1:], strict=False):
-            if b.min <= a.max - 1e-9 and not (b.min > a.min):
-                raise ValueError(f"bands {a.code!r} and {b.code!r} overlap or are out of order")
+        for b in self.bands:
+            if b.min > b.max:
+                raise ValueError(f"band {b.code!r}: min {b.min} is above max {b.max}")
+        by_min = sorted(self.bands, key=lambda b: b.min)
+        for a, b in zip(by_min, by_min[1:], strict=False):
+            if b.min <= a.max:
+                raise ValueError(f"bands {a.code!r} [{a.min}, {a.max}] and {b.code!r} [{b.min}, {b.max}] overlap")
+        codes = [b.code for b in self.bands]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"band codes must be unique, got {codes}")
         return self
 
 
@@ -138,7 +159,16 @@ class Reliability(BaseModel):
 
 
 class Scale(BaseModel):
-    """A score computed from items (or from other scales of the same instrument)."""
+    """A score computed from items (or from other scales of the same instrument).
+
+    Aggregations over the answered items' scored values (after value maps and reversal):
+    `sum` (with `prorate`: sum x n_items / n_answered), `mean`, `mean_times_n` (mean x n_items, the SDQ
+    rule), `count_endorsed` (items scored >= `endorsed_at`), `any` (1 when any item is endorsed, which
+    settles it even when other items are missing; 0 needs `min_answered` answered items), `max`.
+    Components (earlier scales) are summed. A score needs `min_answered` answered items (default all);
+    `rounding: half_up` applies floor(0.5 + x). `prorated` is reported when fewer than all items made a
+    sum, mean or mean_times_n score.
+    """
 
     model_config = ConfigDict(extra="forbid")
     code: str = Field(pattern=r"^[a-z0-9_]+$")
@@ -165,6 +195,50 @@ class Scale(BaseModel):
         return self
 
 
+class ScaleTest(BaseModel):
+    """`<scale> <operator> <value>`: one condition of a classification category, on a scale's score."""
+
+    model_config = ConfigDict(extra="forbid")
+    scale: str
+    operator: Literal[">=", ">", "<=", "<", "==", "!="]
+    value: float
+
+
+class Category(BaseModel):
+    """A category of a classification: it applies when all its tests hold (an empty list always holds)."""
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(pattern=r"^[a-z0-9_]+$")
+    label: Labels
+    all_of: list[ScaleTest] = Field(default_factory=list)
+    positive: bool | None = Field(default=None, description="sets above_cutoff for this category (e.g. 'screen positive')")
+
+
+class Classification(BaseModel):
+    """A categorical result derived from one or more scales, e.g. thriving / struggling / suffering.
+
+    Categories are tried in order and the first whose tests all hold is assigned; a response gets no
+    category when any scale the classification uses is missing, or when no category's tests hold.
+    The result is reported as a row with `scale` = the classification code, `band` = the category code.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(pattern=r"^[a-z0-9_]+$")
+    label: Labels
+    categories: list[Category] = Field(min_length=2)
+    when: Condition = Field(default_factory=Condition)
+    provenance: Provenance = Field(default_factory=Provenance)
+
+    @property
+    def scales_used(self) -> list[str]:
+        seen: list[str] = []
+        for cat in self.categories:
+            for t in cat.all_of:
+                if t.scale not in seen:
+                    seen.append(t.scale)
+        return seen
+
+
 class Instrument(BaseModel):
     """One questionnaire or study-specific item block, as declared in a definitions YAML file."""
 
@@ -183,6 +257,7 @@ class Instrument(BaseModel):
     response_scales: list[ResponseScale] = Field(min_length=1)
     items: list[Item] = Field(min_length=1)
     scales: list[Scale] = Field(default_factory=list)
+    classifications: list[Classification] = Field(default_factory=list)
     notes: str | None = None
 
     @model_validator(mode="after")
@@ -207,6 +282,15 @@ class Instrument(BaseModel):
             scale_codes.append(sc.code)
         if len(set(scale_codes)) != len(scale_codes):
             raise ValueError("scale codes must be unique")
+        for cl in self.classifications:
+            if cl.code in scale_codes:
+                raise ValueError(f"classification {cl.code!r}: a scale has the same code; codes must differ")
+            for sc_code in cl.scales_used:
+                if sc_code not in scale_codes:
+                    raise ValueError(f"classification {cl.code!r}: unknown scale {sc_code!r}; known {scale_codes}")
+        cl_codes = [c.code for c in self.classifications]
+        if len(set(cl_codes)) != len(cl_codes):
+            raise ValueError("classification codes must be unique")
         return self
 
     # --- look-ups -----------------------------------------------------------------------------

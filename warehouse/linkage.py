@@ -348,8 +348,8 @@ def wide_frame(long: pd.DataFrame, study: Study) -> pd.DataFrame:
         p = per_wave[col].unstack("wave").reindex(columns=order)
         p.columns = [f"{col}_{w}" for w in p.columns]
         parts.append(p)
-    sc = long.pivot_table(index=idx, columns=["outcome", "wave"], values="score", aggfunc="first", dropna=False,
-                          observed=True)
+    sc = (long.drop_duplicates([*idx, "outcome", "wave"]).set_index([*idx, "outcome", "wave"])["score"]
+          .unstack(["outcome", "wave"]))
     outcomes = sorted(long["outcome"].unique())
     sc = sc.reindex(columns=pd.MultiIndex.from_product([outcomes, order]))
     sc.columns = [f"{o.replace('.', '_')}_{w}" for o, w in sc.columns]

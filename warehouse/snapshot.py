@@ -48,3 +48,25 @@ def canonical_text(frame: pd.DataFrame) -> str:
 def snapshot_hash(frame: pd.DataFrame) -> str:
     """SHA-256 hex of a frame's content, independent of row/column order and storage dtypes."""
     return hashlib.sha256(canonical_text(frame).encode("utf-8")).hexdigest()
+
+
+def record_run(engine, run_id: str, kind: str, data_snapshot: str, config_hash: str | None = None,  # noqa: ANN001
+               details: dict | None = None, status: str = "completed") -> None:
+    """Record (or update) a `run` row carrying the data snapshot hash it used, so results trace to data."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select, update
+
+    from .load import code_version
+    from .models import Run
+
+    now = datetime.now(UTC).replace(tzinfo=None)
+    with engine.begin() as conn:
+        if conn.execute(select(Run.run_id).where(Run.run_id == run_id)).first() is None:
+            conn.execute(Run.__table__.insert().values(
+                run_id=run_id, kind=kind, started_at=now, finished_at=now, config_hash=config_hash,
+                data_snapshot=data_snapshot, code_version=code_version(), status=status, details=details))
+        else:
+            conn.execute(update(Run).where(Run.run_id == run_id).values(
+                data_snapshot=data_snapshot, finished_at=now, status=status,
+                **({"config_hash": config_hash} if config_hash else {}), **({"details": details} if details else {})))

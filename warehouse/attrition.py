@@ -201,7 +201,8 @@ def flow_diagram(by_arm: pd.DataFrame, study: Study, out_base: Path, lang: str =
     out_base = Path(out_base)
     out_base.parent.mkdir(parents=True, exist_ok=True)
     paths = [out_base.with_suffix(".png"), out_base.with_suffix(".svg")]
-    for p in paths:
-        fig.savefig(p, dpi=130, bbox_inches="tight")
+    with plt.rc_context({"svg.fonttype": "none"}):  # text stays text in the SVG (searchable, translatable)
+        for p in paths:
+            fig.savefig(p, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return paths

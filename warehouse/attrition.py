@@ -150,10 +150,10 @@ def baseline_comparison(long: pd.DataFrame, study: Study) -> pd.DataFrame:
 _TEXT = {
     "nl": {"eligible": "bekend", "responded": "gerespondeerd", "not_responded": "geen respons",
            "analysed": "geanalyseerd", "quarantined": "in quarantaine", "outside_window": "buiten venster",
-           "conflict": "conflict", "title": "Stroomdiagram respondenten", "target": "beoogd"},
+           "conflict": "conflict", "title": "Stroomdiagram respondenten", "target": "beoogd", "hh": "huishoudens", "resp": "respondenten"},
     "en": {"eligible": "known", "responded": "responded", "not_responded": "no response", "analysed": "analysed",
            "quarantined": "quarantined", "outside_window": "outside window", "conflict": "conflict",
-           "title": "Flow of respondents", "target": "target"},
+           "title": "Flow of respondents", "target": "target", "hh": "households", "resp": "respondents"},
 }
 
 
@@ -176,7 +176,8 @@ def flow_diagram(by_arm: pd.DataFrame, study: Study, out_base: Path, lang: str =
     for i, arm in enumerate(arms):
         a = study.arm(arm)
         x = 4.2 * i + 0.2
-        tgt = a.target_households or a.target_respondents
+        tgt = f"{a.target_households} {t['hh']}" if a.target_households else (
+            f"{a.target_respondents} {t['resp']}" if a.target_respondents else "")
         head = a.label.get(lang) + (f"\n{t['target']}: {tgt}" if tgt else "")
         ax.text(x + 1.2, 1.9 * n_w + 0.7, head, ha="center", va="center", fontsize=9, weight="bold")
         prev_y = None
@@ -206,3 +207,15 @@ def flow_diagram(by_arm: pd.DataFrame, study: Study, out_base: Path, lang: str =
             fig.savefig(p, dpi=130, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def read_quarantine(engine) -> pd.DataFrame:  # noqa: ANN001
+    """Unreleased quarantine rows (reasons and payload) from the warehouse, flattened by `quarantine_people`."""
+    from sqlalchemy import select
+
+    from .models import QuarantineRow
+
+    q = select(QuarantineRow.reasons, QuarantineRow.payload).where(QuarantineRow.released_at.is_(None))
+    with engine.connect() as conn:
+        rows = conn.execute(q).all()
+    return quarantine_people(pd.DataFrame(rows, columns=["reasons", "payload"]))

@@ -42,6 +42,7 @@ class ExportResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     snapshots: dict[str, str] = field(default_factory=dict)
+    run_id: str | None = None
 
 
 def code_maps(study: Study) -> dict[str, dict[str, int]]:
@@ -201,4 +202,51 @@ def export_datasets(
         res.files.append(out_dir / "attrition.csv")
     (out_dir / "snapshot.json").write_text(json.dumps(res.snapshots, indent=2), encoding="utf-8")
     res.files.append(out_dir / "snapshot.json")
+    return res
+
+
+def export_analysis(
+    engine,  # noqa: ANN001
+    study: Study,
+    instruments: dict[str, Instrument],
+    out_dir: Path,
+    formats: tuple[str, ...] = FORMATS,
+    lang: str = "en",
+    rules=None,  # noqa: ANN001
+    run_id: str | None = None,
+) -> ExportResult:
+    """Everything statisticians and the data manager need from the warehouse, in `out_dir`: the datasets
+    (`export_datasets`), `attrition.csv`, `attrition_by_arm.csv`, `flow.png/.svg`, `baseline_comparison.csv`,
+    `conflicts.csv`; records a `run` (kind `export`) carrying the long dataset's snapshot hash."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from .attrition import (
+        attrition_by_arm,
+        attrition_table,
+        baseline_comparison,
+        check_identities,
+        flow_diagram,
+        person_wave_status,
+        read_quarantine,
+    )
+    from .linkage import link_warehouse
+    from .snapshot import record_run
+
+    linked = link_warehouse(engine, study, instruments, rules)
+    table = attrition_table(person_wave_status(linked.responses, read_quarantine(engine), study), study)
+    broken = check_identities(table)
+    if broken:
+        raise RuntimeError("attrition counts do not add up (a bug; please report): " + "; ".join(broken[:5]))
+    res = export_datasets(linked, study, instruments, out_dir, formats, lang, attrition=table)
+    by_arm = attrition_by_arm(table, study)
+    by_arm.to_csv(res.out_dir / "attrition_by_arm.csv", index=False)
+    baseline_comparison(linked.long, study).to_csv(res.out_dir / "baseline_comparison.csv", index=False)
+    res.files += [res.out_dir / "attrition_by_arm.csv", res.out_dir / "baseline_comparison.csv"]
+    res.files += flow_diagram(by_arm, study, res.out_dir / "flow", lang)
+    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-export-" + uuid.uuid4().hex[:6]
+    record_run(engine, run_id, "export", res.snapshots["analysis_long"],
+               details={"snapshots": res.snapshots, "out_dir": str(res.out_dir), "formats": list(formats),
+                        "conflicts": int(len(linked.conflicts))})
+    res.run_id = run_id
     return res

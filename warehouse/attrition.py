@@ -73,8 +73,12 @@ def person_wave_status(responses: pd.DataFrame, quarantined: pd.DataFrame, study
     return grid
 
 
-def attrition_table(status: pd.DataFrame, study: Study) -> pd.DataFrame:
-    """Counts per arm, site and wave from `person_wave_status`, with the identity columns (module docstring)."""
+def attrition_table(status: pd.DataFrame, study: Study, batches: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Counts per arm, site and wave from `person_wave_status`, with the identity columns (module docstring).
+
+    With `batches` (warehouse `batch` rows: status, arm, site, wave, rows_in) the column `refused_file_rows`
+    counts the data rows of refused files: their respondents cannot be identified (nothing of a refused
+    file is stored), so they stand beside the person counts, outside the identities."""
     c = status.groupby(["arm", "site", "wave", "status"]).size().unstack("status", fill_value=0)
     c = c.reindex(columns=STATUSES, fill_value=0)
     out = pd.DataFrame(index=c.index)
@@ -87,6 +91,12 @@ def attrition_table(status: pd.DataFrame, study: Study) -> pd.DataFrame:
     out["responded"] = out["linked"] + out["quarantined"]
     out["eligible"] = c.sum(axis=1)
     out = out[COUNT_COLUMNS].reset_index()
+    if batches is not None:
+        ref = batches[(batches["status"] == "refused") & batches["arm"].notna() & batches["wave"].notna()]
+        ref = ref.assign(site=ref["site"].fillna("*")).groupby(["arm", "site", "wave"])["rows_in"].sum()
+        out = out.merge(ref.rename("refused_file_rows").reset_index(), on=["arm", "site", "wave"], how="outer")
+        for c in [*COUNT_COLUMNS, "refused_file_rows"]:
+            out[c] = out[c].fillna(0).astype("int64")
     wave_order = {w: i for i, w in enumerate(study.wave_codes)}
     out["_w"] = out["wave"].map(wave_order)
     return out.sort_values(["arm", "site", "_w"]).drop(columns="_w").reset_index(drop=True)
@@ -94,7 +104,8 @@ def attrition_table(status: pd.DataFrame, study: Study) -> pd.DataFrame:
 
 def attrition_by_arm(table: pd.DataFrame, study: Study) -> pd.DataFrame:
     """`attrition_table` summed over sites per arm and wave, with targets and % of baseline responders."""
-    a = table.groupby(["arm", "wave"], sort=False)[COUNT_COLUMNS].sum().reset_index()
+    cols = [c for c in [*COUNT_COLUMNS, "refused_file_rows"] if c in table]
+    a = table.groupby(["arm", "wave"], sort=False)[cols].sum().reset_index()
     targets = {x.code: (x.target_households, x.target_respondents) for x in study.arms}
     a["target_households"] = a["arm"].map(lambda x: targets.get(x, (None, None))[0]).astype("Int64")
     a["target_respondents"] = a["arm"].map(lambda x: targets.get(x, (None, None))[1]).astype("Int64")

@@ -234,7 +234,10 @@ def export_analysis(
     from .snapshot import record_run
 
     linked = link_warehouse(engine, study, instruments, rules)
-    table = attrition_table(person_wave_status(linked.responses, read_quarantine(engine), study), study)
+    from .read import batches_frame
+
+    table = attrition_table(person_wave_status(linked.responses, read_quarantine(engine), study), study,
+                            batches_frame(engine))
     broken = check_identities(table)
     if broken:
         raise RuntimeError("attrition counts do not add up (a bug; please report): " + "; ".join(broken[:5]))

@@ -219,3 +219,13 @@ def test_bad_input_names_the_problem(tmp_path):
     cfg.write_text("linkage:\n  outside_window: include\n")
     assert load_linkage_rules(cfg).outside_window == "include"
     assert np.isclose(LinkageRules().birth_year_tolerance, 1)
+
+
+def test_snapshot_hash_ignores_storage_dtypes_not_values():
+    a = pd.DataFrame({"x": [1, 2, 3], "t": ["a", "b", None], "f": [0.5, np.nan, -0.0],
+                      "d": pd.to_datetime(["2024-01-01", None, "2024-03-01"])})
+    b = a.assign(x=a["x"].astype("Int64"), t=a["t"].astype("category"), f=a["f"].astype("Float64"))
+    assert snapshot_hash(a) == snapshot_hash(b) == snapshot_hash(a.assign(x=a["x"].astype(float), f=[0.5, np.nan, 0.0]))
+    assert snapshot_hash(a) != snapshot_hash(a.assign(t=["a", "b", "None"]))  # missing is not the text "None"
+    assert snapshot_hash(a) != snapshot_hash(a.rename(columns={"x": "y"}))
+    assert snapshot_hash(a) != snapshot_hash(a.assign(x=a["x"].astype(str)))  # numbers are not text

@@ -1,9 +1,11 @@
 """Content hashes of analysis datasets, so every result can be traced to the exact data it used.
 
-`snapshot_hash(frame)` is deterministic: columns sorted by name, rows sorted by all columns, values written
-in a stable text form (floats by `repr` of the Python float, missing values as one marker, datetimes as ISO
-8601), then SHA-256 of the whole. Row order, column order, the index and dtype details (int64 vs Int64,
-str vs object, categorical vs plain) do not change the hash; any value, column name or row count does.
+`snapshot_hash(frame)` is deterministic and vectorised: every column is brought to a canonical form
+(numbers, booleans and nullable numbers as float64 with one NaN and no negative zero; datetimes as int64
+nanoseconds; everything else as text with one missing marker), columns are taken in name order, rows are
+sorted by all columns, and SHA-256 is taken over the column names, kinds and values. Row order, column order,
+the index and dtype details (int64 vs Int64 vs float, str vs object vs categorical) do not change the hash;
+any value, column name or row count does.
 """
 
 from __future__ import annotations
@@ -16,39 +18,48 @@ import pandas as pd
 _MISSING = "\x00NA"
 
 
-def _cell(v: object) -> str:
-    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and np.isnan(v)):
-        return _MISSING
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, bool):
-        return "T" if v else "F"
-    if isinstance(v, int):
-        return repr(float(v)) if abs(v) < 2**53 else str(v)
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, pd.Timestamp):
-        return v.isoformat()
-    return str(v)
-
-
-def canonical_text(frame: pd.DataFrame) -> str:
-    """The stable text form hashed by `snapshot_hash`: header line, then one line per sorted row."""
-    cols = sorted(str(c) for c in frame.columns)
-    if len(set(cols)) != len(cols):
-        raise ValueError(f"snapshot_hash: column names must be unique, got duplicates in {cols}")
-    f = frame.reset_index(drop=True)
-    f.columns = [str(c) for c in f.columns]
-    text_cols = {c: [_cell(v) for v in f[c].astype(object).tolist()] for c in cols}
-    rows = sorted(zip(*(text_cols[c] for c in cols), strict=True)) if cols else []
-    lines = ["\x1f".join(cols)] + ["\x1f".join(r) for r in rows]
-    return "\x1e".join(lines)
+def _canonical(s: pd.Series) -> tuple[str, pd.Series]:
+    """(kind, canonical series) of one column."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        v = pd.to_datetime(s).dt.tz_localize(None) if getattr(s.dt, "tz", None) else pd.to_datetime(s)
+        ns = v.astype("datetime64[ns]")
+        return "d", pd.Series(np.where(ns.isna(), np.nan, ns.astype("int64").astype("float64")), index=s.index)
+    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        f = pd.to_numeric(s.astype("Float64") if str(s.dtype) == "boolean" else s, errors="coerce")
+        arr = np.asarray(f.astype("Float64").to_numpy(dtype="float64", na_value=np.nan), dtype="float64")
+        arr = np.where(arr == 0, 0.0, arr)  # -0.0 -> 0.0
+        return "f", pd.Series(arr, index=s.index)
+    txt = s.astype(object)
+    mask = txt.isna()
+    return "s", txt.where(~mask, _MISSING).astype(str)
 
 
 def snapshot_hash(frame: pd.DataFrame) -> str:
     """SHA-256 hex of a frame's content, independent of row/column order and storage dtypes."""
-    return hashlib.sha256(canonical_text(frame).encode("utf-8")).hexdigest()
-
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) != len(names):
+        raise ValueError(f"snapshot_hash: column names must be unique, got duplicates in {sorted(names)}")
+    f = frame.reset_index(drop=True)
+    f.columns = names
+    cols = sorted(names)
+    kinds, canon = {}, {}
+    for c in cols:
+        kinds[c], canon[c] = _canonical(f[c])
+    c_frame = pd.DataFrame(canon, columns=cols)
+    if cols and len(c_frame):
+        c_frame = c_frame.sort_values(cols, kind="mergesort", na_position="last", ignore_index=True)
+    h = hashlib.sha256()
+    h.update(f"rows={len(c_frame)};cols={len(cols)}".encode())
+    for c in cols:
+        h.update(b"\x1e" + c.encode("utf-8") + b"\x1f" + kinds[c].encode())
+        v = c_frame[c]
+        if kinds[c] == "s":
+            h.update("\x1f".join(v.tolist()).encode("utf-8"))
+        else:
+            arr = v.to_numpy(dtype="float64").copy()
+            arr[np.isnan(arr)] = np.nan  # one NaN bit pattern
+            h.update(arr.astype("<f8").tobytes())
+    return h.hexdigest()
 
 def record_run(engine, run_id: str, kind: str, data_snapshot: str, config_hash: str | None = None,  # noqa: ANN001
                details: dict | None = None, status: str = "completed") -> None:

@@ -229,3 +229,28 @@ def test_snapshot_hash_ignores_storage_dtypes_not_values():
     assert snapshot_hash(a) != snapshot_hash(a.assign(t=["a", "b", "None"]))  # missing is not the text "None"
     assert snapshot_hash(a) != snapshot_hash(a.rename(columns={"x": "y"}))
     assert snapshot_hash(a) != snapshot_hash(a.assign(x=a["x"].astype(str)))  # numbers are not text
+
+
+def test_household_context_columns_for_measures():
+    from cohortflow.instruments.registry import load_instruments
+
+    inst = load_instruments()
+    ctx = next(c for c, i in inst.items() if i.construct_code == "legal_measures")
+    scale = inst[ctx].scales[0].code
+    other = next(c for c, i in inst.items() if i.construct_code not in ("legal_measures", "help_received"))
+    b = clean_study()
+    r, s = b.frames()
+    s["instrument"] = other
+    s["scale"] = s["scale"].map({"total": inst[other].scales[0].code, "sub": inst[other].scales[-1].code})
+    adult = r[r["role"] == SELF_ADULT]
+    reported = ((adult["household_id"] == "H1") & (adult["wave"] == W[1])).astype(float)
+    s = pd.concat([s, pd.DataFrame({"response_id": adult["response_id"], "instrument": ctx, "scale": scale,
+                                    "score": reported.to_numpy(), "above_cutoff": pd.NA})], ignore_index=True)
+    long = link_waves(r, s, None, STUDY, inst).long
+    col = f"hh_{ctx}_{scale}"
+    on = (long["household_id"] == "H1") & (long["wave"] == W[1])
+    assert set(long.loc[on, col]) == {1.0} and set(long.loc[~on, col]) == {0.0}
+    assert set(long.loc[on, "role"]) == {SELF_ADULT, PARENT, SELF_CHILD}  # every informant's rows carry it
+    wide = wide_frame(long, STUDY).set_index(["person_id", "role"])
+    assert wide.loc[("H1-C", SELF_CHILD), f"{col}_{W[1]}"] == 1.0
+    assert wide.loc[("H0-C", SELF_CHILD), f"{col}_{W[1]}"] == 0.0

@@ -77,6 +77,9 @@ def variable_labels(frame: pd.DataFrame, study: Study, instruments: dict[str, In
     labels = dict(BASE_LABELS)
     outs = outcome_labels(instruments, lang)
     waves = {w.code: w.label.get(lang) for w in study.waves}
+    hh_word = "Household (highest of its informants)" if lang == "en" else "Huishouden (hoogste van de informanten)"
+    for o, ol in outs.items():
+        labels["hh_" + o.replace(".", "_")] = f"{hh_word}: {ol}"
     for col in frame.columns:
         if col in labels:
             continue
@@ -84,8 +87,8 @@ def variable_labels(frame: pd.DataFrame, study: Study, instruments: dict[str, In
             if not col.endswith(f"_{w}"):
                 continue
             stem = col[: -len(w) - 1]
-            if stem in BASE_LABELS:
-                labels[col] = f"{BASE_LABELS[stem]}, {wl}"
+            if stem in labels:
+                labels[col] = f"{labels[stem]}, {wl}"
             else:
                 for o, ol in outs.items():
                     if o.replace(".", "_") == stem:

@@ -65,6 +65,10 @@ class LinkageRules(BaseModel):
     birth_year_tolerance: int = Field(default=1, ge=0, description="years a birth year may vary without a flag")
     household: Literal["baseline", "most_frequent"] = "baseline"
     subject_elsewhere: Literal["exclude", "include"] = "exclude"
+    household_constructs: list[str] = Field(
+        default_factory=lambda: ["legal_measures", "help_received"],
+        description="constructs whose scales are also attached to every row of the household and wave as "
+                    "`hh_<instrument>_<scale>` (highest value reported by any informant of the household)")
 
 
 def load_linkage_rules(path: Path | None = None) -> LinkageRules:
@@ -302,6 +306,7 @@ def link_waves(
     households["t0_date"] = households["household_id"].map(t0)
 
     long = _long_frame(r[r["included"]], scores, instruments, base)
+    long = _attach_household_context(long, instruments, rules.household_constructs)
     return LinkedData(responses=r.drop(columns=["_order", "_not_base", "_birth_year"]), persons=people,
                       households=households, conflicts=conflict_frame, long=long, rules=rules)
 
@@ -332,6 +337,21 @@ def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, 
                          ignore_index=True)
 
 
+def _attach_household_context(long: pd.DataFrame, instruments: dict[str, Instrument] | None,
+                               constructs: list[str]) -> pd.DataFrame:
+    """Add `hh_<instrument>_<scale>` columns: per (household, wave) the highest score of that scale reported
+    by any informant of the household (e.g. legal measures, help received), on every row of it."""
+    if not instruments or not constructs or long.empty:
+        return long
+    codes = [c for c, i in instruments.items() if i.construct_code in constructs]
+    ctx = long[long["instrument"].isin(codes)]
+    if ctx.empty:
+        return long
+    t = ctx.groupby(["household_id", "wave", "outcome"])["score"].max().unstack("outcome")
+    t.columns = ["hh_" + c.replace(".", "_") for c in t.columns]
+    return long.merge(t.reset_index(), on=["household_id", "wave"], how="left")
+
+
 def wide_frame(long: pd.DataFrame, study: Study) -> pd.DataFrame:
     """Wide analysis frame: one row per (household, subject person, informant role, informant), columns
     household/arm/site/sex, `age_years_<wave>`, `days_since_t0_<wave>`, and `<instrument>_<scale>_<wave>`.
@@ -342,9 +362,10 @@ def wide_frame(long: pd.DataFrame, study: Study) -> pd.DataFrame:
         return pd.DataFrame(columns=[*idx, "arm", "site", "sex"])
     fixed = long.groupby(idx, sort=True)[["arm", "site", "sex"]].first()
     order = [w for w in study.wave_codes if w in set(long["wave"])]
-    per_wave = long.drop_duplicates([*idx, "wave"]).set_index([*idx, "wave"])[["age_years", "days_since_t0"]]
+    hh_cols = [c for c in long.columns if c.startswith("hh_")]
+    per_wave = long.drop_duplicates([*idx, "wave"]).set_index([*idx, "wave"])[["age_years", "days_since_t0", *hh_cols]]
     parts = [fixed]
-    for col in ("age_years", "days_since_t0"):
+    for col in ("age_years", "days_since_t0", *hh_cols):
         p = per_wave[col].unstack("wave").reindex(columns=order)
         p.columns = [f"{col}_{w}" for w in p.columns]
         parts.append(p)

@@ -241,7 +241,7 @@ def link_waves(
     tmp = r[key + ["response_id"]].assign(_bad=excluded.notna().to_numpy(), _rank=np.asarray(rank, dtype=float))
     tmp = tmp.sort_values(["_bad", "_rank", "response_id"])
     keep_id = tmp.groupby(key, sort=False)["response_id"].first()
-    kept = pd.MultiIndex.from_frame(r[key]).map(keep_id.to_dict().get) if len(r) else pd.Index([])
+    kept = r[key].merge(keep_id.rename("_kept").reset_index(), on=key, how="left")["_kept"].to_numpy()
     dup = pd.Series(np.asarray(kept) != r["response_id"].to_numpy(), index=r.index)
     if dup.any():
         rows = r[dup]
@@ -266,7 +266,8 @@ def link_waves(
         by = np.floor(months.astype("Float64") / 12)
     r["_birth_year"] = by.astype("Float64")
     by_res = _mode_with_fallback(r, "subject_id", "_birth_year", "_not_base", rules.birth_year)
-    span = r.groupby("subject_id")["_birth_year"].agg(lambda s: s.max() - s.min() if s.notna().any() else 0)
+    g = r.groupby("subject_id")["_birth_year"]
+    span = (g.max() - g.min()).fillna(0)
     for pid in span.index[span > rules.birth_year_tolerance]:
         rows = r[(r["subject_id"] == pid) & ((r["_birth_year"] - by_res[pid]).abs() > rules.birth_year_tolerance)]
         flag("birth_year_disagrees", rows,
@@ -298,8 +299,12 @@ def link_waves(
         if "birth_year" in known:
             people["birth_year"] = people["birth_year"].fillna(people["person_id"].map(known["birth_year"]).astype("Int64"))
     order = {w: i for i, w in enumerate(study.wave_codes)}
-    as_informant = inc.groupby("person_id")["wave"].agg(lambda s: ",".join(sorted(set(s), key=order.get)))
-    as_subject = inc.groupby("subject_id")["wave"].agg(lambda s: ",".join(sorted(set(s), key=order.get)))
+    def waves_of(col: str) -> pd.Series:
+        pw = inc[[col, "wave"]].drop_duplicates()
+        pw = pw.assign(_o=pw["wave"].map(order)).sort_values([col, "_o"])
+        return pw.groupby(col, sort=False)["wave"].agg(",".join)
+
+    as_informant, as_subject = waves_of("person_id"), waves_of("subject_id")
     people["waves_as_informant"] = people["person_id"].map(as_informant).fillna("")
     people["waves_as_subject"] = people["person_id"].map(as_subject).fillna("")
     households = hh.reset_index()

@@ -79,6 +79,9 @@ def test_clean_study_links_exactly_without_conflicts():
     r, s = b.frames()
     ld = link_waves(r, s, None, STUDY)
     assert ld.conflicts.empty
+    who = ld.persons.set_index("person_id")
+    assert who.loc["H0-A", "waves_as_informant"] == ",".join(W) and who.loc["H0-A", "waves_as_subject"] == ",".join(W)
+    assert who.loc["H0-C", "waves_as_informant"] == ",".join(W)
     assert dict(zip(ld.persons["person_id"], ld.persons["household_id"], strict=True)) == b.home
     assert list(ld.long.columns[: len(LONG_COLUMNS)]) == LONG_COLUMNS
     assert len(ld.long) == len(r) * 2

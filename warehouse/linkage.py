@@ -301,8 +301,9 @@ def link_waves(
     order = {w: i for i, w in enumerate(study.wave_codes)}
     def waves_of(col: str) -> pd.Series:
         pw = inc[[col, "wave"]].drop_duplicates()
-        pw = pw.assign(_o=pw["wave"].map(order)).sort_values([col, "_o"])
-        return pw.groupby(col, sort=False)["wave"].agg(",".join)
+        mask = (2 ** pw["wave"].map(order).astype("int64")).groupby(pw[col]).sum()
+        names = {m: ",".join(w for w, i in order.items() if m >> i & 1) for m in mask.unique()}
+        return mask.map(names)
 
     as_informant, as_subject = waves_of("person_id"), waves_of("subject_id")
     people["waves_as_informant"] = people["person_id"].map(as_informant).fillna("")

@@ -7,7 +7,12 @@ import pandas as pd
 import pyreadstat
 
 from cohortflow.config.study import Study, load_study
-from cohortflow.warehouse.attrition import attrition_table, check_identities, person_wave_status, quarantine_people
+from cohortflow.warehouse.attrition import (
+    attrition_table,
+    check_identities,
+    person_wave_status,
+    quarantine_people,
+)
 from cohortflow.warehouse.export import read_sav_frame, write_sav
 from cohortflow.warehouse.linkage import link_waves
 

@@ -53,6 +53,7 @@ def test_statuses_and_identities():
     assert row.eligible == 9
     assert (row.analysed, row.excluded_outside_window, row.quarantined, row.not_responded) == (6, 1, 1, 1)
     assert row.responded == 8 and row.linked == 7
+    assert (row.quarantined_outside_window, row.quarantined_conflict, row.quarantined_other) == (0, 0, 1)
     for w in W[2:]:
         r2 = table[table.wave == w].iloc[0]
         assert (r2.analysed, r2.not_responded) == (6, 3)
@@ -65,6 +66,9 @@ def test_identity_check_catches_a_broken_row():
     ld = link_waves(r, s, None, STUDY)
     table = attrition_table(person_wave_status(ld.responses, quarantine_people(q), STUDY), STUDY)
     table.loc[1, "quarantined"] += 1
+    assert len(check_identities(table)) == 2  # responded = linked + quarantined, and the quarantine split
+    table.loc[1, "quarantined"] -= 1
+    table.loc[2, "analysed"] += 1
     assert len(check_identities(table)) == 1
 
 

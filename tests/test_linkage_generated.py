@@ -79,7 +79,7 @@ def test_structure_equals_truth(study_db):
 
 
 def test_attrition_matches_generator_dropout(study_db):
-    _, engine, truth, _ = study_db
+    _, engine, truth, manifest = study_db
     ld = link_warehouse(engine, STUDY, ALL)
     status = person_wave_status(ld.responses, read_quarantine(engine), STUDY)
     table = attrition_table(status, STUDY, batches_frame(engine))
@@ -99,6 +99,12 @@ def test_attrition_matches_generator_dropout(study_db):
     st = status.assign(drop=status["person_id"].map(pid))
     after = st[st["drop"].notna() & (st["wave"].map(order) >= st["drop"].map(order))]
     assert len(after) > 0 and set(after["status"]) == {"not_responded"}
+    # each injected window/sex fault is counted under its reason (or with its refused 1-row file)
+    refused = set(batches_frame(engine).query("status == 'refused'")["file_name"])
+    for kind, col in (("date_outside_window", "quarantined_outside_window"), ("sex_conflict", "quarantined_conflict")):
+        faults = [f for f in manifest.faults if f.kind == kind]
+        in_quarantine = [f for f in faults if f.file.split("/")[-1] not in refused]
+        assert table[col].sum() == len(in_quarantine), kind
 
 
 def test_reinjected_conflicts_each_flagged(study_db):

@@ -7,9 +7,12 @@ Each eligible person gets exactly one status per wave, in this order of preceden
 `quarantined` (rows only in quarantine) > `not_responded`. The counting identities, checked by
 `check_identities`, are
 
-    eligible  = responded + not_responded
-    responded = linked + quarantined
-    linked    = analysed + excluded_outside_window + excluded_conflict
+    eligible    = responded + not_responded
+    responded   = linked + quarantined
+    linked      = analysed + excluded_outside_window + excluded_conflict
+    quarantined = quarantined_outside_window + quarantined_conflict + quarantined_other
+
+(the last split by the first quarantine reason's rule: QUARANTINE_WINDOW_RULES, QUARANTINE_CONFLICT_RULES).
 
 `target_households` / `target_respondents` from study.yaml are given per arm where known.
 """
@@ -24,6 +27,10 @@ import pandas as pd
 
 from cohortflow.config.study import Study
 
+# quarantine rules (as named by ingest/validation) that mean "outside the wave window" or "conflict";
+# the breakdown of `quarantined` into these and `quarantined_other` is reported beside the identities
+QUARANTINE_WINDOW_RULES = {"date_outside_window"}
+QUARANTINE_CONFLICT_RULES = {"sex_conflict", "conflicting_duplicate", "conflicts_with_loaded"}
 STATUSES = ["analysed", "outside_window", "conflict", "quarantined", "not_responded"]
 COUNT_COLUMNS = ["eligible", "responded", "not_responded", "linked", "quarantined", "analysed",
                  "excluded_outside_window", "excluded_conflict"]
@@ -64,11 +71,14 @@ def person_wave_status(responses: pd.DataFrame, quarantined: pd.DataFrame, study
                                          responses["exclusion_reason"].astype(object).fillna("analysed")))
     parts = [r[["person_id", "wave", "status"]]]
     if len(q):
-        parts.append(q[["person_id", "wave"]].assign(status="quarantined"))
+        parts.append(q[["person_id", "wave", "rule"]].rename(columns={"rule": "quarantine_rule"})
+                     .assign(status="quarantined"))
     st = pd.concat(parts, ignore_index=True)
+    if "quarantine_rule" not in st:
+        st["quarantine_rule"] = None
     st["_rank"] = st["status"].map(rank)
-    best = st.sort_values("_rank").drop_duplicates(["person_id", "wave"])[["person_id", "wave", "status"]]
-    grid = grid.merge(best, on=["person_id", "wave"], how="left")
+    best = st.sort_values("_rank", kind="mergesort").drop_duplicates(["person_id", "wave"])
+    grid = grid.merge(best[["person_id", "wave", "status", "quarantine_rule"]], on=["person_id", "wave"], how="left")
     grid["status"] = grid["status"].fillna("not_responded")
     return grid
 
@@ -91,11 +101,21 @@ def attrition_table(status: pd.DataFrame, study: Study, batches: pd.DataFrame | 
     out["responded"] = out["linked"] + out["quarantined"]
     out["eligible"] = c.sum(axis=1)
     out = out[COUNT_COLUMNS].reset_index()
+    if "quarantine_rule" in status:
+        qs = status[status["status"] == "quarantined"]
+        kind = np.where(qs["quarantine_rule"].isin(QUARANTINE_WINDOW_RULES), "quarantined_outside_window",
+                        np.where(qs["quarantine_rule"].isin(QUARANTINE_CONFLICT_RULES), "quarantined_conflict",
+                                 "quarantined_other"))
+        kinds = ["quarantined_outside_window", "quarantined_conflict", "quarantined_other"]
+        qk = qs.assign(kind=kind).groupby(["arm", "site", "wave", "kind"]).size().unstack("kind", fill_value=0)
+        qk = qk.reindex(columns=kinds, fill_value=0).reset_index()
+        out = out.merge(qk, on=["arm", "site", "wave"], how="left")
+        out[kinds] = out[kinds].fillna(0).astype("int64")
     if batches is not None:
         ref = batches[(batches["status"] == "refused") & batches["arm"].notna() & batches["wave"].notna()]
         ref = ref.assign(site=ref["site"].fillna("*")).groupby(["arm", "site", "wave"])["rows_in"].sum()
         out = out.merge(ref.rename("refused_file_rows").reset_index(), on=["arm", "site", "wave"], how="outer")
-        for c in [*COUNT_COLUMNS, "refused_file_rows"]:
+        for c in [c for c in out.columns if c not in ("arm", "site", "wave")]:
             out[c] = out[c].fillna(0).astype("int64")
     wave_order = {w: i for i, w in enumerate(study.wave_codes)}
     out["_w"] = out["wave"].map(wave_order)
@@ -104,7 +124,7 @@ def attrition_table(status: pd.DataFrame, study: Study, batches: pd.DataFrame | 
 
 def attrition_by_arm(table: pd.DataFrame, study: Study) -> pd.DataFrame:
     """`attrition_table` summed over sites per arm and wave, with targets and % of baseline responders."""
-    cols = [c for c in [*COUNT_COLUMNS, "refused_file_rows"] if c in table]
+    cols = [c for c in table.columns if c not in ("arm", "site", "wave")]
     a = table.groupby(["arm", "wave"], sort=False)[cols].sum().reset_index()
     targets = {x.code: (x.target_households, x.target_respondents) for x in study.arms}
     a["target_households"] = a["arm"].map(lambda x: targets.get(x, (None, None))[0]).astype("Int64")
@@ -123,6 +143,10 @@ def check_identities(table: pd.DataFrame) -> list[str]:
         "linked = analysed + excluded_outside_window + excluded_conflict":
             table["linked"] == table["analysed"] + table["excluded_outside_window"] + table["excluded_conflict"],
     }
+    if "quarantined_other" in table:
+        checks["quarantined = quarantined_outside_window + quarantined_conflict + quarantined_other"] = (
+            table["quarantined"] == table["quarantined_outside_window"] + table["quarantined_conflict"]
+            + table["quarantined_other"])
     for name, ok in checks.items():
         for i in np.flatnonzero(~ok.to_numpy()):
             row = table.iloc[i]

@@ -85,11 +85,70 @@ def run(
     """Run the whole pipeline on an inbox of exports (key from COHORTFLOW_PSEUDONYM_KEY)."""
     _project_env()
     from cohortflow.flows.pipeline import pipeline_flow
-    from cohortflow.warehouse.db import default_database_url, get_engine, init_warehouse
+    from cohortflow.warehouse.db import default_url, get_engine, init_warehouse
 
     key = environment_key()
-    url = database_url or default_database_url()
+    url = database_url or default_url()
     init_warehouse(get_engine(url))
     res = pipeline_flow(inbox=str(inbox), database_url=url, outputs_dir=str(outputs), key_hex=key.hex(),
                         plan_path=str(plan) if plan else None)
     console.print(f"Run {res.run_id}: report at {getattr(res.report_paths, 'html', None)}")
+
+
+@app.command()
+def ingest(
+    inbox: Path = typer.Argument(..., exists=True, help="an export file or a folder of exports"),
+    database_url: str = typer.Option(None, envvar="COHORTFLOW_DATABASE_URL", help="default: SQLite in data/"),
+    docs_dir: Path = typer.Option(Path("data/validation"), help="where Data Docs of failed validations go"),
+    as_json: bool = typer.Option(False, "--json", help="print the batch reports as JSON"),
+) -> None:
+    """Validate and load exports (one transaction per file; files already loaded are skipped).
+
+    Exit status 1 when a file was refused: the message says which file, what is wrong and what to do.
+    """
+    _project_env()
+    import json as _json
+    from dataclasses import asdict
+
+    from cohortflow.config.study import load_study
+    from cohortflow.flows.commands_validation import flow_validator
+    from cohortflow.ingest import load_sources
+    from cohortflow.instruments.registry import load_instruments
+    from cohortflow.warehouse.db import default_url, get_engine, init_warehouse
+    from cohortflow.warehouse.load import inbox_files, ingest_file
+
+    key = environment_key()
+    engine = init_warehouse(get_engine(database_url or default_url()))
+    study, instruments, sources = load_study(), load_instruments(), load_sources()
+    validate = flow_validator(engine, study, instruments, key, docs_dir=docs_dir, artifacts=False)
+    files = [inbox] if inbox.is_file() else inbox_files(inbox)
+    reports = [ingest_file(f, engine, sources, study, instruments, key, validate=validate) for f in files]
+    if as_json:
+        typer.echo(_json.dumps([asdict(r) for r in reports], default=str, indent=2))
+    else:
+        for r in reports:
+            colour = {"loaded": "green", "skipped": "dim", "refused": "red"}.get(r.status, "yellow")
+            console.print(f"[{colour}]{r.status:8}[/] {r.file_name}: {r.rows_in} in, {r.rows_loaded} loaded, "
+                          f"{r.rows_quarantined} quarantined, {r.rows_duplicate} duplicates"
+                          + (f"\n         {r.message}" if r.status == "refused" else ""))
+    if any(r.status == "refused" for r in reports):
+        raise typer.Exit(1)
+
+
+def _register_commands() -> None:
+    """Attach the command groups of every stage (each kept in its own module)."""
+    from cohortflow.flows import commands_analysis, commands_export, commands_ingest, commands_instruments
+    from cohortflow.flows import commands_report, commands_validation
+    from cohortflow.synth import cli as synth_cli
+
+    app.command("status")(commands_ingest.status)
+    app.command("quarantine")(commands_ingest.quarantine)
+    app.command("export")(commands_export.export)
+    commands_instruments.register(app)
+    app.add_typer(commands_validation.app, name="validation")
+    app.add_typer(commands_analysis.app, name="analysis")
+    app.add_typer(commands_report.app, name="report")
+    app.add_typer(synth_cli.app, name="synth")
+
+
+_register_commands()

@@ -22,6 +22,8 @@ def _project_env() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    if os.environ.get("PREFECT_HOME"):  # prefect creates only the last level of its home folder
+        Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
 
 
 def demo_key(data_dir: Path) -> bytes:

@@ -10,10 +10,19 @@ import os
 
 import pytest
 
+from pathlib import Path
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+# Flow-running tests use their own Prefect home (kept between runs: its database migrations cost ~8 s once).
+os.environ.setdefault("PREFECT_HOME", str(Path(__file__).resolve().parents[1] / "data" / "test-prefect-home"))
+Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # prefect makes only the last level
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 PG_ENV = "COHORTFLOW_TEST_DATABASE_URL"
+# CI sets COHORTFLOW_REQUIRE_POSTGRES=1: there a missing or unreachable PostgreSQL fails the tests.
+REQUIRE_PG = os.environ.get("COHORTFLOW_REQUIRE_POSTGRES") == "1"
 
 
 @pytest.fixture
@@ -44,6 +53,8 @@ def pg_engine():
     """An engine on the PostgreSQL test database with a clean (empty) public schema."""
     url = os.environ.get(PG_ENV)
     if not url:
+        if REQUIRE_PG:
+            pytest.fail(f"COHORTFLOW_REQUIRE_POSTGRES=1 but {PG_ENV} is not set")
         pytest.skip(f"PostgreSQL test: set {PG_ENV} to run it")
     from cohortflow.warehouse.db import get_engine
 

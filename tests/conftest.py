@@ -19,6 +19,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PREFECT_HOME", str(Path(__file__).resolve().parents[1] / "data" / "test-prefect-home"))
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)  # prefect makes only the last level
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 PG_ENV = "COHORTFLOW_TEST_DATABASE_URL"
 # CI sets COHORTFLOW_REQUIRE_POSTGRES=1: there a missing or unreachable PostgreSQL fails the tests.

@@ -120,9 +120,12 @@ def run(factor: float, url: str | None, work: Path) -> list[dict]:
             continue
         raw_read(files[:2], fmt)  # warm caches and imports
         t_raw = min(raw_read(files, fmt) for _ in range(2))
-        if url:
-            from tests_conftest_reset import reset  # pragma: no cover - optional
-            reset(url)
+        if url:  # start from an empty schema
+            eng = get_engine(url)
+            with eng.begin() as conn:
+                conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+            eng.dispose()
         db = work / f"bench_{factor:g}_{fmt}.sqlite"
         engine = init_warehouse(get_engine(url or f"sqlite:///{db}"))
         t = time.perf_counter()

@@ -41,13 +41,13 @@ def status(
         table.add_column(col, justify="right" if col in ("id", "in", "loaded", "quarantined", "duplicate") else "left")
     bad = 0
     for r in df.itertuples(index=False):
-        ok = r.rows_in == r.rows_loaded + r.rows_quarantined + r.rows_duplicate
+        ok = r.status == "refused" or r.rows_in == r.rows_loaded + r.rows_quarantined + r.rows_duplicate
         bad += not ok
         style = {"refused": "red", "superseded": "dim"}.get(r.status, "yellow" if r.rows_quarantined else "")
         status_txt = r.status + (f" by {int(r.superseded_by)}" if r.superseded_by is not None else "")
         table.add_row(str(r.id), r.arm or "?", r.site or "?", r.wave or "*", r.role or "*", r.file_name, status_txt,
                       str(r.rows_in), str(r.rows_loaded), str(r.rows_quarantined), str(r.rows_duplicate),
-                      "ok" if ok else "MISMATCH", f"{r.source_name or '?'} v{r.source_version or '?'}", style=style)
+                      ("refused whole" if r.status == "refused" else "ok") if ok else "MISMATCH", f"{r.source_name or '?'} v{r.source_version or '?'}", style=style)
     console.print(table)
     if problems:
         for r in df.itertuples(index=False):

@@ -36,25 +36,41 @@ def _artifact_key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:60] or "artifact"
 
 
-@task(name="ingest-file", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=None)
-def ingest_file_task(path: str, database_url: str, key: bytes):
-    """Read, validate and load one export in one transaction; returns its batch report."""
+@task(name="ingest-file", retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=lambda task, run, state: _is_transient(state))
+def ingest_file_task(path: str, database_url: str, key: bytes, docs_dir: str | None):
+    """Read, validate and load one export in one transaction; returns its batch report.
+
+    A broken file is not an error here: it comes back refused, with its message. Only failures that can
+    pass (a database connection, a file still being written) raise and are retried.
+    """
     from cohortflow.config.study import load_study
-    from cohortflow.ingest import ingest_file, load_sources
+    from cohortflow.flows.commands_validation import flow_validator
+    from cohortflow.ingest import load_sources
     from cohortflow.instruments.registry import load_instruments
-    from cohortflow.validation import validate_mapped_file
     from cohortflow.warehouse.db import get_engine
+    from cohortflow.warehouse.load import ingest_file
 
     study, instruments = load_study(), load_instruments()
     engine = get_engine(database_url)
-
-    def validate(mapped):
-        return validate_mapped_file(mapped, study, instruments)
-
-    report = ingest_file(Path(path), engine, load_sources(), study, instruments, key, validate=validate)
     logger = get_run_logger()
-    logger.info("%s: %s", Path(path).name, getattr(report, "summary", lambda: report)())
+    validate = flow_validator(engine, study, instruments, key, docs_dir=Path(docs_dir) if docs_dir else None,
+                              echo=logger.debug)
+    report = ingest_file(Path(path), engine, load_sources(), study, instruments, key, validate=validate)
+    logger.info("%s: %s (%s in, %s loaded, %s quarantined, %s duplicates)", report.file_name, report.status,
+                report.rows_in, report.rows_loaded, report.rows_quarantined, report.rows_duplicate)
     return report
+
+
+def _is_transient(state) -> bool:
+    """Retry only errors that can pass: database connectivity and files still being written."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - inspecting the failure
+        from sqlalchemy.exc import OperationalError
+
+        return isinstance(exc, OperationalError | PermissionError | BlockingIOError)
+    return False
 
 
 @task(name="score")
@@ -112,14 +128,15 @@ def pipeline_flow(
     plan_path: str | None = None,
 ) -> PipelineResult:
     """Run the whole journey on every export in `inbox` against the warehouse at `database_url`."""
-    from cohortflow.ingest import list_inbox
+    from cohortflow.warehouse.load import inbox_files
 
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     key = bytes.fromhex(key_hex)
     result = PipelineResult(run_id=run_id, database_url=database_url, outputs_dir=Path(outputs_dir))
 
-    for path in list_inbox(Path(inbox)):
-        result.batches.append(ingest_file_task(str(path), database_url, key))
+    docs_dir = str(Path(outputs_dir).parent / "validation")
+    for path in inbox_files(Path(inbox)):
+        result.batches.append(ingest_file_task(str(path), database_url, key, docs_dir))
     create_markdown_artifact(key="ingestion-summary", markdown=_batches_markdown(result.batches),
                              description="Row accounting per file")
 

@@ -135,7 +135,11 @@ def _parse_dates(s: pd.Series, fmt: str | None) -> tuple[pd.Series, pd.Series]:
     if pd.api.types.is_numeric_dtype(s):  # Excel serial day numbers
         out = pd.to_datetime(s, unit="D", origin="1899-12-30", errors="coerce")
         return out.astype("datetime64[ns]"), s.notna() & out.isna()
-    if not pd.api.types.is_string_dtype(s) and s.map(lambda v: hasattr(v, "year")).any():  # dates and text
+    kind = pd.api.types.infer_dtype(s, skipna=True)
+    if kind in ("date", "datetime", "datetime64"):  # date objects (e.g. SPSS DATE, Excel dates)
+        out = pd.to_datetime(s, errors="coerce").astype("datetime64[ns]")
+        return out, s.notna() & out.isna()
+    if kind.startswith("mixed"):  # dates and text
         s = s.map(lambda v: pd.Timestamp(v).strftime("%Y-%m-%d") if hasattr(v, "year") else v)
     txt = s.astype("str").str.strip()
     blank = (s.isna() | (txt == "")).to_numpy()

@@ -39,12 +39,22 @@ def instrument_direction(inst: Instrument) -> str:
     return sc.direction if sc is not None else "higher_worse"
 
 
+SYNTH_AGGREGATIONS = ("sum", "mean", "mean_times_n")
+
+
+def synth_scorable(inst: Instrument, sc: Scale) -> bool:
+    """Whether `score_sum` can score `sc`: sum/mean aggregations, through every component."""
+    if sc.components is not None:
+        return all(synth_scorable(inst, inst.scale(c)) for c in sc.components)
+    return sc.aggregation in SYNTH_AGGREGATIONS
+
+
 def primary_scale(inst: Instrument) -> Scale | None:
-    """The scale that covers most items with a non-neutral direction (e.g. the total), else None."""
+    """The scorable scale covering most items with a non-neutral direction (e.g. the total), else None."""
     best: Scale | None = None
     best_n = -1
     for sc in inst.scales:
-        if sc.direction == "neutral":
+        if sc.direction == "neutral" or not synth_scorable(inst, sc):
             continue
         n = len(scale_items(inst, sc))
         if n > best_n:
@@ -141,7 +151,7 @@ def score_sum(inst: Instrument, scale: str | Scale, frame_of_codes: pd.DataFrame
     if sc.components is not None:
         parts = [score_sum(inst, c, frame_of_codes) for c in sc.components]
         return pd.concat(parts, axis=1).sum(axis=1, min_count=len(parts)).rename(f"{inst.code}.{sc.code}")
-    if sc.aggregation not in ("sum", "mean", "mean_times_n"):
+    if sc.aggregation not in SYNTH_AGGREGATIONS:
         raise NotImplementedError(
             f"{inst.code}.{sc.code}: aggregation {sc.aggregation!r} is not supported by synth.score_sum "
             "(sum, mean, mean_times_n only); use the scoring engine"

@@ -16,7 +16,7 @@ from cohortflow.config.study import Study
 from cohortflow.instruments.model import Instrument
 
 from .config import SynthModel
-from .items import instrument_direction, item_params, sample_items, score_sum
+from .items import instrument_direction, item_params, sample_items, score_sum, synth_scorable
 from .latent import arm_wave_means
 
 
@@ -50,7 +50,7 @@ def compute_truth(
         means = arm_wave_means(study, model, c)
         sign = 1.0 if instrument_direction(inst) != "higher_better" else -1.0
         params = item_params(inst, model.items)
-        scales = [sc for sc in inst.scales if sc.aggregation in ("sum", "mean", "mean_times_n")]
+        scales = [sc for sc in inst.scales if synth_scorable(inst, sc)]
         res = {f"{inst.code}.{sc.code}": {"instrument": inst.code, "scale": sc.code, "construct": c,
                                             "direction": sc.direction, "mean": {}, "sd": {}, "mc_se": {},
                                             "above_cutoff": {}} for sc in scales}

@@ -40,6 +40,7 @@ def test_status_and_quarantine_commands(sqlite_engine, tmp_path):
     assert res.exit_code == 0, res.output
     assert "vt_VT01_T0_adult.csv" in res.output and "refused" in res.output and "MISMATCH" not in res.output
     assert "gi_GI01_T0_adult.xlsx" in res.output and "content is" in res.output
+    assert "refused whole" in res.output
     res = runner.invoke(app, ["quarantine", "--database-url", url])
     assert res.exit_code == 0 and "code_not_allowed" in res.output and "checkbox_several_ticked" in res.output
     from sqlalchemy import text

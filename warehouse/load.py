@@ -14,6 +14,7 @@ rows_quarantined + rows_duplicate for every loaded batch. Refused files raise no
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -114,17 +115,32 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _months_between(birth: pd.Series, at: pd.Series) -> pd.Series:
+def _ymd(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Year, month, day (float arrays, NaN where missing) and the missing mask of a date column."""
+    a = pd.to_datetime(s).to_numpy(dtype="datetime64[D]")
+    nat = np.isnat(a)
+    y = a.astype("datetime64[Y]").astype("int64") + 1970
+    m = a.astype("datetime64[M]").astype("int64") % 12 + 1
+    d = (a - a.astype("datetime64[M]")).astype("int64") + 1
+    out = [v.astype("float64") for v in (y, m, d)]
+    for v in out:
+        v[nat] = np.nan
+    return out[0], out[1], out[2], nat
+
+
+def _months_between(birth: pd.Series, at: pd.Series) -> np.ndarray:
     """Completed months from birth to `at` (NaN when either is missing)."""
-    b, a = pd.to_datetime(birth), pd.to_datetime(at)
-    months = (a.dt.year - b.dt.year) * 12 + (a.dt.month - b.dt.month) - (a.dt.day < b.dt.day).astype("float64")
-    return months.where(b.notna() & a.notna())
+    by, bm, bd, _ = _ymd(birth)
+    ay, am, ad, _ = _ymd(at)
+    return (ay - by) * 12 + (am - bm) - (ad < bd)
 
 
 def _dates(s: pd.Series) -> list[Any]:
     """ISO date strings (None for NaT): what SQLAlchemy's Date stores on SQLite and COPY accepts."""
-    txt = pd.to_datetime(s).dt.strftime("%Y-%m-%d")
-    return txt.astype(object).where(txt.notna(), None).tolist()
+    a = pd.to_datetime(s).to_numpy(dtype="datetime64[D]")
+    txt = np.datetime_as_string(a, unit="D").astype(object)
+    txt[np.isnat(a)] = None
+    return txt.tolist()
 
 
 def _ints(s: pd.Series) -> list[int | None]:
@@ -159,6 +175,13 @@ def _record_refused(engine: Engine, report: BatchReport, path: Path, source: Sou
 
 
 def _refuse(engine: Engine, report: BatchReport, path: Path, source: SourceDefinition | None, msg: str) -> BatchReport:
+    if source is not None and source.filename_regex and report.arm is None:  # what the file name tells
+        m = re.fullmatch(source.filename_regex, path.name)
+        for f in ("arm", "site", "wave", "role"):
+            fs = getattr(source, f)
+            value = fs.value if fs.value is not None else (
+                m.group(fs.filename_group) if m and fs.filename_group else None)
+            setattr(report, f, fs.map.get(value, value) if fs.map and value else value)
     report.status = "refused"
     report.message = msg
     report.rows_loaded = report.rows_quarantined = report.rows_duplicate = report.item_values = 0
@@ -201,6 +224,12 @@ def ingest_file(
     except BadFileError as exc:
         report.read_seconds = time.perf_counter() - t0
         return _refuse(engine, report, path, source, str(exc))
+    except Exception as exc:  # an export the readers did not foresee: refuse it, keep the run going
+        report.read_seconds = time.perf_counter() - t0
+        return _refuse(engine, report, path, source,
+                       f"{path.name}: could not be read with source {source.label if source else '?'} "
+                       f"({type(exc).__name__}: {exc}). Check the file against its source definition; if it "
+                       "looks right, report this message to the pipeline maintainers.")
     report.read_seconds = time.perf_counter() - t0
     fl = mapped.meta["file_level"]
     report.arm, report.site, report.wave, report.role = fl["arm"], fl["site"], fl["wave"], fl["role"]
@@ -274,11 +303,15 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
         "subject_id": pseudonymise_series(key, "person", f["subject_raw"]),
         "response_date": f["response_date"], "registration_date": f["registration_date"],
         "subject_sex": f["subject_sex"], "informant_sex": f["informant_sex"],
-        "subject_birth_year": pd.to_datetime(f["subject_birth_date"]).dt.year,
-        "informant_birth_year": pd.to_datetime(f["informant_birth_date"]).dt.year,
+        "subject_birth_year": _ymd(f["subject_birth_date"])[0],
+        "informant_birth_year": _ymd(f["informant_birth_date"])[0],
     })
     d["subject_age_months"] = _months_between(f["subject_birth_date"], f["response_date"])
-    d["days_since_t0"] = (pd.to_datetime(f["response_date"]) - pd.to_datetime(f["registration_date"])).dt.days
+    resp = pd.to_datetime(f["response_date"]).to_numpy(dtype="datetime64[D]")
+    reg = pd.to_datetime(f["registration_date"]).to_numpy(dtype="datetime64[D]")
+    days = (resp - reg).astype("int64").astype("float64")
+    days[np.isnat(resp) | np.isnat(reg)] = np.nan
+    d["days_since_t0"] = days
     keys = mapped.item_columns
     codes = f[keys].to_numpy(dtype="float64") if keys else np.zeros((len(f), 0))
     reasons = (mapped.missing_reasons[keys].to_numpy(dtype=object) if keys
@@ -471,15 +504,16 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
 
 
 def _upsert(conn: Connection, table, rows: list[dict[str, Any]], key: str) -> None:  # noqa: ANN001
+    """Insert rows whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so writers never deadlock."""
     if not rows:
         return
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dinsert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dinsert
     rows = sorted(rows, key=lambda r: r[key])
-    for i in range(0, len(rows), 5000):
-        conn.execute(dinsert(table).on_conflict_do_nothing(index_elements=[key]), rows[i:i + 5000])
+    cols = list(rows[0])
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))}) "
+           f"ON CONFLICT ({key}) DO NOTHING")
+    for i in range(0, len(rows), 20_000):
+        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows[i:i + 20_000]])
 
 
 def _none(v: Any) -> Any:
@@ -489,24 +523,27 @@ def _none(v: Any) -> Any:
 def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
     """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
     hh = ld.sort_values("registration_date").drop_duplicates("household_id")
-    reg = [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])]
+    reg = (_dates(hh["registration_date"]) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
+           else [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])])
     _upsert(conn, Household.__table__, [
         {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
         for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")
-    both = pd.concat([
-        pd.DataFrame({"person_id": ld["subject_id"], "household_id": ld["household_id"],
-                      "sex": ld["subject_sex"], "birth_year": ld["subject_birth_year"]}),
-        pd.DataFrame({"person_id": ld["person_id"], "household_id": ld["household_id"],
-                      "sex": ld["informant_sex"], "birth_year": ld["informant_birth_year"]}),
-    ], ignore_index=True)
-    both["sex"] = both["sex"].where(both["sex"].map(lambda v: isinstance(v, str)), None)
-    first = both.groupby("person_id", sort=True).agg(
-        household_id=("household_id", "first"), sex=("sex", "first"), birth_year=("birth_year", "first"))
+    people: dict[str, list[Any]] = {}
+    for pid, h, sx, by in (*zip(ld["subject_id"], ld["household_id"], ld["subject_sex"], ld["subject_birth_year"],
+                                strict=True),
+                           *zip(ld["person_id"], ld["household_id"], ld["informant_sex"], ld["informant_birth_year"],
+                                strict=True)):
+        sx = sx if isinstance(sx, str) else None
+        by = None if by is None or pd.isna(by) else int(by)
+        cur = people.get(pid)
+        if cur is None:
+            people[pid] = [h, sx, by]
+        else:
+            cur[1] = cur[1] or sx
+            cur[2] = cur[2] or by
     _upsert(conn, Person.__table__, [
-        {"person_id": pid, "household_id": h, "sex": _none(sx), "birth_year": None if pd.isna(by) else int(by),
-         "first_batch_id": batch_id}
-        for pid, h, sx, by in zip(first.index, first["household_id"], first["sex"], first["birth_year"], strict=True)],
-        "person_id")
+        {"person_id": pid, "household_id": v[0], "sex": v[1], "birth_year": v[2], "first_batch_id": batch_id}
+        for pid, v in people.items()], "person_id")
 
 
 RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",

@@ -1,0 +1,711 @@
+"""Outcome models per the analysis plan: `fit_outcome_model(data, outcome_spec, plan, study) -> OutcomeResult`.
+
+Continuous outcomes: linear mixed model (REML), `score ~ arm * wave + covariates`, random intercepts for
+households and persons within households and an uncorrelated random slope of time per person; marginal
+means and change contrasts with Satterthwaite df (lmerTest/emmeans definitions); d against the pooled
+baseline SD with Hedges' correction; a growth model (`arm * time`) for Feingold's d. A variance component
+estimated at the boundary (or a fit that does not converge) triggers the plan's fallback rule: drop the
+slope, then the household intercept (order from `defaults.fallback`), refit, and say so in `fallback`.
+
+Binary and count outcomes: GEE (logit; negative binomial or Poisson log link) with exchangeable working
+correlation within households and robust (sandwich) errors; contrasts as risk (or mean) differences with
+delta-method CIs and as odds/rate ratios.
+
+Input: the analysis dataset of Contract 5 (docs/design.md). Arms come from the plan, waves from the study.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cohortflow.config.study import Study
+
+from .design import DesignInfo, build_design
+from .effects import hedges_j, pooled_sd, standardise
+from .emmeans import _ci, change_contrasts, contrast_vectors, marginal_means
+from .lmm import LmmFit, RandomStructure, VarianceComponent, fit_lmm
+from .plan import AnalysisPlan, OutcomeSpec, RandomEffects
+
+DAYS_PER_MONTH = 30.4375
+CONTRAST_COLUMNS = ["outcome", "contrast", "kind", "arm", "arm2", "wave", "estimate", "se", "df", "t", "p", "p_adj",
+                    "lower", "upper", "d", "d_lower", "d_upper", "d_denominator", "ratio", "ratio_lower",
+                    "ratio_upper", "ratio_kind"]
+
+
+class AnalysisDataError(ValueError):
+    """The analysis dataset lacks a column or rows the plan needs; the message says what to do."""
+
+
+@dataclass
+class OutcomeResult:
+    """Everything the report needs about one outcome of the plan."""
+
+    outcome: str  # plan key
+    name: str  # outcome column value
+    family: str
+    method: str
+    counts: pd.DataFrame  # arm, wave, n_persons, n_households, n_obs, pct_retained
+    fixed_effects: pd.DataFrame  # term, estimate, se, df, t, p
+    variance_components: pd.DataFrame  # component, variance, sd
+    loglik: float
+    converged: bool
+    warnings: list[str]
+    fallback: str | None  # the fallback rule's steps and reasons, or None
+    random_structure: str
+    emms: pd.DataFrame  # arm, wave, emmean, se, df, lower, upper
+    contrasts: pd.DataFrame  # CONTRAST_COLUMNS
+    baseline: pd.DataFrame  # arm, n, mean, sd
+    above_cutoff: pd.DataFrame  # arm, wave, n, n_above, pct
+    clinical: pd.DataFrame  # arm, wave, n_paired, pct_improved, pct_deteriorated
+    growth: pd.DataFrame = field(default_factory=pd.DataFrame)
+    boundary: list[str] = field(default_factory=list)  # components at the boundary in the final model
+    theta: np.ndarray | None = None  # lme4 variance parameters of the final mixed model (warm start for MI)
+    direction: str | None = None
+    rows_dropped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# --- data selection ------------------------------------------------------------------------------------------
+
+REQUIRED = ["household_id", "person_id", "arm", "wave", "outcome", "score"]
+
+
+def _instrument_scale(name: str):
+    """The instrument scale behind an outcome name `<instrument>.<scale>`, or None."""
+    return _instrument_scale_cached(name)
+
+
+@lru_cache(maxsize=64)
+def _instrument_scale_cached(name: str):
+    try:
+        from cohortflow.instruments.registry import load_instruments
+
+        inst_code, scale_code = name.split(".", 1)
+        return load_instruments()[inst_code].scale(scale_code)
+    except Exception:  # noqa: BLE001 - an outcome need not come from a shipped instrument
+        return None
+
+
+def select_outcome_rows(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan, study: Study,
+                        covariates: list[str], extra: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Rows of one outcome in the cohort arms and study waves with complete response and covariates.
+
+    Returns the frame (sorted by household, person, wave) and counts of rows dropped per reason.
+    """
+    missing = [c for c in [*REQUIRED, *covariates, *(extra or [])] if c not in data.columns]
+    if missing:
+        raise AnalysisDataError(
+            f"analysis dataset: columns {missing} are missing (outcome {spec.id!r}); the plan needs them. "
+            "Add them in linkage (Contract 5) or remove them from config/analysis.yaml.")
+    df = data[data["outcome"] == spec.name]
+    if spec.role is not None and "role" in df.columns:
+        df = df[df["role"] == spec.role]
+    if df.empty:
+        raise AnalysisDataError(f"analysis dataset: no rows with outcome == {spec.name!r}"
+                                f"{f' and role == {spec.role!r}' if spec.role else ''}; check the plan's outcome name.")
+    dropped: dict[str, int] = {}
+    n0 = len(df)
+    df = df[df["arm"].isin(plan.cohort_arms) & df["wave"].isin(study.wave_codes)]
+    dropped["not a cohort arm or study wave"] = n0 - len(df)
+    response = "score" if spec.response == "score" else "above_cutoff"
+    if response not in df.columns:
+        raise AnalysisDataError(f"analysis dataset: column {response!r} is missing for outcome {spec.id!r}.")
+    n1 = len(df)
+    df = df[df[response].notna()]
+    dropped["response missing"] = n1 - len(df)
+    n2 = len(df)
+    df = df.dropna(subset=[*covariates, *(extra or [])])
+    dropped["covariate missing"] = n2 - len(df)
+    wave_order = {w: i for i, w in enumerate(_wave_order(study))}
+    df = df.assign(_w=df["wave"].map(wave_order)).sort_values(["household_id", "person_id", "_w"]).drop(columns="_w")
+    return df.reset_index(drop=True), dropped
+
+
+def _wave_order(study: Study) -> list[str]:
+    return [w.code for w in sorted(study.waves, key=lambda w: w.offset_days)]
+
+
+# --- descriptives ---------------------------------------------------------------------------------------------
+
+def describe_counts(df: pd.DataFrame, arms: list[str], waves: list[str], baseline: str) -> pd.DataFrame:
+    """n persons, households, observations per arm x wave and % of the baseline persons retained."""
+    rows = []
+    for a in arms:
+        base_persons = set(df.loc[(df["arm"] == a) & (df["wave"] == baseline), "person_id"])
+        for w in waves:
+            sub = df[(df["arm"] == a) & (df["wave"] == w)]
+            kept = len(base_persons & set(sub["person_id"]))
+            rows.append({"arm": a, "wave": w, "n_persons": sub["person_id"].nunique(),
+                         "n_households": sub["household_id"].nunique(), "n_obs": len(sub),
+                         "pct_retained": 100.0 * kept / len(base_persons) if base_persons else np.nan})
+    return pd.DataFrame(rows)
+
+
+def describe_baseline(df: pd.DataFrame, arms: list[str], baseline: str, column: str = "score") -> pd.DataFrame:
+    rows = []
+    for a in arms:
+        x = df.loc[(df["arm"] == a) & (df["wave"] == baseline), column].astype(float)
+        rows.append({"arm": a, "n": int(x.notna().sum()), "mean": float(x.mean()) if len(x) else np.nan,
+                     "sd": float(x.std(ddof=1)) if len(x) > 1 else np.nan})
+    return pd.DataFrame(rows)
+
+
+def describe_above_cutoff(df: pd.DataFrame, arms: list[str], waves: list[str], cutoff: float | None) -> pd.DataFrame:
+    """% above the clinical cut-off per arm x wave (from `above_cutoff`, else score >= cutoff)."""
+    flag = df["above_cutoff"] if "above_cutoff" in df.columns else pd.Series(np.nan, index=df.index)
+    if flag.isna().all() and cutoff is not None:
+        flag = (df["score"] >= cutoff).astype(float).where(df["score"].notna())
+    rows = []
+    for a in arms:
+        for w in waves:
+            f = flag[(df["arm"] == a) & (df["wave"] == w)].dropna()
+            rows.append({"arm": a, "wave": w, "n": len(f), "n_above": int(f.sum()),
+                         "pct": 100.0 * f.mean() if len(f) else np.nan})
+    return pd.DataFrame(rows)
+
+
+def describe_reliable_change(df: pd.DataFrame, arms: list[str], waves: list[str], baseline: str,
+                             reliability: float | None, sd: float, direction: str | None, z: float = 1.96
+                             ) -> pd.DataFrame:
+    """% reliably improved / deteriorated (Jacobson & Truax) per arm x follow-up wave among persons with both.
+
+    RC = (x_w - x_0) / sqrt(2 SE^2), SE = SD sqrt(1 - r); |RC| > z is reliable; improvement is a decrease
+    when higher is worse, an increase when higher is better.
+    """
+    cols = ["arm", "wave", "n_paired", "pct_improved", "pct_deteriorated", "threshold"]
+    if reliability is None or not np.isfinite(sd) or direction not in ("higher_worse", "higher_better"):
+        return pd.DataFrame(columns=cols)
+    se = sd * np.sqrt(1 - reliability)
+    thr = z * np.sqrt(2 * se**2)
+    wide = df.pivot_table(index="person_id", columns="wave", values="score", aggfunc="first")
+    arm_of = df.groupby("person_id")["arm"].first()
+    sign = -1.0 if direction == "higher_worse" else 1.0
+    rows = []
+    for a in arms:
+        persons = arm_of.index[arm_of == a]
+        for w in waves:
+            if w == baseline or w not in wide.columns or baseline not in wide.columns:
+                continue
+            diff = (wide.loc[wide.index.intersection(persons), w] - wide.loc[wide.index.intersection(persons), baseline]).dropna()
+            n = len(diff)
+            imp = float(np.mean(sign * diff > thr) * 100) if n else np.nan
+            det = float(np.mean(-sign * diff > thr) * 100) if n else np.nan
+            rows.append({"arm": a, "wave": w, "n_paired": n, "pct_improved": imp, "pct_deteriorated": det,
+                         "threshold": thr})
+    return pd.DataFrame(rows, columns=cols)
+
+
+# --- random structure -------------------------------------------------------------------------------------------
+
+def build_random_structure(df: pd.DataFrame, re: RandomEffects, dropped: set[str]) -> tuple[RandomStructure, str]:
+    """statsmodels-ready random structure and its lme4 formula from the plan's random effects minus `dropped`."""
+    household = re.household and "household" not in dropped
+    person = re.person and "person" not in dropped
+    slope = re.slope if re.slope and "slope" not in dropped else None
+    hh = pd.factorize(df["household_id"])[0]
+    pp = pd.factorize(df["person_id"])[0]
+    comps: list[VarianceComponent] = []
+    terms: list[str] = []
+    if household:
+        groups, group_name = hh, "household"
+        terms.append("(1 | household_id)")
+        if person:
+            comps.append(VarianceComponent("person", pp, np.ones(len(df))))
+            terms.append("(1 | person_id)")
+    else:
+        groups, group_name = pp, "person"
+        if not person:
+            raise ValueError("the random part needs at least a household or a person intercept")
+        terms.append("(1 | person_id)")
+    if slope is not None:
+        comps.append(VarianceComponent("slope", pp, df[slope].to_numpy(float)))
+        terms.append(f"(0 + {slope} | person_id)")
+    s = RandomStructure(groups=groups, exog_re=np.ones((len(df), 1)), re_names=["(Intercept)"],
+                        group_name=group_name, components=comps)
+    return s, " + ".join(terms)
+
+
+def _fallback_step(fit: LmmFit, plan: AnalysisPlan, re: RandomEffects, dropped: set[str]) -> tuple[str, str] | None:
+    """The next fallback step and its reason, or None when the fit is acceptable."""
+    boundary = set(fit.boundary)
+    active = {"slope": bool(re.slope) and "slope" not in dropped,
+              "household": re.household and "household" not in dropped,
+              "person": re.person and "person" not in dropped}
+    names = {"slope": "slope", "household": "household:(Intercept)", "person": "person"}
+    for step in plan.defaults.fallback:
+        if not active.get(step):
+            continue
+        if names[step] in boundary or (step == "person" and "person:(Intercept)" in boundary):
+            return step, f"the {step} variance was estimated at the boundary (~0)"
+        if not fit.converged:
+            return step, "the model did not converge"
+    return None
+
+
+FALLBACK_TEXT = {"slope": "dropped the random slope", "household": "dropped the household intercept",
+                 "person": "dropped the person intercept"}
+
+
+def fit_lmm_with_fallback(df: pd.DataFrame, X: np.ndarray, names: list[str], y: np.ndarray, plan: AnalysisPlan,
+                          re: RandomEffects) -> tuple[LmmFit, str, str | None]:
+    """Fit, apply the plan's fallback rule while needed; returns (fit, lme4 random formula, fallback text)."""
+    dropped: set[str] = set()
+    notes: list[str] = []
+    while True:
+        structure, formula = build_random_structure(df, re, dropped)
+        fit = fit_lmm(y, X, structure, fe_names=names, reml=True, boundary_tol=plan.defaults.boundary_tol,
+                      engine=plan.defaults.engine)
+        step = _fallback_step(fit, plan, re, dropped)
+        if step is None:
+            break
+        dropped.add(step[0])
+        notes.append(f"{step[1]}: {FALLBACK_TEXT[step[0]]} and refitted")
+    return fit, formula, ("; ".join(notes) if notes else None)
+
+
+# --- the main entry point -------------------------------------------------------------------------------------
+
+def _arms_present(df: pd.DataFrame, plan: AnalysisPlan) -> list[str]:
+    present = set(df["arm"])
+    return [a for a in plan.cohort_arms if a in present]
+
+
+def _effect_sizes(contrasts: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """Fill d, d_lower, d_upper, d_denominator from baseline SDs (pooled for two arms)."""
+    b = baseline.set_index("arm")
+    out = contrasts.copy()
+    for col in ["d", "d_lower", "d_upper"]:
+        out[col] = np.nan
+    out["d_denominator"] = None
+    for i, r in out.iterrows():
+        if r["kind"] == "within_change":
+            sd, n = b.loc[r["arm"], "sd"], b.loc[r["arm"], "n"]
+            df = n - 1
+            text = f"baseline SD of {r['arm']} ({sd:.3g}, n={n}); Hedges J={hedges_j(df):.4f}"
+        else:
+            s1, n1, s2, n2 = b.loc[r["arm"], "sd"], b.loc[r["arm"], "n"], b.loc[r["arm2"], "sd"], b.loc[r["arm2"], "n"]
+            sd, df = pooled_sd(s1, n1, s2, n2), n1 + n2 - 2
+            text = f"pooled baseline SD of {r['arm']} and {r['arm2']} ({sd:.3g}, n={n1}+{n2}); Hedges J={hedges_j(df):.4f}"
+        d = standardise(r["estimate"], r["lower"], r["upper"], sd, df)
+        out.loc[i, ["d", "d_lower", "d_upper"]] = d
+        out.loc[i, "d_denominator"] = text
+    return out
+
+
+def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: AnalysisPlan, study: Study
+                      ) -> OutcomeResult:
+    """Fit one outcome of the plan; return counts, model, marginal means, contrasts, d and descriptives."""
+    import time
+
+    t0 = time.perf_counter()
+    spec = outcome_spec
+    covariates = plan.covariates_of(spec)
+    re = plan.random_effects_of(spec)
+    extra = [re.slope] if (spec.family == "gaussian" and re.slope) else []
+    time_col = plan.defaults.time_column
+    if spec.family == "gaussian" and time_col in data.columns and time_col not in extra:
+        extra.append(time_col)
+    notes: list[str] = []
+    if extra:
+        data, filled = fill_planned_time(data, study, extra, spec)
+        if filled:
+            notes.append(f"{filled} row(s) without a response date: time set to the wave's planned offset")
+    df, dropped = select_outcome_rows(data, spec, plan, study, covariates, extra)
+    constant = [c for c in covariates if df[c].nunique(dropna=True) < 2]
+    if constant:
+        notes.append(f"covariates {constant} are constant in this outcome's rows and were left out")
+        covariates = [c for c in covariates if c not in constant]
+    arms = _arms_present(df, plan)
+    if plan.intervention_arm not in arms:
+        raise AnalysisDataError(f"outcome {spec.id!r}: no rows for the intervention arm {plan.intervention_arm!r}.")
+    comparisons = [a for a in plan.comparison_arms if a in arms]
+    waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+    baseline = study.baseline_wave if study.baseline_wave in waves else None
+    scale = _instrument_scale(spec.name)
+    direction = spec.direction or (scale.direction if scale is not None else None)
+    cutoff = spec.cutoff
+    if cutoff is None and scale is not None and len(scale.cutoffs) == 1:
+        cutoff = scale.cutoffs[0].threshold
+    counts = describe_counts(df, arms, waves, baseline or waves[0])
+    base_desc = describe_baseline(df, arms, baseline or waves[0], "score" if "score" in df.columns else spec.response)
+    above = describe_above_cutoff(df, arms, waves, cutoff)
+    reliability = spec.reliability or (scale.reliability.value if scale is not None and scale.reliability else None)
+    clinical = pd.DataFrame()
+    if spec.family == "gaussian" and baseline is not None:
+        b = df[df["wave"] == baseline]["score"]
+        ref_sd = (scale.reliability.sd if scale is not None and scale.reliability and scale.reliability.sd
+                  else float(b.std(ddof=1)))
+        clinical = describe_reliable_change(df, arms, waves, baseline, reliability, ref_sd, direction,
+                                            plan.clinical.reliable_change_z)
+    X, info = build_design(df, arms, waves, covariates)
+    if spec.family == "gaussian":
+        y = df["score"].to_numpy(float)
+        fit, re_formula, fallback = fit_lmm_with_fallback(df, X, info.columns, y, plan, re)
+        emms = marginal_means(fit, info, plan.alpha)
+        contrasts = change_contrasts(fit, info, plan.intervention_arm, comparisons, baseline, plan.alpha)
+        contrasts = _effect_sizes(contrasts, base_desc)
+        for c in ["ratio", "ratio_lower", "ratio_upper"]:
+            contrasts[c] = np.nan
+        contrasts["ratio_kind"] = None
+        fe = fit.fixed_effects()
+        cov_text = " + ".join(covariates)
+        fixed = f"score ~ arm * wave{(' + ' + cov_text) if cov_text else ''}"
+        growth = pd.DataFrame()
+        if time_col in df.columns and baseline is not None:
+            growth = fit_growth_model(df, plan, study, arms, comparisons, covariates, re, fallback, base_desc, time_col)
+        method = (
+            f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation; random slope uncorrelated with the "
+            "intercepts). "
+            + ("Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion. "
+               if plan.defaults.engine == "statsmodels" else "Fitted by minimising lme4's profiled REML criterion. ")
+            + (
+            "Marginal means and contrasts as emmeans computes them (numeric covariates at their mean, factor "
+            "covariates averaged with equal weights); Satterthwaite degrees of freedom as lmerTest computes them; "
+            f"{100 * (1 - plan.alpha):.0f}% confidence intervals. Effect size d = difference in change / pooled "
+            "baseline SD of the two arms (within-arm change: the arm's baseline SD), Hedges-corrected; "
+            f"growth-model d (Feingold 2009) from a model with {time_col} as continuous time.")
+            + (f" Fallback: {fallback}." if fallback else "")
+        )
+        return OutcomeResult(
+            outcome=spec.id, name=spec.name, family=spec.family, method=method, counts=counts, fixed_effects=fe,
+            variance_components=fit.variance_components, loglik=fit.loglik, converged=fit.converged,
+            warnings=notes + list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
+            contrasts=_finish(contrasts, spec.id), baseline=base_desc, above_cutoff=above, clinical=clinical,
+            growth=growth, boundary=list(fit.boundary), theta=fit.varpar[:-1].copy(), direction=direction, rows_dropped=dropped,
+            seconds=time.perf_counter() - t0)
+    res = _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
+                           clinical, direction, dropped, t0)
+    res.warnings = notes + res.warnings
+    return res
+
+
+def fill_planned_time(data: pd.DataFrame, study: Study, columns: list[str], spec: OutcomeSpec
+                      ) -> tuple[pd.DataFrame, int]:
+    """Missing time-since-T0 values of this outcome's rows -> the wave's planned offset (in months or days)."""
+    rows = data["outcome"] == spec.name
+    filled = 0
+    out = data
+    for col in columns:
+        if col not in data.columns:
+            continue
+        miss = rows & data[col].isna() & data["wave"].isin(study.wave_codes)
+        if miss.any():
+            per = DAYS_PER_MONTH if col.startswith("months") else 1.0
+            planned = data.loc[miss, "wave"].map({w.code: w.offset_days / per for w in study.waves})
+            out = out.copy() if out is data else out
+            out.loc[miss, col] = planned
+            filled += int(miss.sum())
+    return out, filled
+
+
+def _finish(contrasts: pd.DataFrame, key: str) -> pd.DataFrame:
+    out = contrasts.copy()
+    out.insert(0, "outcome", key)
+    if "p_adj" not in out.columns:
+        out["p_adj"] = np.nan
+    for c in CONTRAST_COLUMNS:
+        if c not in out.columns:
+            out[c] = np.nan
+    return out[CONTRAST_COLUMNS]
+
+
+def fit_growth_model(df: pd.DataFrame, plan: AnalysisPlan, study: Study, arms: list[str], comparisons: list[str],
+                     covariates: list[str], re: RandomEffects, fallback: str | None, base_desc: pd.DataFrame,
+                     time_col: str) -> pd.DataFrame:
+    """Feingold's growth-model d per comparison: (slope difference x planned duration) / pooled baseline SD."""
+    Xg, ig = build_design(df, arms, None, covariates, time=time_col)
+    y = df["score"].to_numpy(float)
+    fit, _, _ = fit_lmm_with_fallback(df, Xg, ig.columns, y, plan, re)
+    waves = sorted(study.waves, key=lambda w: w.offset_days)
+    present = set(df["wave"])
+    waves = [w for w in waves if w.code in present]
+    duration = (waves[-1].offset_days - waves[0].offset_days) / DAYS_PER_MONTH
+    b = base_desc.set_index("arm")
+    rows = []
+    for comp in comparisons:
+        L = (ig.row(arms[0], time_value=1.0) - ig.row(arms[0], time_value=0.0)) - (
+            ig.row(comp, time_value=1.0) - ig.row(comp, time_value=0.0))
+        if arms[0] != plan.intervention_arm:
+            continue
+        e, se, dfree = fit.contrast(L)
+        _, p, lo, hi = _ci(e, se, dfree, plan.alpha)
+        n1, n2 = b.loc[arms[0], "n"], b.loc[comp, "n"]
+        sd = pooled_sd(b.loc[arms[0], "sd"], n1, b.loc[comp, "sd"], n2)
+        d = standardise(e * duration, lo * duration, hi * duration, sd, n1 + n2 - 2)
+        rows.append({"arm": arms[0], "arm2": comp, "slope_diff": e, "se": se, "df": dfree, "p": p, "lower": lo,
+                     "upper": hi, "duration": duration, "time_unit": time_col, "d": d[0], "d_lower": d[1],
+                     "d_upper": d[2], "d_denominator": f"pooled baseline SD ({sd:.3g}); duration {duration:.2f}"})
+    return pd.DataFrame(rows)
+
+
+# --- binary and count outcomes: GEE ---------------------------------------------------------------------------
+
+@dataclass
+class GeeEstimator:
+    """Fixed effects with robust covariance; contrasts use the normal distribution (df = inf)."""
+
+    params: np.ndarray
+    cov_params: np.ndarray
+
+    def contrast(self, L: np.ndarray) -> tuple[float, float, float]:
+        L = np.asarray(L, float)
+        return float(L @ self.params), float(np.sqrt(L @ self.cov_params @ L)), float("inf")
+
+
+def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str) -> tuple[object, list[str], float | None]:
+    """GEE with exchangeable working correlation and robust SEs. Returns (result, warnings, NB alpha)."""
+    import statsmodels.api as sm
+
+    caught: list[str] = []
+    alpha = None
+    with warnings.catch_warnings(record=True) as wl:
+        warnings.simplefilter("always")
+        if family == "binomial":
+            fam = sm.families.Binomial()
+        elif family == "poisson":
+            fam = sm.families.Poisson()
+        else:
+            nb = sm.NegativeBinomial(y, X).fit(disp=0, maxiter=200)
+            alpha = float(nb.params[-1])
+            fam = sm.families.NegativeBinomial(alpha=alpha)
+        res = sm.GEE(y, X, groups=groups, family=fam, cov_struct=sm.cov_struct.Exchangeable()).fit(maxiter=100)
+        caught += [f"{w.category.__name__}: {w.message}" for w in wl]
+    return res, caught, alpha
+
+
+def _fit_gee_outcome(df, X, info: DesignInfo, spec: OutcomeSpec, plan: AnalysisPlan, arms, comparisons, waves,
+                     baseline, counts, base_desc, above, clinical, direction, dropped, t0) -> OutcomeResult:
+    import time
+
+    response = "above_cutoff" if spec.response == "above_cutoff" else "score"
+    y = df[response].to_numpy(float)
+    groups = pd.factorize(df["household_id"])[0]
+    res, caught, alpha = fit_gee(y, X, groups, spec.family)
+    est = GeeEstimator(np.asarray(res.params), np.asarray(res.cov_params()))
+    inv = (lambda e: 1 / (1 + np.exp(-e))) if spec.family == "binomial" else np.exp
+    dinv = (lambda e: np.exp(-e) / (1 + np.exp(-e)) ** 2) if spec.family == "binomial" else np.exp
+    q = stats.norm.ppf(1 - plan.alpha / 2)
+    # Marginal means on the response scale (inverse link of the grid's linear predictor), delta-method SEs.
+    emm_rows = []
+    grad_of: dict[tuple[str, str], np.ndarray] = {}
+    mean_of: dict[tuple[str, str], float] = {}
+    for a in arms:
+        for w in waves:
+            if not info.estimable(a, w):
+                continue
+            L = info.row(a, w)
+            eta = float(L @ est.params)
+            m, g = float(inv(eta)), float(dinv(eta)) * L
+            se = float(np.sqrt(g @ est.cov_params @ g))
+            mean_of[(a, w)], grad_of[(a, w)] = m, g
+            emm_rows.append({"arm": a, "wave": w, "emmean": m, "se": se, "df": np.inf, "lower": m - q * se,
+                             "upper": m + q * se})
+    rows = []
+    for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline):
+        cells = _cells_of(c, baseline)
+        e = sum(sgn * mean_of[cell] for sgn, cell in cells)
+        g = sum(sgn * grad_of[cell] for sgn, cell in cells)
+        se = float(np.sqrt(g @ est.cov_params @ g))
+        t, p, lo, hi = _ci(e, se, np.inf, plan.alpha)
+        le, lse, _ = est.contrast(c["L"])
+        rows.append({k: v for k, v in c.items() if k != "L"} | {
+            "estimate": e, "se": se, "df": np.inf, "t": t, "p": p, "lower": lo, "upper": hi,
+            "ratio": np.exp(le), "ratio_lower": np.exp(le - q * lse), "ratio_upper": np.exp(le + q * lse),
+            "ratio_kind": "odds ratio" if spec.family == "binomial" else "rate ratio"})
+    contrasts = _finish(pd.DataFrame(rows), spec.id)
+    fe = pd.DataFrame({"term": info.columns, "estimate": est.params, "se": np.sqrt(np.diag(est.cov_params)),
+                       "df": np.inf, "t": est.params / np.sqrt(np.diag(est.cov_params))})
+    fe["p"] = 2 * stats.norm.sf(np.abs(fe["t"]))
+    link = {"binomial": "logit link (binomial)", "negative_binomial": f"log link (negative binomial, alpha={alpha})",
+            "poisson": "log link (Poisson)"}[spec.family]
+    measure = "risk differences and odds ratios" if spec.family == "binomial" else "mean differences and rate ratios"
+    cov_text = " + ".join(info.covariates)
+    method = (f"GEE, {link}: {response} ~ arm * wave{(' + ' + cov_text) if cov_text else ''}; exchangeable working "
+              "correlation within households, robust (sandwich) standard errors (statsmodels GEE). Marginal "
+              "probabilities/means at the reference grid (covariates at their mean, factors averaged on the link "
+              f"scale); contrasts as {measure}, delta-method {100 * (1 - plan.alpha):.0f}% CIs.")
+    vc = pd.DataFrame([{"component": "working correlation (exchangeable)",
+                       "variance": float(np.asarray(res.cov_struct.dep_params).ravel()[0]), "sd": np.nan}])
+    return OutcomeResult(
+        outcome=spec.id, name=spec.name, family=spec.family, method=method, counts=counts, fixed_effects=fe,
+        variance_components=vc, loglik=np.nan, converged=bool(getattr(res, "converged", True)), warnings=caught,
+        fallback=None, random_structure="GEE cluster: household", emms=pd.DataFrame(emm_rows), contrasts=contrasts,
+        baseline=base_desc, above_cutoff=above, clinical=clinical, direction=direction, rows_dropped=dropped,
+        seconds=time.perf_counter() - t0)
+
+
+def _cells_of(c: dict, baseline: str | None) -> list[tuple[float, tuple[str, str]]]:
+    """Signed arm x wave cells of a contrast (for response-scale differences)."""
+    if c["kind"] == "within_change":
+        return [(1.0, (c["arm"], c["wave"])), (-1.0, (c["arm"], baseline))]
+    if c["kind"] == "diff_in_change":
+        return [(1.0, (c["arm"], c["wave"])), (-1.0, (c["arm"], baseline)),
+                (-1.0, (c["arm2"], c["wave"])), (1.0, (c["arm2"], baseline))]
+    return [(1.0, (c["arm"], c["wave"])), (-1.0, (c["arm2"], c["wave"]))]
+
+
+# --- all outcomes: multiplicity and sensitivity analyses -----------------------------------------------------
+
+@dataclass
+class AnalysisResult:
+    """All outcomes of the plan, contrasts with multiplicity-adjusted p, and the sensitivity analyses."""
+
+    outcomes: dict[str, OutcomeResult]
+    contrasts: pd.DataFrame  # CONTRAST_COLUMNS + family
+    sensitivity: pd.DataFrame  # per diff-in-change: main, ipw and mi estimates side by side + change flags
+    balance: pd.DataFrame  # outcome, covariate, level, comparison, smd, smd_weighted
+    resilience: pd.DataFrame | None
+    methods: dict[str, str]  # outcome -> method text (incl. sensitivity methods)
+    failures: dict[str, str]  # outcome -> error message (the run continues with the other outcomes)
+    multiplicity: str = ""
+    small_cell_threshold: int = 10
+
+
+def apply_multiplicity(contrasts: pd.DataFrame, plan: AnalysisPlan) -> tuple[pd.DataFrame, str]:
+    """Fill p_adj per multiplicity family of the plan (default: per outcome, the diff-in-change contrasts)."""
+    out = contrasts.copy()
+    out["p_adj"] = np.nan
+    out["family"] = None
+    method = plan.multiplicity.method
+    from .effects import adjust_p
+
+    fams = plan.multiplicity.families
+    if fams:
+        for fam in fams:
+            mask = out["outcome"].isin(fam.outcomes) & out["kind"].isin(fam.kinds)
+            out.loc[mask, "p_adj"] = adjust_p(out.loc[mask, "p"].to_numpy(), method)
+            out.loc[mask, "family"] = fam.name
+        text = (f"{method} adjustment within the families "
+                + "; ".join(f"{f.name} ({', '.join(f.outcomes)}: {', '.join(f.kinds)})" for f in fams)
+                + "; contrasts outside a family are not adjusted (p_adj empty).")
+    else:
+        for key in out["outcome"].unique():
+            mask = (out["outcome"] == key) & (out["kind"] == "diff_in_change")
+            out.loc[mask, "p_adj"] = adjust_p(out.loc[mask, "p"].to_numpy(), method)
+            out.loc[mask, "family"] = key
+        text = f"{method} adjustment per outcome over its difference-in-change contrasts."
+    return out, text
+
+
+def resilience_vs_reference(data: pd.DataFrame, plan: AnalysisPlan, study: Study) -> pd.DataFrame | None:
+    """Cohort children's baseline resilience vs the reference group, OLS adjusted for the plan's covariates.
+
+    Household-clustered robust SEs for the cohort part. Returns one row per cohort arm and one for all cohort
+    arms together (difference cohort - reference, CI, p, n and raw means), or None without reference rows.
+    """
+    import statsmodels.api as sm
+
+    spec = plan.resilience
+    if spec is None or plan.reference_group is None:
+        return None
+    d = data[(data["outcome"] == spec.outcome) & data["score"].notna()]
+    ref = d[d["arm"] == plan.reference_group]
+    coh = d[d["arm"].isin(plan.cohort_arms) & (d["wave"] == study.baseline_wave)]
+    if ref.empty or coh.empty:
+        return None
+    rows = []
+    for label, arms in [("all cohort arms", plan.cohort_arms), *[(a, [a]) for a in plan.cohort_arms]]:
+        c = coh[coh["arm"].isin(arms)]
+        if c.empty:
+            continue
+        both = pd.concat([c.assign(_grp="cohort"), ref.assign(_grp="reference")]).dropna(subset=spec.covariates)
+        X, info = build_design(both.assign(_w="x"), ["reference", "cohort"], ["x"], spec.covariates,
+                               arm_col="_grp", wave_col="_w")
+        groups = pd.factorize(both["household_id"].fillna(both["person_id"]))[0]
+        res = sm.OLS(both["score"].to_numpy(float), X).fit(cov_type="cluster", cov_kwds={"groups": groups})
+        j = info.columns.index("armcohort")
+        e, se = float(res.params[j]), float(res.bse[j])
+        t, p, lo, hi = _ci(e, se, np.inf, plan.alpha)
+        rows.append({"outcome": spec.outcome, "cohort": label, "n_cohort": int((both["_grp"] == "cohort").sum()),
+                     "n_reference": int((both["_grp"] == "reference").sum()),
+                     "mean_cohort": float(both.loc[both["_grp"] == "cohort", "score"].mean()),
+                     "mean_reference": float(both.loc[both["_grp"] == "reference", "score"].mean()),
+                     "adjusted_difference": e, "se": se, "lower": lo, "upper": hi, "p": p,
+                     "adjusted_for": ", ".join(spec.covariates)})
+    return pd.DataFrame(rows)
+
+
+def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool = True,
+                 imputations: int | None = None) -> AnalysisResult:
+    """Fit every outcome of the plan, adjust p per multiplicity family, run IPW and MI side by side.
+
+    A failing outcome is recorded in `failures` with its message; the others still run.
+    """
+    from .sensitivity import conclusion_changes, ipw_analysis, mi_analysis
+
+    plan.check_against(study)
+    results: dict[str, OutcomeResult] = {}
+    failures: dict[str, str] = {}
+    methods: dict[str, str] = {}
+    sens_rows: list[pd.DataFrame] = []
+    balance: list[pd.DataFrame] = []
+    for spec in plan.outcomes:
+        try:
+            res = fit_outcome_model(data, spec, plan, study)
+        except Exception as exc:  # noqa: BLE001 - report and continue with the other outcomes
+            failures[spec.id] = f"{type(exc).__name__}: {exc}"
+            continue
+        results[spec.id] = res
+        methods[spec.id] = res.method
+        main = res.contrasts[res.contrasts["kind"] == "diff_in_change"]
+        if not (sensitivity and spec.family == "gaussian" and not main.empty):
+            continue
+        covariates = plan.covariates_of(spec)
+        re = plan.random_effects_of(spec)
+        # the random part after the main model's fallback
+        if res.fallback:
+            re = re.model_copy(update={
+                "slope": None if "random slope" in res.fallback else re.slope,
+                "household": re.household and "household intercept" not in res.fallback,
+                "person": re.person and "person intercept" not in res.fallback})
+        extra = [c for c in [re.slope] if c]
+        filled_data, _ = fill_planned_time(data, study, extra, spec)
+        df, _ = select_outcome_rows(filled_data, spec, plan, study, covariates, extra)
+        covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
+        arms = _arms_present(df, plan)
+        comparisons = [a for a in plan.comparison_arms if a in arms]
+        waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+        side = main[["outcome", "contrast", "arm", "arm2", "wave", "estimate", "lower", "upper", "p"]].rename(
+            columns={"estimate": "main_estimate", "lower": "main_lower", "upper": "main_upper", "p": "main_p"})
+        analyses = []
+        if plan.sensitivity.ipw.enabled:
+            analyses.append(("ipw", partial(ipw_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
+                                            covariates)))
+        if plan.sensitivity.multiple_imputation.enabled:
+            analyses.append(("mi", partial(mi_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
+                                           covariates, re, imputations=imputations, start_theta=res.theta,
+                                           df_complete=dict(zip(main["contrast"], main["df"], strict=True)))))
+        for name, run in analyses:
+            try:
+                sr = run()
+            except Exception as exc:  # noqa: BLE001
+                failures[f"{spec.id}:{name}"] = f"{type(exc).__name__}: {exc}"
+                continue
+            methods[f"{spec.id}:{name}"] = sr.notes
+            c = sr.contrasts.copy()
+            c[f"{name}_changes"] = conclusion_changes(main, c, plan.alpha)
+            c = c.rename(columns={k: f"{name}_{k}" for k in ["estimate", "se", "df", "lower", "upper", "p", "fmi"]})
+            side = side.merge(c.drop(columns=["arm", "arm2", "wave"]), on="contrast", how="left")
+            if sr.balance is not None:
+                balance.append(sr.balance.assign(outcome=spec.id))
+        sens_rows.append(side)
+    all_contrasts = pd.concat([r.contrasts for r in results.values()], ignore_index=True) if results else \
+        pd.DataFrame(columns=CONTRAST_COLUMNS)
+    all_contrasts, mult_text = apply_multiplicity(all_contrasts, plan)
+    for key, r in results.items():
+        r.contrasts = all_contrasts[all_contrasts["outcome"] == key].drop(columns="family").reset_index(drop=True)
+    sens = pd.concat(sens_rows, ignore_index=True) if sens_rows else pd.DataFrame()
+    flags = [c for c in sens.columns if c.endswith("_changes")]
+    if flags:
+        sens["conclusion_changes"] = sens[flags].fillna(False).astype(bool).any(axis=1)
+    return AnalysisResult(
+        outcomes=results, contrasts=all_contrasts, sensitivity=sens,
+        balance=pd.concat(balance, ignore_index=True) if balance else pd.DataFrame(),
+        resilience=resilience_vs_reference(data, plan, study), methods=methods, failures=failures,
+        multiplicity=mult_text, small_cell_threshold=plan.small_cell_threshold)

@@ -1,0 +1,181 @@
+"""The analysis plan as data (config/analysis.yaml): outcomes, model, contrasts, multiplicity, sensitivity.
+
+`load_analysis_plan(path=None) -> AnalysisPlan` reads and checks the plan; `AnalysisPlan.check_against(study)`
+verifies that the arms it names exist in the study. Code never names an arm or wave: the intervention and
+comparison arms come from here, the baseline wave is `study.baseline_wave`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cohortflow.config.loading import ConfigError, load_model
+from cohortflow.config.study import Labels, Study, config_dir
+
+Family = Literal["gaussian", "binomial", "negative_binomial", "poisson"]
+FallbackStep = Literal["slope", "household", "person"]
+
+
+class FixedEffects(BaseModel):
+    """Fixed part: arm x wave (always) plus baseline covariates (columns of the analysis dataset)."""
+
+    model_config = ConfigDict(extra="forbid")
+    covariates: list[str] = Field(default_factory=list)
+
+
+class RandomEffects(BaseModel):
+    """Random part: intercepts per household and per person (nested), optional uncorrelated person slope."""
+
+    model_config = ConfigDict(extra="forbid")
+    household: bool = True
+    person: bool = True
+    slope: str | None = Field(default=None, description="time column for an uncorrelated random slope per person")
+
+
+class Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fixed_effects: FixedEffects = Field(default_factory=FixedEffects)
+    random_effects: RandomEffects = Field(default_factory=RandomEffects)
+    fallback: list[FallbackStep] = Field(default_factory=lambda: ["slope", "household"])
+    boundary_tol: float = Field(default=1e-4, gt=0, lt=1)
+    time_column: str = "months_since_t0"
+    engine: Literal["statsmodels", "profiled"] = Field(
+        default="statsmodels",
+        description="statsmodels: MixedLM then refined on lme4's criterion; profiled: lme4's criterion only")
+
+
+class OutcomeSpec(BaseModel):
+    """One outcome of the plan: which rows of the analysis dataset, which response, which model family."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="value of the `outcome` column of the analysis dataset, e.g. cries13.total")
+    key: str | None = Field(default=None, description="unique key in the plan; default `name`")
+    label: Labels | None = None
+    role: str | None = Field(default=None, description="informant role to select; default all rows")
+    family: Family = "gaussian"
+    response: Literal["score", "above_cutoff"] = "score"
+    primary: bool = False
+    direction: Literal["higher_worse", "higher_better", "neutral"] | None = None
+    fixed_effects: FixedEffects | None = None
+    random_effects: RandomEffects | None = None
+    cutoff: float | None = Field(default=None, description="cut-off if the dataset lacks above_cutoff")
+    reliability: float | None = Field(default=None, gt=0, lt=1, description="r for reliable change")
+
+    @property
+    def id(self) -> str:
+        return self.key or self.name
+
+
+class Family_(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    outcomes: list[str] = Field(min_length=1, description="outcome keys")
+    kinds: list[Literal["within_change", "diff_in_change", "between_arm"]] = Field(
+        default_factory=lambda: ["diff_in_change"]
+    )
+
+
+class Multiplicity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["holm", "fdr_bh", "bonferroni", "none"] = "holm"
+    families: list[Family_] = Field(default_factory=list)
+
+
+class IpwSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    covariates: list[str] = Field(default_factory=lambda: ["age_years", "sex", "baseline_score"])
+    stabilised: bool = True
+    trim_quantile: float = Field(default=0.01, ge=0, lt=0.5)
+
+
+class MiSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    imputations: int = Field(default=20, ge=2)
+    iterations: int = Field(default=10, ge=1)
+    seed: int = 20241
+
+
+class Sensitivity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ipw: IpwSpec = Field(default_factory=IpwSpec)
+    multiple_imputation: MiSpec = Field(default_factory=MiSpec)
+    change_rule: str = "significance or sign of the difference in change differs from the main analysis"
+
+
+class Clinical(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reliable_change_z: float = 1.96
+
+
+class Resilience(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outcome: str
+    covariates: list[str] = Field(default_factory=lambda: ["age_years", "sex"])
+
+
+class AnalysisPlan(BaseModel):
+    """The whole analysis plan. Arms are codes from config/study.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str = "1.0"
+    intervention_arm: str
+    comparison_arms: list[str] = Field(min_length=1)
+    reference_group: str | None = None
+    defaults: Defaults = Field(default_factory=Defaults)
+    outcomes: list[OutcomeSpec] = Field(min_length=1)
+    multiplicity: Multiplicity = Field(default_factory=Multiplicity)
+    sensitivity: Sensitivity = Field(default_factory=Sensitivity)
+    clinical: Clinical = Field(default_factory=Clinical)
+    resilience: Resilience | None = None
+    small_cell_threshold: int = Field(default=10, ge=1)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    report_languages: list[Literal["nl", "en"]] = Field(default_factory=lambda: ["nl", "en"])
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AnalysisPlan:
+        keys = [o.id for o in self.outcomes]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ValueError(f"outcome keys {dup} are used twice; give each a distinct `key`")
+        if self.intervention_arm in self.comparison_arms:
+            raise ValueError("intervention_arm must not also be a comparison arm")
+        for fam in self.multiplicity.families:
+            unknown = [k for k in fam.outcomes if k not in keys]
+            if unknown:
+                raise ValueError(f"multiplicity family {fam.name!r} names unknown outcomes {unknown}; known {keys}")
+        return self
+
+    # --- look-ups -----------------------------------------------------------------------------
+    def outcome(self, key: str) -> OutcomeSpec:
+        for o in self.outcomes:
+            if o.id == key:
+                return o
+        raise KeyError(f"unknown outcome {key!r}; the plan has {[o.id for o in self.outcomes]}")
+
+    def covariates_of(self, spec: OutcomeSpec) -> list[str]:
+        return (spec.fixed_effects or self.defaults.fixed_effects).covariates
+
+    def random_effects_of(self, spec: OutcomeSpec) -> RandomEffects:
+        return spec.random_effects or self.defaults.random_effects
+
+    @property
+    def cohort_arms(self) -> list[str]:
+        return [self.intervention_arm, *self.comparison_arms]
+
+    def check_against(self, study: Study, source: str | Path = "analysis.yaml") -> None:
+        """Raise ConfigError if the plan names arms the study does not have."""
+        known = set(study.arm_codes)
+        bad = [a for a in [*self.cohort_arms, *([self.reference_group] if self.reference_group else [])]
+               if a not in known]
+        if bad:
+            raise ConfigError(f"{source}: arms {bad} are not in the study's arms {sorted(known)}; fix the plan.")
+
+
+def load_analysis_plan(path: Path | str | None = None) -> AnalysisPlan:
+    """Load `analysis.yaml` (default: in config_dir()) into a checked AnalysisPlan."""
+    return load_model(AnalysisPlan, Path(path) if path else config_dir() / "analysis.yaml")

@@ -1,0 +1,33 @@
+"""The analysis CLI command writes the result tables for a plan and a dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import yaml
+from typer.testing import CliRunner
+
+from cohortflow.analysis.simulate import default_spec, simulate_study
+from cohortflow.flows.commands_analysis import app
+
+
+def test_run_writes_tables(tmp_path):
+    df = simulate_study(default_spec(["proeftuin", "vt", "gi"], ["T0", "T1", "T2"], scale=0.4), seed=2)
+    data = tmp_path / "analysis.csv"
+    df.to_csv(data, index=False)
+    plan = tmp_path / "analysis.yaml"
+    plan.write_text(yaml.safe_dump({
+        "intervention_arm": "proeftuin", "comparison_arms": ["vt", "gi"],
+        "defaults": {"random_effects": {"slope": None}, "engine": "profiled"},
+        "outcomes": [{"name": "sim.total"}, {"name": "nope.total"}]}), encoding="utf-8")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["run", str(data), "--out", str(out), "--plan", str(plan), "--no-sensitivity"])
+    assert r.exit_code == 0, r.output
+    c = pd.read_csv(out / "contrasts.csv")
+    assert set(c["kind"]) == {"within_change", "diff_in_change"}
+    assert len(c[c["kind"] == "diff_in_change"]) == 4
+    assert c.loc[c["kind"] == "diff_in_change", "p_adj"].notna().all()
+    meta = json.loads((out / "methods.json").read_text())
+    assert "nope.total" in meta["failures"] and "no rows with outcome == 'nope.total'" in meta["failures"]["nope.total"]
+    assert "Satterthwaite" in meta["methods"]["sim.total"]

@@ -6,6 +6,16 @@ scales per response), because generating and ingesting factor 10 through the fil
 the linkage itself. Times `link_waves`, `wide_frame`, `snapshot_hash` and writing Parquet, CSV and .sav.
 
     .venv/bin/python benchmarks/bench_linkage.py --factors 1 10
+
+Measured 2026-11-23 on the 2-core build machine (pandas 3.1, pyreadstat 1.3), nothing else running:
+
+| factor | responses | long rows | link_waves s | wide s | snapshot s | export s (parquet,csv,sav) |
+|---|---|---|---|---|---|---|
+| 1 | 19,537 | 195,370 | 0.48 | 0.13 | 0.75 | 5.22 |
+| 10 | 195,236 | 1,952,360 | 5.98 | 2.16 | 12.51 | 59.12 |
+
+Export includes both datasets in all three formats, the codebook and two snapshot hashes; at factor 10 about
+a third is CSV, a quarter .sav and a fifth the hashes.
 """
 
 from __future__ import annotations

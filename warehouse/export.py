@@ -103,11 +103,14 @@ def to_spss_frame(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
     for c in frame.columns:
         s = frame[c]
         if c in maps:
-            unknown = sorted(set(s.dropna().astype(str)) - set(maps[c]))
+            codes, uniques = pd.factorize(s, use_na_sentinel=True)
+            uniques = [str(u) for u in uniques]
+            unknown = sorted(set(uniques) - set(maps[c]))
             if unknown:
                 raise ValueError(f"SPSS export: column {c!r} holds {unknown}, not among the codes {sorted(maps[c])} "
                                  "of config/study.yaml; fix the data or the study configuration")
-            out[c] = s.astype(object).map(maps[c]).astype("float64")
+            lookup = np.array([float(maps[c][u]) for u in uniques] + [np.nan], dtype="float64")
+            out[c] = lookup[codes]  # code -1 (missing) takes the last entry, NaN
         elif pd.api.types.is_bool_dtype(s) or str(s.dtype) == "boolean":
             out[c] = s.astype("Float64").astype("float64")
         elif pd.api.types.is_datetime64_any_dtype(s):
@@ -116,8 +119,11 @@ def to_spss_frame(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
             out[c] = s.astype("Float64").astype("float64") if str(s.dtype) in ("Int64", "Float64") else s
         else:
             # numpy object array: pyreadstat iterates Arrow-backed strings ~10x slower
-            vals = s.astype(object).to_numpy(dtype=object, na_value="")
-            out[c] = pd.Series(np.array([str(v) for v in vals], dtype=object), index=s.index, dtype=object)
+            if pd.api.types.is_string_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype):
+                vals = np.asarray(s.to_numpy(dtype=object, na_value=""), dtype=object)
+            else:
+                vals = np.array(["" if pd.isna(v) else str(v) for v in s.astype(object)], dtype=object)
+            out[c] = pd.Series(vals, index=s.index, dtype=object)
     return out
 
 

@@ -367,7 +367,8 @@ def wide_frame(long: pd.DataFrame, study: Study) -> pd.DataFrame:
     if long.empty:
         return pd.DataFrame(columns=[*idx, "arm", "site", "sex"])
     fixed = long.groupby(idx, sort=True)[["arm", "site", "sex"]].first()
-    order = [w for w in study.wave_codes if w in set(long["wave"])]
+    present = set(pd.unique(long["wave"]))
+    order = [w for w in study.wave_codes if w in present]
     hh_cols = [c for c in long.columns if c.startswith("hh_")]
     per_wave = long.drop_duplicates([*idx, "wave"]).set_index([*idx, "wave"])[["age_years", "days_since_t0", *hh_cols]]
     parts = [fixed]

@@ -146,10 +146,25 @@ def pipeline_flow(
     run_info = {"run_id": run_id, "snapshot_hash": result.snapshot_hash, "database": _redact(database_url),
                 "cohortflow_version": __version__, "started": run_id[:16]}
     result.report_paths = report_task(analysis, plan, outputs_dir, run_info)
+    record_model_run(database_url, run_id, result.snapshot_hash, plan_path)
     html = getattr(result.report_paths, "html", None)
     if html:
         create_link_artifact(key="effect-report", link=Path(html).resolve().as_uri(), link_text="Effect report")
     return result
+
+
+def record_model_run(database_url: str, run_id: str, snapshot: str, plan_path: str | None) -> None:
+    """Record the model run with its data snapshot and analysis-plan hash, so a result traces to its data."""
+    import hashlib
+
+    from cohortflow.analysis.plan import load_analysis_plan
+    from cohortflow.warehouse.db import get_engine
+    from cohortflow.warehouse.snapshot import record_run
+
+    plan = load_analysis_plan(Path(plan_path) if plan_path else None)
+    plan_hash = hashlib.sha256(plan.model_dump_json().encode()).hexdigest()
+    record_run(get_engine(database_url), run_id, "model", snapshot, config_hash=plan_hash,
+               details={"plan": plan_path or "config/analysis.yaml"})
 
 
 def _redact(url: str) -> str:

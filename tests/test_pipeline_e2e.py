@@ -71,12 +71,13 @@ def test_differences_in_change_hold_the_true_effects(pipeline_runs):
 
 
 def test_outputs_exist_and_name_the_run(pipeline_runs):
-    root, _, _, first, _, _ = pipeline_runs
+    root, _, _, first, second, _ = pipeline_runs
     out = root / "outputs"
     for name in ("effect_table.xlsx", "effect_table.csv", "effect_table.md", "report.html", "analysis_long.parquet"):
         assert (out / name).stat().st_size > 0, name
     html = (out / "report.html").read_text(encoding="utf-8")
-    assert first.run_id in html and first.snapshot_hash[:12] in html
+    # the second run wrote the report last; it used the same data snapshot
+    assert second.run_id in html and first.snapshot_hash[:12] in html
     long = pd.read_parquet(out / "analysis_long.parquet")
     assert {"household_id", "person_id", "arm", "wave", "outcome", "score"} <= set(long.columns)
 
@@ -87,3 +88,14 @@ def test_second_run_loads_nothing_twice(pipeline_runs):
     assert _table_counts(engine) == counts_after_first
     assert second.n_scores == 0  # nothing changed, so nothing was re-scored
     assert second.snapshot_hash == first.snapshot_hash
+
+
+def test_model_runs_are_recorded_with_their_data_snapshot(pipeline_runs):
+    from cohortflow.warehouse.models import Run
+
+    _, _, engine, first, second, _ = pipeline_runs
+    with engine.connect() as conn:
+        rows = {r.run_id: r for r in conn.execute(select(Run).where(Run.kind == "model"))}
+    assert rows[first.run_id].data_snapshot == first.snapshot_hash
+    assert rows[second.run_id].data_snapshot == second.snapshot_hash
+    assert rows[first.run_id].config_hash == rows[second.run_id].config_hash

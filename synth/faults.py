@@ -99,10 +99,13 @@ class FaultInjector:
                      duplicate_of=i + 1, resp_id=str(fr.iloc[i]["resp_id"]))
 
     def out_of_range(self) -> None:
-        f = self._pick("out_of_range", lambda f: bool(f.spec.item_columns))
-        vals = f.frame[f.spec.item_columns].to_numpy(dtype=float)
+        # categorical items only: a numeric answer (a 0-10 ladder, a day number) has no code list to leave
+        categorical = lambda f: [c for c in f.spec.item_columns if f.spec.value_labels.get(c)]  # noqa: E731
+        f = self._pick("out_of_range", lambda f: bool(categorical(f)))
+        item_cols = categorical(f)
+        vals = f.frame[item_cols].to_numpy(dtype=float)
         i = self._row(f, (vals >= 0).any(axis=1))
-        cols = [c for c, v in zip(f.spec.item_columns, vals[i], strict=True) if v >= 0]
+        cols = [c for c, v in zip(item_cols, vals[i], strict=True) if v >= 0]
         col = cols[int(self.rng.integers(len(cols)))]
         allowed = [k for k in f.spec.value_labels.get(col, {}) if k >= 0]
         bad = (max(allowed) if allowed else 0) + 10

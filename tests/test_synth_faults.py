@@ -39,11 +39,14 @@ def faulty_data(pair):
     return read_study(out, m, skip=damaged)
 
 
-def _allowed_codes() -> dict[str, set[float]]:
-    out = {}
+def _allowed_codes() -> dict[str, set[float] | tuple[float, float]]:
+    """Per item column: the set of allowed codes, or (min, max) for a numeric answer."""
+    out: dict[str, set[float] | tuple[float, float]] = {}
     for inst in INSTRUMENTS.values():
         for it in inst.items:
-            out[f"{inst.code.upper()}_{it.code.upper()}"] = {float(c) for c in inst.response_scale_of(it).codes}
+            rs = inst.response_scale_of(it)
+            col = f"{inst.code.upper()}_{it.code.upper()}"
+            out[col] = tuple(map(float, rs.numeric)) if rs.numeric else {float(c) for c in rs.codes}
     return out
 
 
@@ -58,7 +61,8 @@ def _flagged(data: pd.DataFrame) -> dict[str, set[tuple[str, int]]]:
     for col, codes in allowed.items():
         if col in data:
             v = data[col]
-            bad |= v.notna() & ~v.isin(codes | {-9.0, -7.0})
+            ok = v.isin({-9.0, -7.0}) | (v.between(*codes) if isinstance(codes, tuple) else v.isin(codes))
+            bad |= v.notna() & ~ok
     flags["out_of_range"] = key(data[bad])
     flags["unknown_id"] = key(data[~data["resp_id"].str.fullmatch(ID_PATTERN)])
     days = (data["datum_invullen"] - data["datum_melding"]).dt.days

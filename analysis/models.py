@@ -363,7 +363,7 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
             f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation; random slope uncorrelated with the "
             "intercepts). "
             + ("Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion. "
-               if plan.defaults.engine == "statsmodels" else "Fitted by minimising lme4's profiled REML criterion. ")
+               if fit.backend == "statsmodels" else "Fitted by minimising lme4's profiled REML criterion. ")
             + (
             "Marginal means and contrasts as emmeans computes them (numeric covariates at their mean, factor "
             "covariates averaged with equal weights); Satterthwaite degrees of freedom as lmerTest computes them; "

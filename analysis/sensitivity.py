@@ -192,7 +192,7 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
         from .models import build_random_structure
 
         structure, _ = build_random_structure(long, re, set())
-        engine = "profiled"
+        engine = "fast"
         if start_theta is not None and len(start_theta) == len(structure.varpar_names()) - 1:
             def engine(*_args, _t=np.asarray(start_theta, float)):  # noqa: ANN001
                 return _t

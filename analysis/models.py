@@ -82,13 +82,19 @@ def _instrument_scale(name: str):
     return _instrument_scale_cached(name)
 
 
+@lru_cache(maxsize=1)
+def _instruments():
+    """The shipped instrument definitions, read once per process (parsing the YAML takes seconds)."""
+    from cohortflow.instruments.registry import load_instruments
+
+    return load_instruments()
+
+
 @lru_cache(maxsize=64)
 def _instrument_scale_cached(name: str):
     try:
-        from cohortflow.instruments.registry import load_instruments
-
         inst_code, scale_code = name.split(".", 1)
-        return load_instruments()[inst_code].scale(scale_code)
+        return _instruments()[inst_code].scale(scale_code)
     except Exception:  # noqa: BLE001 - an outcome need not come from a shipped instrument
         return None
 

@@ -129,21 +129,31 @@ def _bayes_draw(y: np.ndarray, X: np.ndarray, Xnew: np.ndarray, rng: np.random.G
 
 def impute_wide(wide: pd.DataFrame, score_cols: list[str], cov_matrix: np.ndarray, iterations: int,
                 rng: np.random.Generator) -> pd.DataFrame:
-    """One chained-equations imputation of the score columns of `wide` (persons of one arm)."""
-    out = wide.copy()
-    miss = {c: out[c].isna().to_numpy() for c in score_cols}
-    for c in score_cols:
-        if miss[c].all():
+    """One chained-equations imputation of the score columns of `wide` (persons of one arm).
+
+    Starts from each column's observed mean, then `iterations` rounds of Bayesian linear regression draws per
+    incompletely observed column (on the other columns and the covariates). numpy arrays throughout; the
+    random draws come in the same order as ever, so a seed gives the same imputations.
+    """
+    vals = wide[score_cols].to_numpy(float, copy=True)
+    miss = np.isnan(vals)
+    for j, c in enumerate(score_cols):
+        if miss[:, j].all():
             raise ValueError(f"no observed values of {c} in this arm: cannot impute")
-        out.loc[miss[c], c] = out.loc[~miss[c], c].mean()
+        vals[miss[:, j], j] = vals[~miss[:, j], j].mean()
+    ones = np.ones((len(vals), 1))
+    cov_matrix = np.asarray(cov_matrix, float).reshape(len(vals), -1)
     for _ in range(iterations):
-        for c in score_cols:
-            if not miss[c].any():
+        for j in range(len(score_cols)):
+            m = miss[:, j]
+            if not m.any():
                 continue
-            others = [o for o in score_cols if o != c]
-            X = np.column_stack([np.ones(len(out)), out[others].to_numpy(float), cov_matrix])
-            yv = out[c].to_numpy(float)
-            out.loc[miss[c], c] = _bayes_draw(yv[~miss[c]], X[~miss[c]], X[miss[c]], rng)
+            others = np.delete(vals, j, axis=1)
+            X = np.hstack([ones, others, cov_matrix])
+            yv = vals[:, j]
+            vals[m, j] = _bayes_draw(yv[~m], X[~m], X[m], rng)
+    out = wide.copy()
+    out[score_cols] = vals
     return out
 
 

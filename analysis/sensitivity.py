@@ -183,30 +183,43 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
     Xcov = Xcov[:, 1:]
     per_contrast: dict[str, dict[str, list]] = {}
     meta: dict[str, dict] = {}
+    design = None
     for _ in range(m):
         parts = []
         for a in arms:
             idx = person.loc[wide.index, "arm"].to_numpy() == a
             parts.append(impute_wide(wide[idx], score_cols, Xcov[idx], spec.iterations, rng))
         imp = pd.concat(parts)
-        long = imp.reset_index().melt(id_vars="person_id", var_name="wave", value_name="score")
-        long["wave"] = long["wave"].str.replace("score@", "", regex=False)
-        keep = ["household_id", "arm", *covariates]
-        long = long.join(person[keep], on="person_id")
-        if times is not None:
-            tl = times.reset_index().melt(id_vars="person_id", var_name="wave", value_name=time_col)
-            long = long.merge(tl, on=["person_id", "wave"], how="left")
-        order = {w: i for i, w in enumerate(waves)}
-        long = long.assign(_o=long["wave"].map(order)).sort_values(["household_id", "person_id", "_o"]).reset_index(drop=True)
-        X, info = build_design(long, arms, waves, covariates)
-        from .models import build_random_structure
+        if design is None:
+            # The long frame, design matrix and random structure are the same for every imputation (all
+            # persons x all waves); build them once and map each imputation's wide scores onto the rows.
+            long = imp.reset_index().melt(id_vars="person_id", var_name="wave", value_name="score")
+            long["wave"] = long["wave"].str.replace("score@", "", regex=False)
+            keep = ["household_id", "arm", *covariates]
+            long = long.join(person[keep], on="person_id")
+            if times is not None:
+                tl = times.reset_index().melt(id_vars="person_id", var_name="wave", value_name=time_col)
+                long = long.merge(tl, on=["person_id", "wave"], how="left")
+            order = {w: i for i, w in enumerate(waves)}
+            long = (long.assign(_o=long["wave"].map(order)).sort_values(["household_id", "person_id", "_o"])
+                    .reset_index(drop=True))
+            X, info = build_design(long, arms, waves, covariates)
+            from .models import build_random_structure
 
-        structure, _ = build_random_structure(long, re, set())
+            structure, _ = build_random_structure(long, re, set())
+            person_order = imp.index
+            rows = person_order.get_indexer(long["person_id"])
+            cols = long["_o"].to_numpy()
+            design = (X, info, structure)
+        X, info, structure = design
+        if not imp.index.equals(person_order):
+            raise RuntimeError("imputed persons came back in a different order; cannot reuse the design")
+        y = imp[score_cols].to_numpy(float)[rows, cols]
         engine = "fast"
         if start_theta is not None and len(start_theta) == len(structure.varpar_names()) - 1:
             def engine(*_args, _t=np.asarray(start_theta, float)):  # noqa: ANN001
                 return _t
-        fit = fit_lmm(long["score"].to_numpy(float), X, structure, fe_names=info.columns, engine=engine,
+        fit = fit_lmm(y, X, structure, fe_names=info.columns, engine=engine,
                       boundary_tol=plan.defaults.boundary_tol, satterthwaite=df_complete is None)
         for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline):
             if c["kind"] != "diff_in_change":

@@ -1,8 +1,9 @@
-"""Linear mixed models: the fit (statsmodels MixedLM, REML) and the pieces Satterthwaite needs.
+"""Linear mixed models: the fit (REML; fast batched engine, statsmodels MixedLM as fallback) and Satterthwaite.
 
-`fit_lmm(y, X, structure, reml=True) -> LmmFit` is the one place a model is fitted, so that a faster fitting
-path can be swapped in later: anything that returns fixed effects, their covariance and the variance
-parameters in lme4's parameterisation fills an `LmmFit`.
+`fit_lmm(y, X, structure, reml=True) -> LmmFit` is the one place a model is fitted. By default the fast
+engine (analysis/fastlmm_core.py: lme4's profiled criterion batched by block pattern) fits it and
+`FastCriterion` gives Satterthwaite its deviance and vcov(beta); statsmodels MixedLM (refined on the sparse
+`LmmCriterion`) is the fallback and the reference. `LmmFit.backend` says which engine fitted the model.
 
 Random effects (`RandomStructure`):
 * an optional block of correlated random effects per group (statsmodels `exog_re`; lme4 `(x1 + x2 | group)`),

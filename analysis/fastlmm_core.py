@@ -47,10 +47,11 @@ def _unique_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if a.shape[1] == 1:
         codes, uniq = pd.factorize(a[:, 0], sort=False)
         return np.asarray(uniq).reshape(-1, 1), codes
-    codes = pd.DataFrame(a).groupby(list(range(a.shape[1])), sort=False).ngroup().to_numpy()
-    first = np.full(codes.max() + 1, -1, dtype=np.int64)
-    first[codes[::-1]] = np.arange(len(codes))[::-1]
-    return a[first], codes
+    _, first, inv = np.unique(a, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # distinct rows in first-seen order
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return a[first[order]], rank[np.asarray(inv).ravel()]
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""Linear mixed models: the fit (statsmodels MixedLM, REML) and the pieces Satterthwaite needs.
+"""Linear mixed models: the fit (REML; fast batched engine, statsmodels MixedLM as fallback) and Satterthwaite.
 
-`fit_lmm(y, X, structure, reml=True) -> LmmFit` is the one place a model is fitted, so that a faster fitting
-path can be swapped in later: anything that returns fixed effects, their covariance and the variance
-parameters in lme4's parameterisation fills an `LmmFit`.
+`fit_lmm(y, X, structure, reml=True) -> LmmFit` is the one place a model is fitted. By default the fast
+engine (analysis/fastlmm_core.py: lme4's profiled criterion batched by block pattern) fits it and
+`FastCriterion` gives Satterthwaite its deviance and vcov(beta); statsmodels MixedLM (refined on the sparse
+`LmmCriterion`) is the fallback and the reference. `LmmFit.backend` says which engine fitted the model.
 
 Random effects (`RandomStructure`):
 * an optional block of correlated random effects per group (statsmodels `exog_re`; lme4 `(x1 + x2 | group)`),
@@ -210,6 +211,72 @@ class LmmCriterion:
         return varpar[-1] ** 2 * np.linalg.inv(XVX)
 
 
+class FastCriterion:
+    """`LmmCriterion`'s interface (profiled, deviance, cov_beta) on the fast engine's batched evaluator.
+
+    Same REML/ML deviance as lme4 and lmerTest's devfun_vp, evaluated per pattern of block design
+    (analysis/fastlmm_core.py) instead of one sparse factorisation: cheap enough for Satterthwaite's
+    finite-difference Hessian and Jacobian on large studies.
+    """
+
+    def __init__(self, design, structure: RandomStructure, reml: bool = True):
+        self.design = design
+        self.s = structure
+        self.reml = reml
+        self.ev = design.evaluator(reml=reml)
+        self.p = design.p
+        self.n = design.n_obs
+        self._eye = np.eye(self.p)
+
+    def profiled(self, theta: np.ndarray) -> tuple[float, np.ndarray, float]:
+        """(deviance profiled over beta and sigma, beta, sigma^2) at theta."""
+        r = self.ev.evaluate(np.asarray(theta, float), grad=False)
+        return float(r["deviance"]), r["beta"], float(r["r2"] / self.ev.n_eff)
+
+    def gradient(self, theta: np.ndarray) -> np.ndarray:
+        """Analytic gradient of the profiled deviance with respect to theta."""
+        return self.ev.evaluate(np.asarray(theta, float))["grad"]
+
+    def deviance(self, varpar: np.ndarray) -> float:
+        """-2 x REML (or ML) log-likelihood at varpar = (theta..., sigma), as lmerTest's devfun_vp."""
+        varpar = np.asarray(varpar, float)
+        return float(self.ev.evaluate(varpar[:-1], grad=False, sigma=float(varpar[-1]))["deviance"])
+
+    def cov_beta(self, varpar: np.ndarray) -> np.ndarray:
+        """vcov(beta) = sigma^2 (X'V0^-1 X)^-1 at varpar."""
+        from scipy import linalg
+
+        varpar = np.asarray(varpar, float)
+        r = self.ev.evaluate(varpar[:-1], grad=False)
+        return varpar[-1] ** 2 * linalg.cho_solve((r["chol_xx"], True), self._eye)
+
+
+def fast_design(y: np.ndarray, X: np.ndarray, structure: RandomStructure):
+    """The fast engine's `LmmDesign` for a structure, or None when the engine does not cover it.
+
+    Covered: a (possibly correlated) block per group plus scalar components whose levels are nested in the
+    groups (person intercepts and uncorrelated person slopes within households; lme4
+    `(1 | household) + (1 | person) + (0 + time | person)`). Theta comes out in `RandomStructure`'s order.
+    """
+    from .fastlmm_core import LmmDesign, RETerm
+
+    if structure.exog_re is None:
+        return None
+    g = np.asarray(structure.groups)
+    for c in structure.components:
+        lev = np.asarray(c.levels)
+        # nested: every level lies in exactly one group
+        pairs = pd.unique(lev.astype(np.int64) * (int(g.max()) + 1) + g.astype(np.int64))
+        if len(pairs) != len(pd.unique(lev)):
+            return None
+    k = structure.k_re
+    terms = [RETerm(structure.group_name, np.asarray(structure.exog_re, float).reshape(len(g), k),
+                    tuple(structure.re_names) or tuple(f"re{i}" for i in range(k)), None, "full")]
+    for c in structure.components:
+        terms.append(RETerm(c.name, np.asarray(c.values, float).reshape(-1, 1), (c.name,), np.asarray(c.levels), "diag"))
+    return LmmDesign(y, X, g, terms)
+
+
 def _steps(x: np.ndarray, rel: float) -> np.ndarray:
     return rel * np.maximum(np.abs(x), 0.05)
 
@@ -335,22 +402,26 @@ def fit_lmm(
     reml: bool = True,
     satterthwaite: bool = True,
     boundary_tol: float = 1e-4,
-    engine: str | Callable[[np.ndarray, np.ndarray, RandomStructure, bool], np.ndarray] = "statsmodels",
+    engine: str | Callable[[np.ndarray, np.ndarray, RandomStructure, bool], np.ndarray] = "fast",
 ) -> LmmFit:
-    """Fit a linear mixed model with statsmodels MixedLM (REML by default) and attach Satterthwaite pieces.
+    """Fit a linear mixed model (REML by default) and attach Satterthwaite pieces.
 
     In: response y (n,), fixed-effects design X (n, p), the random structure. Out: LmmFit with fixed effects,
     vcov(beta), variance parameters (lme4 theta, sigma), variance components, log-likelihood (lme4's
     definition), convergence flag, warnings and components at the boundary (variance < boundary_tol x
-    residual variance).
+    residual variance). `LmmFit.backend` records which engine fitted the model.
 
-    engine "statsmodels" (default): statsmodels MixedLM fits first, then its variance parameters are refined
-    on lme4's profiled criterion (statsmodels' L-BFGS can stop early or at a false boundary). Engine
-    "profiled": skip statsmodels and minimise lme4's profiled criterion from lme4's start (same optimum,
-    several times faster; used for multiple imputation and calibration runs). Models with a correlated block of
-    more than one random effect always start from statsmodels. A callable engine `(y, X, structure, reml) ->
-    theta` (lme4's parameterisation) plugs in another fitter (e.g. analysis/fastlmm.py); its theta is checked
-    and polished on the same criterion, and everything downstream is unchanged.
+    engine "fast" (default): lme4's profiled criterion minimised by the batched engine of
+    analysis/fastlmm_core.py (analytic gradient, Newton polish; Satterthwaite pieces on the same engine).
+    Structures it does not cover (component levels not nested in the groups), a failure or a fit that does
+    not converge fall back to "statsmodels", with the reason in the warnings. Engine "statsmodels": statsmodels
+    MixedLM fits first, then its variance parameters are refined on lme4's profiled criterion (statsmodels'
+    L-BFGS can stop early or at a false boundary); the reference path. Engine "profiled": skip statsmodels
+    and minimise lme4's profiled criterion (sparse matrices) from lme4's start. Models with a correlated block
+    of more than one random effect start "profiled" from statsmodels. A callable engine
+    `(y, X, structure, reml) -> theta` (lme4's parameterisation) gives start values (warm starts, another
+    fitter); the optimum is then found from it on the same criterion (the fast engine where it applies), and
+    the backend is the callable's name.
     """
     from statsmodels.regression.mixed_linear_model import MixedLM
 
@@ -365,15 +436,28 @@ def fit_lmm(
         # possible, so models without a group block use the first component's grouping instead.
         raise ValueError("fit_lmm needs a random block per group (exog_re); use an intercept per group")
     caught: list[str] = []
-    crit = LmmCriterion(y, X, structure, reml=reml)
+    crit: LmmCriterion | FastCriterion | None = None
     converged = True
+    start: np.ndarray | None = None
+    theta: np.ndarray | None = None
+    backend = engine
     if callable(engine):
         start = np.asarray(engine(y, X, structure, reml), float)
-        engine = getattr(engine, "__name__", "custom")
-    elif engine not in ("statsmodels", "profiled"):
-        raise ValueError(f"unknown engine {engine!r}; use 'statsmodels', 'profiled' or a callable")
-    elif engine == "profiled" and structure.k_re > 1:
-        engine = "statsmodels"  # correlated blocks: the profiled optimiser alone can stop in a mirrored basin
+        backend = getattr(engine, "__name__", "custom")
+        engine = "fast"
+    elif engine not in ("fast", "statsmodels", "profiled"):
+        raise ValueError(f"unknown engine {engine!r}; use 'fast', 'statsmodels', 'profiled' or a callable")
+    if engine == "fast":
+        theta, crit, note = _fit_fast(y, X, structure, reml, start)
+        if theta is None:
+            caught.append(f"fast engine not used ({note}); fitted with statsmodels MixedLM instead")
+            engine = backend = "statsmodels"
+        else:
+            grad_max = note
+    if engine == "profiled" and structure.k_re > 1:
+        engine = backend = "statsmodels"  # correlated blocks: the profiled optimiser alone can stop in a mirrored basin
+    if engine in ("statsmodels", "profiled"):
+        crit = LmmCriterion(y, X, structure, reml=reml)
     if engine == "statsmodels":
         vc = _statsmodels_vc(structure) if structure.components else None
         model = MixedLM(y, X, groups=structure.groups, exog_re=exog_re, exog_vc=vc)
@@ -394,12 +478,13 @@ def fit_lmm(
             start = default_start(structure)
     if engine == "profiled":
         start = default_start(structure)
-    theta, refined = refine_theta(crit, start)
-    if refined and engine == "statsmodels":
-        caught.append(f"refined: the lme4 criterion improved on statsmodels' optimum by {refined:.3g}")
-    if not converged:
-        caught.append("statsmodels reported no convergence; the refined optimum is checked by its gradient")
-    grad_max = optimum_gradient(crit, theta)
+    if theta is None:
+        theta, refined = refine_theta(crit, start)
+        if refined and engine == "statsmodels":
+            caught.append(f"refined: the lme4 criterion improved on statsmodels' optimum by {refined:.3g}")
+        if not converged:
+            caught.append("statsmodels reported no convergence; the refined optimum is checked by its gradient")
+        grad_max = optimum_gradient(crit, theta)
     converged = grad_max < 1e-2
     if not converged:
         caught.append(f"largest gradient of the deviance at the optimum is {grad_max:.3g} (> 0.01): not converged")
@@ -434,12 +519,40 @@ def fit_lmm(
     fit = LmmFit(
         fe_names=list(fe_names), params=beta, cov_params=cov_beta, varpar=varpar, varpar_names=names,
         variance_components=pd.DataFrame(comp_rows), loglik=-dev / 2, reml=reml,
-        converged=converged, warnings=caught, boundary=boundary, n_obs=n, backend=engine,
+        converged=converged, warnings=caught, boundary=boundary, n_obs=n, backend=str(backend),
     )
     if satterthwaite:
         attach_satterthwaite(fit, crit)
     fit.seconds = time.perf_counter() - t0
     return fit
+
+
+def _fit_fast(y: np.ndarray, X: np.ndarray, structure: RandomStructure, reml: bool,
+              start: np.ndarray | None) -> tuple[np.ndarray | None, FastCriterion | None, float | str]:
+    """Fit with the fast engine: (theta, criterion, largest free gradient) or (None, None, reason)."""
+    from .fastlmm_core import fit_design
+
+    try:
+        design = fast_design(y, X, structure)
+    except ValueError as exc:
+        return None, None, f"{exc}"
+    if design is None:
+        return None, None, "the component levels are not nested in the groups"
+    x0 = default_start(structure) if start is None or not np.all(np.isfinite(start)) else start
+    try:
+        ff = fit_design(design, reml=reml, start=x0)
+    except (FloatingPointError, np.linalg.LinAlgError, ValueError) as exc:
+        return None, None, f"{type(exc).__name__}: {exc}"
+    crit = FastCriterion(design, structure, reml=reml)
+    k = structure.k_re
+    diag = np.array([i == j for j in range(k) for i in range(j, k)] + [True] * len(structure.components))
+    theta = np.where(diag & (ff.theta < 1e-6), 0.0, np.asarray(ff.theta, float))
+    g = crit.gradient(theta)
+    free = ~(diag & (theta <= 1e-6))
+    grad_max = float(np.max(np.abs(g[free]))) if free.any() else 0.0
+    if not ff.converged or grad_max >= 1e-2:
+        return None, None, f"no convergence (largest gradient {grad_max:.3g}; {ff.message})"
+    return theta, crit, grad_max
 
 
 def default_start(structure: RandomStructure) -> np.ndarray:

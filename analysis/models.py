@@ -66,6 +66,7 @@ class OutcomeResult:
     growth: pd.DataFrame = field(default_factory=pd.DataFrame)
     boundary: list[str] = field(default_factory=list)  # components at the boundary in the final model
     theta: np.ndarray | None = None  # lme4 variance parameters of the final mixed model (warm start for MI)
+    engine: str | None = None  # which engine fitted the final mixed model (LmmFit.backend)
     direction: str | None = None
     rows_dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -81,13 +82,19 @@ def _instrument_scale(name: str):
     return _instrument_scale_cached(name)
 
 
+@lru_cache(maxsize=1)
+def _instruments():
+    """The shipped instrument definitions, read once per process (parsing the YAML takes seconds)."""
+    from cohortflow.instruments.registry import load_instruments
+
+    return load_instruments()
+
+
 @lru_cache(maxsize=64)
 def _instrument_scale_cached(name: str):
     try:
-        from cohortflow.instruments.registry import load_instruments
-
         inst_code, scale_code = name.split(".", 1)
-        return load_instruments()[inst_code].scale(scale_code)
+        return _instruments()[inst_code].scale(scale_code)
     except Exception:  # noqa: BLE001 - an outcome need not come from a shipped instrument
         return None
 
@@ -362,8 +369,11 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
         method = (
             f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation; random slope uncorrelated with the "
             "intercepts). "
-            + ("Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion. "
-               if plan.defaults.engine == "statsmodels" else "Fitted by minimising lme4's profiled REML criterion. ")
+            + ("Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion (engine: statsmodels). "
+               if fit.backend == "statsmodels" else
+               "Fitted by minimising lme4's profiled REML criterion with cohortflow's batched mixed-model engine "
+               f"(engine: {fit.backend}). " if fit.backend == "fast" else
+               f"Fitted by minimising lme4's profiled REML criterion (engine: {fit.backend}). ")
             + (
             "Marginal means and contrasts as emmeans computes them (numeric covariates at their mean, factor "
             "covariates averaged with equal weights); Satterthwaite degrees of freedom as lmerTest computes them; "
@@ -377,7 +387,8 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
             variance_components=fit.variance_components, loglik=fit.loglik, converged=fit.converged,
             warnings=notes + list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
             contrasts=_finish(contrasts, spec.id), baseline=base_desc, above_cutoff=above, clinical=clinical,
-            growth=growth, boundary=list(fit.boundary), theta=fit.varpar[:-1].copy(), direction=direction, rows_dropped=dropped,
+            growth=growth, boundary=list(fit.boundary), theta=fit.varpar[:-1].copy(), engine=fit.backend, direction=direction,
+            rows_dropped=dropped,
             seconds=time.perf_counter() - t0)
     res = _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
                            clinical, direction, dropped, t0)

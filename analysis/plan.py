@@ -42,9 +42,10 @@ class Defaults(BaseModel):
     fallback: list[FallbackStep] = Field(default_factory=lambda: ["slope", "household"])
     boundary_tol: float = Field(default=1e-4, gt=0, lt=1)
     time_column: str = "months_since_t0"
-    engine: Literal["statsmodels", "profiled"] = Field(
-        default="statsmodels",
-        description="statsmodels: MixedLM then refined on lme4's criterion; profiled: lme4's criterion only")
+    engine: Literal["fast", "statsmodels", "profiled"] = Field(
+        default="fast",
+        description="fast: lme4's criterion on the batched engine (statsmodels as fallback); statsmodels: MixedLM "
+                    "then refined on lme4's criterion; profiled: lme4's criterion only (sparse)")
 
 
 class OutcomeSpec(BaseModel):

@@ -129,21 +129,31 @@ def _bayes_draw(y: np.ndarray, X: np.ndarray, Xnew: np.ndarray, rng: np.random.G
 
 def impute_wide(wide: pd.DataFrame, score_cols: list[str], cov_matrix: np.ndarray, iterations: int,
                 rng: np.random.Generator) -> pd.DataFrame:
-    """One chained-equations imputation of the score columns of `wide` (persons of one arm)."""
-    out = wide.copy()
-    miss = {c: out[c].isna().to_numpy() for c in score_cols}
-    for c in score_cols:
-        if miss[c].all():
+    """One chained-equations imputation of the score columns of `wide` (persons of one arm).
+
+    Starts from each column's observed mean, then `iterations` rounds of Bayesian linear regression draws per
+    incompletely observed column (on the other columns and the covariates). numpy arrays throughout; the
+    random draws come in the same order as ever, so a seed gives the same imputations.
+    """
+    vals = wide[score_cols].to_numpy(float, copy=True)
+    miss = np.isnan(vals)
+    for j, c in enumerate(score_cols):
+        if miss[:, j].all():
             raise ValueError(f"no observed values of {c} in this arm: cannot impute")
-        out.loc[miss[c], c] = out.loc[~miss[c], c].mean()
+        vals[miss[:, j], j] = vals[~miss[:, j], j].mean()
+    ones = np.ones((len(vals), 1))
+    cov_matrix = np.asarray(cov_matrix, float).reshape(len(vals), -1)
     for _ in range(iterations):
-        for c in score_cols:
-            if not miss[c].any():
+        for j in range(len(score_cols)):
+            m = miss[:, j]
+            if not m.any():
                 continue
-            others = [o for o in score_cols if o != c]
-            X = np.column_stack([np.ones(len(out)), out[others].to_numpy(float), cov_matrix])
-            yv = out[c].to_numpy(float)
-            out.loc[miss[c], c] = _bayes_draw(yv[~miss[c]], X[~miss[c]], X[miss[c]], rng)
+            others = np.delete(vals, j, axis=1)
+            X = np.hstack([ones, others, cov_matrix])
+            yv = vals[:, j]
+            vals[m, j] = _bayes_draw(yv[~m], X[~m], X[m], rng)
+    out = wide.copy()
+    out[score_cols] = vals
     return out
 
 
@@ -173,30 +183,43 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
     Xcov = Xcov[:, 1:]
     per_contrast: dict[str, dict[str, list]] = {}
     meta: dict[str, dict] = {}
+    design = None
     for _ in range(m):
         parts = []
         for a in arms:
             idx = person.loc[wide.index, "arm"].to_numpy() == a
             parts.append(impute_wide(wide[idx], score_cols, Xcov[idx], spec.iterations, rng))
         imp = pd.concat(parts)
-        long = imp.reset_index().melt(id_vars="person_id", var_name="wave", value_name="score")
-        long["wave"] = long["wave"].str.replace("score@", "", regex=False)
-        keep = ["household_id", "arm", *covariates]
-        long = long.join(person[keep], on="person_id")
-        if times is not None:
-            tl = times.reset_index().melt(id_vars="person_id", var_name="wave", value_name=time_col)
-            long = long.merge(tl, on=["person_id", "wave"], how="left")
-        order = {w: i for i, w in enumerate(waves)}
-        long = long.assign(_o=long["wave"].map(order)).sort_values(["household_id", "person_id", "_o"]).reset_index(drop=True)
-        X, info = build_design(long, arms, waves, covariates)
-        from .models import build_random_structure
+        if design is None:
+            # The long frame, design matrix and random structure are the same for every imputation (all
+            # persons x all waves); build them once and map each imputation's wide scores onto the rows.
+            long = imp.reset_index().melt(id_vars="person_id", var_name="wave", value_name="score")
+            long["wave"] = long["wave"].str.replace("score@", "", regex=False)
+            keep = ["household_id", "arm", *covariates]
+            long = long.join(person[keep], on="person_id")
+            if times is not None:
+                tl = times.reset_index().melt(id_vars="person_id", var_name="wave", value_name=time_col)
+                long = long.merge(tl, on=["person_id", "wave"], how="left")
+            order = {w: i for i, w in enumerate(waves)}
+            long = (long.assign(_o=long["wave"].map(order)).sort_values(["household_id", "person_id", "_o"])
+                    .reset_index(drop=True))
+            X, info = build_design(long, arms, waves, covariates)
+            from .models import build_random_structure
 
-        structure, _ = build_random_structure(long, re, set())
-        engine = "profiled"
+            structure, _ = build_random_structure(long, re, set())
+            person_order = imp.index
+            rows = person_order.get_indexer(long["person_id"])
+            cols = long["_o"].to_numpy()
+            design = (X, info, structure)
+        X, info, structure = design
+        if not imp.index.equals(person_order):
+            raise RuntimeError("imputed persons came back in a different order; cannot reuse the design")
+        y = imp[score_cols].to_numpy(float)[rows, cols]
+        engine = "fast"
         if start_theta is not None and len(start_theta) == len(structure.varpar_names()) - 1:
             def engine(*_args, _t=np.asarray(start_theta, float)):  # noqa: ANN001
                 return _t
-        fit = fit_lmm(long["score"].to_numpy(float), X, structure, fe_names=info.columns, engine=engine,
+        fit = fit_lmm(y, X, structure, fe_names=info.columns, engine=engine,
                       boundary_tol=plan.defaults.boundary_tol, satterthwaite=df_complete is None)
         for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline):
             if c["kind"] != "diff_in_change":

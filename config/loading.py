@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available: ~10x faster
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -36,7 +37,7 @@ def load_yaml(path: Path) -> object:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found. Create it or point COHORTFLOW_CONFIG_DIR at the folder that holds it.")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -100,7 +100,8 @@ class FaultInjector:
 
     def out_of_range(self) -> None:
         # categorical items only: a numeric answer (a 0-10 ladder, a day number) has no code list to leave
-        categorical = lambda f: [c for c in f.spec.item_columns if f.spec.value_labels.get(c)]  # noqa: E731
+        categorical = lambda f: [c for c in f.spec.item_columns  # noqa: E731 - labels include the missing codes
+                                 if any(k >= 0 for k in f.spec.value_labels.get(c, {}))]
         f = self._pick("out_of_range", lambda f: bool(categorical(f)))
         item_cols = categorical(f)
         vals = f.frame[item_cols].to_numpy(dtype=float)

@@ -27,9 +27,13 @@ from .policy import Policy
 FAIL_COLUMNS = ["pos", "column", "value"]
 
 
+_NO_FAILURES = pd.DataFrame({"pos": pd.Series(dtype="int64"), "column": pd.Series(dtype="object"),
+                             "value": pd.Series(dtype="object")})
+
+
 def no_failures() -> pd.DataFrame:
-    return pd.DataFrame({"pos": pd.Series(dtype="int64"), "column": pd.Series(dtype="object"),
-                         "value": pd.Series(dtype="object")})
+    """An empty failure frame (pos, column, value); a shallow copy of one built once (copy-on-write)."""
+    return _NO_FAILURES.copy(deep=False)
 
 
 def _failures(pos: np.ndarray | pd.Index, column: str | pd.Series | list, value: pd.Series | list | str) -> pd.DataFrame:
@@ -465,15 +469,17 @@ def _missing_shares(ctx: Context) -> list[tuple[str, pd.Series, int, pd.Series]]
 
 
 def _share_failures(ctx: Context, lower: float, upper: float | None) -> pd.DataFrame:
-    parts = [no_failures()]
+    parts = []
     for code, share, n_items, applies in _missing_shares(ctx):
         hit = applies & (share > lower)
         if upper is not None:
             hit &= share <= upper
         bad = np.flatnonzero(hit.to_numpy())
+        if len(bad) == 0:
+            continue
         parts.append(_failures(bad, code, [f"{round(share.iloc[i] * n_items)} of {n_items} items missing "
                                            f"({share.iloc[i]:.0%}; limit {lower:.0%})" for i in bad]))
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True) if parts else no_failures()
 
 
 def check_missing_share(ctx: Context) -> pd.DataFrame:

@@ -288,6 +288,9 @@ def _conclude(p: _Prepared, failing_by_rule: dict[str, list[int]], docs_path: Pa
     for rule, d in p.details.items():
         sev = policy.of(rule)
         failing = failing_by_rule.get(rule, [])
+        if not failing:  # the common case: no frame work
+            results.append({"rule": rule, "severity": sev, "n_checked": n, "n_failed": 0, "examples": []})
+            continue
         d = d[d["pos"].isin(failing)].sort_values("pos", kind="stable")
         examples = [f"row {int(row_numbers[q])} {c}: {v}" for q, c, v in
                     d[["pos", "column", "value"]].head(policy.examples_per_rule).itertuples(index=False)]

@@ -357,11 +357,13 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
             attrs["birth_year"] = by.astype("object").where(by.notna(), None)
         keys = f[raw_col].astype("object")
         repeated = keys.notna() & keys.duplicated(keep=False)  # only persons with several rows can disagree
+        has_repeats = bool(repeated.any())
         flagged: set[tuple[int, str]] = set()
         for attr, values in attrs.items():
             col = sex_col if attr == "sex" else birth_col
-            data = pd.DataFrame({"k": keys[repeated], "v": values[repeated]}).dropna()
-            if len(data):
+            data = (pd.DataFrame({"k": keys[repeated], "v": values[repeated]}).dropna() if has_repeats
+                    else None)
+            if data is not None and len(data):
                 counts = data.groupby(["k", "v"], sort=False).size()
                 multi = counts.groupby(level=0).size()
                 for k in multi[multi > 1].index:

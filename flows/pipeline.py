@@ -62,6 +62,36 @@ def ingest_file_task(path: str, database_url: str, key: bytes, docs_dir: str | N
     return report
 
 
+@task(name="ingest-inbox", retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=lambda task, run, state: _is_transient(state))
+def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir: str | None):
+    """Read, validate (one GX run per source version) and load many exports, one transaction per file.
+
+    Same warehouse as ingest_file_task per file; Data Docs only for files whose validation found something;
+    their summaries posted as artifacts. A retry skips the files already loaded (by SHA-256).
+    """
+    from cohortflow.config.study import load_study
+    from cohortflow.flows.commands_validation import publish_summary_artifact
+    from cohortflow.ingest import load_sources
+    from cohortflow.instruments.registry import load_instruments
+    from cohortflow.warehouse.batch_ingest import has_failures, ingest_files
+    from cohortflow.warehouse.db import get_engine
+
+    logger = get_run_logger()
+
+    def post(name, outcome) -> None:
+        if has_failures(outcome):
+            publish_summary_artifact(outcome, name)
+
+    reports = ingest_files([Path(p) for p in paths], get_engine(database_url), load_sources(), load_study(),
+                           load_instruments(), key, docs_dir=Path(docs_dir) if docs_dir else None,
+                           echo=logger.debug, data_docs="failures", on_outcome=post)
+    for r in reports:
+        logger.info("%s: %s (%s in, %s loaded, %s quarantined, %s duplicates)", r.file_name, r.status, r.rows_in,
+                    r.rows_loaded, r.rows_quarantined, r.rows_duplicate)
+    return reports
+
+
 def _is_transient(state) -> bool:
     """Retry only errors that can pass: database connectivity and files still being written."""
     try:
@@ -135,8 +165,7 @@ def pipeline_flow(
     result = PipelineResult(run_id=run_id, database_url=database_url, outputs_dir=Path(outputs_dir))
 
     docs_dir = str(Path(outputs_dir).parent / "validation")
-    for path in inbox_files(Path(inbox)):
-        result.batches.append(ingest_file_task(str(path), database_url, key, docs_dir))
+    result.batches = ingest_files_task([str(p) for p in inbox_files(Path(inbox))], database_url, key, docs_dir)
     create_markdown_artifact(key="ingestion-summary", markdown=_batches_markdown(result.batches),
                              description="Row accounting per file")
 

@@ -27,9 +27,13 @@ from .policy import Policy
 FAIL_COLUMNS = ["pos", "column", "value"]
 
 
+_NO_FAILURES = pd.DataFrame({"pos": pd.Series(dtype="int64"), "column": pd.Series(dtype="object"),
+                             "value": pd.Series(dtype="object")})
+
+
 def no_failures() -> pd.DataFrame:
-    return pd.DataFrame({"pos": pd.Series(dtype="int64"), "column": pd.Series(dtype="object"),
-                         "value": pd.Series(dtype="object")})
+    """An empty failure frame (pos, column, value); a shallow copy of one built once (copy-on-write)."""
+    return _NO_FAILURES.copy(deep=False)
 
 
 def _failures(pos: np.ndarray | pd.Index, column: str | pd.Series | list, value: pd.Series | list | str) -> pd.DataFrame:
@@ -353,11 +357,13 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
             attrs["birth_year"] = by.astype("object").where(by.notna(), None)
         keys = f[raw_col].astype("object")
         repeated = keys.notna() & keys.duplicated(keep=False)  # only persons with several rows can disagree
+        has_repeats = bool(repeated.any())
         flagged: set[tuple[int, str]] = set()
         for attr, values in attrs.items():
             col = sex_col if attr == "sex" else birth_col
-            data = pd.DataFrame({"k": keys[repeated], "v": values[repeated]}).dropna()
-            if len(data):
+            data = (pd.DataFrame({"k": keys[repeated], "v": values[repeated]}).dropna() if has_repeats
+                    else None)
+            if data is not None and len(data):
                 counts = data.groupby(["k", "v"], sort=False).size()
                 multi = counts.groupby(level=0).size()
                 for k in multi[multi > 1].index:
@@ -465,15 +471,17 @@ def _missing_shares(ctx: Context) -> list[tuple[str, pd.Series, int, pd.Series]]
 
 
 def _share_failures(ctx: Context, lower: float, upper: float | None) -> pd.DataFrame:
-    parts = [no_failures()]
+    parts = []
     for code, share, n_items, applies in _missing_shares(ctx):
         hit = applies & (share > lower)
         if upper is not None:
             hit &= share <= upper
         bad = np.flatnonzero(hit.to_numpy())
+        if len(bad) == 0:
+            continue
         parts.append(_failures(bad, code, [f"{round(share.iloc[i] * n_items)} of {n_items} items missing "
                                            f"({share.iloc[i]:.0%}; limit {lower:.0%})" for i in bad]))
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True) if parts else no_failures()
 
 
 def check_missing_share(ctx: Context) -> pd.DataFrame:

@@ -288,6 +288,9 @@ def _conclude(p: _Prepared, failing_by_rule: dict[str, list[int]], docs_path: Pa
     for rule, d in p.details.items():
         sev = policy.of(rule)
         failing = failing_by_rule.get(rule, [])
+        if not failing:  # the common case: no frame work
+            results.append({"rule": rule, "severity": sev, "n_checked": n, "n_failed": 0, "examples": []})
+            continue
         d = d[d["pos"].isin(failing)].sort_values("pos", kind="stable")
         examples = [f"row {int(row_numbers[q])} {c}: {v}" for q, c, v in
                     d[["pos", "column", "value"]].head(policy.examples_per_rule).itertuples(index=False)]
@@ -363,18 +366,24 @@ def validate_mapped_files(
     history: pd.DataFrame | None = None,
     *,
     key: bytes | None = None,
+    histories: list[pd.DataFrame | None] | None = None,
 ) -> list[ValidationOutcome]:
     """Validate several files with one GX run per source version; outcomes as from validate_mapped_file.
 
     GX costs about the same per expectation whatever the row count, so stacking the files of a source
     version into one frame makes the GX part of a whole inbox cost about as much as one file. Every file
     is checked against the same `history`: validate earlier waves first (one call per wave) so that the
-    next call's history holds them. No Data Docs here: use validate_mapped_file(docs_dir=...) for those.
+    next call's history holds them, or give `histories` (one per file, instead of `history`) when files of
+    the same call see different histories. No Data Docs here: use validate_mapped_file(docs_dir=...) for those.
     """
     srcs = list(sources) if sources is not None else [None] * len(mapped_files)
     if len(srcs) != len(mapped_files):
         raise ValueError(f"validate_mapped_files: {len(mapped_files)} files but {len(srcs)} sources")
-    preps = [_prepare(m, study, instruments, s, history, key) for m, s in zip(mapped_files, srcs, strict=True)]
+    hists = list(histories) if histories is not None else [history] * len(mapped_files)
+    if len(hists) != len(mapped_files):
+        raise ValueError(f"validate_mapped_files: {len(mapped_files)} files but {len(hists)} histories")
+    preps = [_prepare(m, study, instruments, s, h, key)
+             for m, s, h in zip(mapped_files, srcs, hists, strict=True)]
     outcomes: list[ValidationOutcome | None] = [None] * len(preps)
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(preps):

@@ -31,7 +31,8 @@ def valid_frame(study: Study, instruments: dict[str, Instrument], arm: str, wave
     """A mapped frame of `n` rows that passes every rule: ids, dates in the window, ages, valid codes.
 
     Subjects' ages are drawn inside the role's and its instruments' age ranges; every item carries a
-    response code (about 3% declared missing codes, well under the warning threshold).
+    response code (about 3% declared missing codes in instruments of 10 or more items, well under the
+    warning threshold).
     """
     rng = np.random.default_rng(seed)
     a = study.arm(arm)
@@ -74,7 +75,8 @@ def valid_frame(study: Study, instruments: dict[str, Instrument], arm: str, wave
             else:
                 lo, hi = rs.numeric  # type: ignore[misc]
                 vals = rng.integers(int(lo), int(hi) + 1, n).astype("float64")
-            vals[rng.random(n) < 0.03] = -9.0
+            if len(inst.items) >= 10:  # in short instruments one missing item already passes the warning share
+                vals[rng.random(n) < 0.03] = -9.0
             items[inst.item_key(item.code)] = vals
     return pd.concat([frame, pd.DataFrame(items)], axis=1)
 

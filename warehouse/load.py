@@ -207,6 +207,18 @@ def ingest_file(
     """
     path = Path(path)
     t0 = time.perf_counter()
+    report = already_loaded(path, engine)
+    if report.status == "skipped":
+        return report
+    source, mapped, error = read_file(path, sources, instruments, report, t0)
+    if mapped is None or source is None:
+        return _refuse(engine, report, path, source, error)
+    outcome = validate(mapped) if validate is not None else basic_validation(mapped, instruments, study)
+    return load_validated(engine, path, source, mapped, outcome, study, key, report, t0)
+
+
+def already_loaded(path: Path, engine: Engine) -> BatchReport:
+    """A fresh report for `path` (SHA-256, size); status `skipped` when that SHA-256 is already loaded."""
     sha, size = file_digest(path)
     report = BatchReport(file_name=path.name, sha256=sha, size=size, status="pending")
     with engine.connect() as conn:
@@ -214,30 +226,47 @@ def ingest_file(
     if row is not None and row.status != "refused":
         report.status, report.batch_id = "skipped", row.id
         report.message = f"{path.name}: already loaded as batch {row.id} (same SHA-256); nothing to do."
-        return report
+    return report
 
+
+def read_file(path: Path, sources: list[SourceDefinition], instruments: dict[str, Instrument], report: BatchReport,
+              t0: float) -> tuple[SourceDefinition | None, MappedFile | None, str]:
+    """Match and read one export: (source, mapped, "") or, when it cannot be read, (source, None, message).
+
+    Fills the report's source, arm/site/wave/role, rows_in, problems and read_seconds; writes nothing.
+    """
     source: SourceDefinition | None = None
     try:
         source = match_source(path, sources)
         report.source, report.source_version = source.name, source.version
         mapped = read_export(path, source, instruments)
     except BadFileError as exc:
-        report.read_seconds = time.perf_counter() - t0
-        return _refuse(engine, report, path, source, str(exc))
+        msg = str(exc)
     except Exception as exc:  # an export the readers did not foresee: refuse it, keep the run going
+        msg = (f"{path.name}: could not be read with source {source.label if source else '?'} "
+               f"({type(exc).__name__}: {exc}). Check the file against its source definition; if it "
+               "looks right, report this message to the pipeline maintainers.")
+    else:
         report.read_seconds = time.perf_counter() - t0
-        return _refuse(engine, report, path, source,
-                       f"{path.name}: could not be read with source {source.label if source else '?'} "
-                       f"({type(exc).__name__}: {exc}). Check the file against its source definition; if it "
-                       "looks right, report this message to the pipeline maintainers.")
+        fl = mapped.meta["file_level"]
+        report.arm, report.site, report.wave, report.role = fl["arm"], fl["site"], fl["wave"], fl["role"]
+        report.rows_in = len(mapped.frame)
+        report.problems = mapped.meta["problems"]
+        return source, mapped, ""
     report.read_seconds = time.perf_counter() - t0
-    fl = mapped.meta["file_level"]
-    report.arm, report.site, report.wave, report.role = fl["arm"], fl["site"], fl["wave"], fl["role"]
-    report.rows_in = len(mapped.frame)
-    report.problems = mapped.meta["problems"]
+    return source, None, msg
 
+
+def refuse(engine: Engine, report: BatchReport, path: Path, source: SourceDefinition | None, msg: str) -> BatchReport:
+    """Mark `report` refused with `msg` and record the refusal (once per SHA-256)."""
+    return _refuse(engine, report, path, source, msg)
+
+
+def load_validated(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedFile,
+                   outcome: ValidationOutcome, study: Study, key: bytes, report: BatchReport,
+                   t0: float) -> BatchReport:
+    """Load a read and validated file in its one transaction (or refuse it); returns the report."""
     file_errors, study_rows = study_field_checks(mapped, study)
-    outcome = validate(mapped) if validate is not None else basic_validation(mapped, instruments, study)
     file_errors += list(outcome.file_errors)
     if file_errors:
         return _refuse(engine, report, path, source, "\n".join(file_errors))
@@ -520,14 +549,9 @@ def _none(v: Any) -> Any:
     return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
 
 
-def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
-    """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
-    hh = ld.sort_values("registration_date").drop_duplicates("household_id")
-    reg = (_dates(hh["registration_date"]) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
-           else [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])])
-    _upsert(conn, Household.__table__, [
-        {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
-        for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")
+def person_attributes(ld: pd.DataFrame) -> dict[str, list[Any]]:
+    """Person pseudonym -> [household_id, sex, birth_year] as the `person` rows of these prepared rows
+    (subjects and informants; the first row giving a value wins)."""
     people: dict[str, list[Any]] = {}
     for pid, h, sx, by in (*zip(ld["subject_id"], ld["household_id"], ld["subject_sex"], ld["subject_birth_year"],
                                 strict=True),
@@ -541,6 +565,31 @@ def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int
         else:
             cur[1] = cur[1] or sx
             cur[2] = cur[2] or by
+    return people
+
+
+def person_frame(mapped: MappedFile, key: bytes) -> pd.DataFrame:
+    """The pseudonymised person columns of a mapped file (what `person_attributes` reads), for all rows."""
+    f = mapped.frame
+    return pd.DataFrame({
+        "household_id": pseudonymise_series(key, "household", f["household_raw"]),
+        "person_id": pseudonymise_series(key, "person", f["person_raw"]),
+        "subject_id": pseudonymise_series(key, "person", f["subject_raw"]),
+        "subject_sex": f["subject_sex"], "informant_sex": f["informant_sex"],
+        "subject_birth_year": _ymd(f["subject_birth_date"])[0],
+        "informant_birth_year": _ymd(f["informant_birth_date"])[0],
+    })
+
+
+def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
+    """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
+    hh = ld.sort_values("registration_date").drop_duplicates("household_id")
+    reg = (_dates(hh["registration_date"]) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
+           else [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])])
+    _upsert(conn, Household.__table__, [
+        {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
+        for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")
+    people = person_attributes(ld)
     _upsert(conn, Person.__table__, [
         {"person_id": pid, "household_id": v[0], "sex": v[1], "birth_year": v[2], "first_batch_id": batch_id}
         for pid, v in people.items()], "person_id")

@@ -1,0 +1,156 @@
+"""Ingesting many exports at once: read all, validate in batch (one GX run per source version), load each file
+in its own transaction. The warehouse ends exactly as with `ingest_file` called file by file in the same order.
+
+Public: `ingest_files(paths, engine, sources, study, instruments, key, docs_dir=None, echo=None,
+data_docs="failures", on_outcome=None) -> list[BatchReport]`.
+
+How it stays equal to file-by-file ingestion:
+* a file whose SHA-256 is already loaded is skipped before it is read or validated;
+* each file is validated against the persons history it would have seen file by file: the warehouse plus
+  the persons of earlier files of this call. The batch run assumes every row of the earlier files loads;
+  just before a file is loaded its persons are looked up in the warehouse (which by then holds what the
+  earlier files really loaded) and when that differs from what the batch run assumed (an earlier file was
+  refused or had rows quarantined for one of these persons) the file is validated again on its own with the
+  real history;
+* writes (loaded and refused batches) happen in file order, one transaction per file (`load_validated`),
+  which also repeats the in-transaction checks (SHA-256, supersede, duplicates and sex conflicts against
+  loaded rows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from cohortflow.config.sources import SourceDefinition
+from cohortflow.config.study import Study
+from cohortflow.ingest.outcome import MappedFile, ValidationOutcome
+from cohortflow.instruments.model import Instrument
+
+from .load import (
+    BatchReport,
+    already_loaded,
+    load_validated,
+    person_attributes,
+    person_frame,
+    read_file,
+    refuse,
+)
+from .models import Person
+
+DataDocs = Literal["failures", "all", "none"]
+HISTORY_COLUMNS = ["pseudonym", "sex", "birth_year"]
+
+
+@dataclass
+class _File:
+    path: Path
+    report: BatchReport
+    t0: float
+    source: SourceDefinition | None = None
+    mapped: MappedFile | None = None
+    error: str = ""
+    pseudonyms: list[str] | None = None
+    assumed: dict[str, tuple[Any, Any]] | None = None  # history the batch validation used, for these pseudonyms
+    outcome: ValidationOutcome | None = None
+
+
+def _history_frame(hist: dict[str, tuple[Any, Any]]) -> pd.DataFrame:
+    return pd.DataFrame([(k, *v) for k, v in hist.items()], columns=HISTORY_COLUMNS)
+
+
+def _stored_persons(engine: Engine, pseudonyms: Iterable[str]) -> dict[str, tuple[Any, Any]]:
+    """(sex, birth_year) of the given persons as the warehouse holds them now."""
+    ids = sorted(set(pseudonyms))
+    out: dict[str, tuple[Any, Any]] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(ids), 900):
+            for r in conn.execute(select(Person.person_id, Person.sex, Person.birth_year)
+                                  .where(Person.person_id.in_(ids[i:i + 900]))):
+                out[r.person_id] = (r.sex, None if r.birth_year is None else int(r.birth_year))
+    return out
+
+
+def has_failures(outcome: ValidationOutcome) -> bool:
+    """True when validation refused the file, flagged rows or a rule failed (what Data Docs are read for)."""
+    rr = outcome.rule_results
+    return bool(outcome.file_errors) or len(outcome.row_failures) > 0 or (
+        len(rr) > 0 and bool((pd.to_numeric(rr["n_failed"], errors="coerce").fillna(0) > 0).any()))
+
+
+def ingest_files(
+    paths: Iterable[Path | str],
+    engine: Engine,
+    sources: list[SourceDefinition],
+    study: Study,
+    instruments: dict[str, Instrument],
+    key: bytes,
+    docs_dir: Path | str | None = None,
+    echo: Callable[[str], Any] | None = None,
+    data_docs: DataDocs = "failures",
+    on_outcome: Callable[[str, ValidationOutcome], Any] | None = None,
+) -> list[BatchReport]:
+    """Ingest export files in the given order with batch validation; one BatchReport per path.
+
+    `docs_dir`: where Data Docs go (none without it); `data_docs`: build them for files whose validation
+    found something (`failures`, the default), for every file (`all`) or never (`none`). `echo` receives
+    each file's plain-text validation summary, `on_outcome(file_name, outcome)` each ValidationOutcome
+    (e.g. to post it as an artifact). Bad files never raise: they come back refused, as from ingest_file.
+    """
+    from cohortflow.validation import summarise, validate_mapped_file, validate_mapped_files
+
+    files: list[_File] = []
+    for p in paths:
+        path, t0 = Path(p), time.perf_counter()
+        f = _File(path, already_loaded(path, engine), t0)
+        if f.report.status != "skipped":
+            f.source, f.mapped, f.error = read_file(path, sources, instruments, f.report, t0)
+        files.append(f)
+
+    readable = [f for f in files if f.mapped is not None and f.source is not None]
+    frames = [person_frame(f.mapped, key) for f in readable]  # type: ignore[arg-type]
+    for f, pf in zip(readable, frames, strict=True):
+        f.pseudonyms = sorted({*pf["subject_id"].dropna(), *pf["person_id"].dropna()})
+    hist = _stored_persons(engine, (p for f in readable for p in f.pseudonyms or []))
+    histories = []
+    for f, pf in zip(readable, frames, strict=True):
+        f.assumed = {p: hist[p] for p in f.pseudonyms or [] if p in hist}
+        histories.append(_history_frame(f.assumed))
+        for pid, (_h, sex, by) in person_attributes(pf).items():  # as if every row of the file loads
+            if pid is not None and pid not in hist:
+                hist[pid] = (sex, by)
+    outcomes = validate_mapped_files([f.mapped for f in readable], study, instruments, histories=histories, key=key)
+    for f, out in zip(readable, outcomes, strict=True):
+        f.outcome = out
+
+    reports: list[BatchReport] = []
+    for f in files:
+        if f.report.status == "skipped":
+            reports.append(f.report)
+            continue
+        if f.mapped is None or f.source is None or f.outcome is None:
+            reports.append(refuse(engine, f.report, f.path, f.source, f.error))
+            continue
+        actual = _stored_persons(engine, f.pseudonyms or [])
+        outcome = f.outcome
+        want_docs = docs_dir is not None and (data_docs == "all" or (data_docs == "failures"
+                                                                     and has_failures(outcome)))
+        if actual != f.assumed or want_docs:  # earlier files did not load as assumed, or a Data Docs page
+            outcome = validate_mapped_file(f.mapped, study, instruments, history=_history_frame(actual), key=key,
+                                           docs_dir=docs_dir if want_docs else None)
+            if want_docs is False and docs_dir is not None and data_docs == "failures" and has_failures(outcome):
+                outcome = validate_mapped_file(f.mapped, study, instruments, history=_history_frame(actual),
+                                               key=key, docs_dir=docs_dir)
+        name = f.mapped.meta.get("file_name", "file")
+        if echo is not None:
+            echo(summarise(outcome, name))
+        if on_outcome is not None:
+            on_outcome(name, outcome)
+        reports.append(load_validated(engine, f.path, f.source, f.mapped, outcome, study, key, f.report, f.t0))
+    return reports

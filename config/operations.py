@@ -40,6 +40,7 @@ class Operations(BaseModel):
     database_url: str | None = None
     ingestion: dict[str, IngestionSchedule] = Field(default_factory=dict)
     score_after_ingest: bool = True
+    data_docs: bool = True
     dask_address: str | None = None
     work_pool: str | None = None
 

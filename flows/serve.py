@@ -37,13 +37,14 @@ def build_deployments(ops: Operations, interval_seconds: float | None = None, da
     """
     from datetime import timedelta
 
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron, Interval
 
     from cohortflow.flows.operations import ingest_flow, model_flow, task_runner_for
 
     url = database_url or _database_url(ops)
     inbox, outputs = str(Path(ops.inbox).resolve()), str(Path(ops.outputs).resolve())
-    docs_dir = str(Path(outputs).parent / "validation")
+    docs_dir = str(Path(outputs).parent / "validation") if ops.data_docs else None
     ingest = ingest_flow
     model = model_flow
     if ops.dask_address:
@@ -51,6 +52,8 @@ def build_deployments(ops: Operations, interval_seconds: float | None = None, da
         model = model_flow.with_options(task_runner=task_runner_for(ops.dask_address))
     common = {"inbox": inbox, "database_url": url, "docs_dir": docs_dir, "outputs_dir": outputs,
               "score_after": ops.score_after_ingest}
+    # one ingestion at a time per deployment: a run that comes due while one is busy is cancelled
+    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
     deps = []
     for source, sched in ops.ingestion.items():
         if only_sources and source not in only_sources:
@@ -62,6 +65,7 @@ def build_deployments(ops: Operations, interval_seconds: float | None = None, da
         deps.append(ingest.to_deployment(
             name=ingestion_deployment_name(source), schedules=[schedule],
             parameters={**common, "sources": [source]}, tags=["ingestion", source],
+            concurrency_limit=one_at_a_time,
             description=f"Ingest the {source} exports in {inbox} ({sched.cron} {ops.timezone})"))
     deps.append(ingest.to_deployment(name=INGEST_ALL, parameters={**common, "sources": None},
                                      tags=["ingestion"], description="Ingest every export in the inbox, on demand"))

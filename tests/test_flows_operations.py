@@ -113,8 +113,15 @@ def small_study(tmp_path_factory) -> Path:
 
 def test_served_ingestion_loads_a_dropped_file_on_its_schedule(prefect_server, small_study, tmp_path):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, DeploymentFilter, \
-        DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from sqlalchemy import select
 
@@ -129,7 +136,8 @@ def test_served_ingestion_loads_a_dropped_file_on_its_schedule(prefect_server, s
     inbox, outputs = tmp_path / "inbox", tmp_path / "outputs"
     url = f"sqlite:///{tmp_path / 'warehouse.sqlite'}"
     cfg = tmp_path / "operations.yaml"
-    cfg.write_text(f"inbox: {inbox}\noutputs: {outputs}\ningestion:\n  {source}: {{cron: '0 6 * * 1-5'}}\n")
+    cfg.write_text(f"inbox: {inbox}\noutputs: {outputs}\ningestion:\n  {source}: {{cron: '0 6 * * 1-5'}}\n"
+                   "data_docs: false\n")
     log = tmp_path / "serve.log"
     serve = None
     try:
@@ -160,7 +168,7 @@ def test_served_ingestion_loads_a_dropped_file_on_its_schedule(prefect_server, s
                     return conn.execute(select(Batch.id, Batch.status, Batch.rows_loaded)
                                         .where(Batch.file_name == export.name)).first()
 
-            batch = _wait(loaded, 120, f"{export.name} in the warehouse", interval=1, log=log)
+            batch = _wait(loaded, 300, f"{export.name} in the warehouse", interval=1, log=log)
             assert batch.status == "loaded" and batch.rows_loaded > 0
 
             key = "batch-" + "".join(c if c.isalnum() else "-" for c in export.stem.lower())
@@ -182,7 +190,7 @@ def test_served_ingestion_loads_a_dropped_file_on_its_schedule(prefect_server, s
                         type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))))
                 return [r for r in runs if r.id == run.id]
 
-            _wait(completed, 90, "the scheduled run to complete", log=log)
+            _wait(completed, 180, "the scheduled run to complete", log=log)
             # row accounting and validation results of the batch, as published
             assert export.name in art.data and "| rule | severity |" in art.data
             assert f"| {batch.rows_loaded} |" in art.data

@@ -50,3 +50,22 @@ def test_cron_becomes_a_prefect_cron_schedule_in_the_configured_zone(tmp_path):
     assert "key" not in str(csv.parameters).lower()  # the pseudonym key never goes to the Prefect database
     assert deps["ingest-generated-sav"].schedules[0].active is False
     assert not deps[MODEL].schedules and "plan_path" in deps[MODEL].parameters
+
+
+def test_serve_refuses_to_start_without_server_or_key(monkeypatch, tmp_path):
+    """`ops serve` exits 2 with advice when PREFECT_API_URL or the pseudonym key is missing."""
+    from typer.testing import CliRunner
+
+    from cohortflow.flows.commands_ops import app
+
+    cfg = tmp_path / "operations.yaml"
+    cfg.write_text(f"inbox: {tmp_path / 'inbox'}\n")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    res = CliRunner().invoke(app, ["serve", "--config", str(cfg)])
+    assert res.exit_code == 2 and "PREFECT_API_URL" in res.output
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setenv("COHORTFLOW_PSEUDONYM_KEY", "abcd")  # 2 bytes: too short
+    res = CliRunner().invoke(app, ["serve", "--config", str(cfg), "--database-url",
+                                   f"sqlite:///{tmp_path / 'w.sqlite'}"])
+    assert res.exit_code == 2 and "COHORTFLOW_PSEUDONYM_KEY" in res.output
+    assert not (tmp_path / "w.sqlite").exists()  # refused before touching anything

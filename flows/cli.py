@@ -140,7 +140,7 @@ def ingest(
 def _register_commands() -> None:
     """Attach the command groups of every stage (each kept in its own module)."""
     from cohortflow.flows import commands_analysis, commands_export, commands_ingest, commands_instruments
-    from cohortflow.flows import commands_report, commands_validation
+    from cohortflow.flows import commands_ops, commands_report, commands_validation
     from cohortflow.synth import cli as synth_cli
 
     app.command("status")(commands_ingest.status)
@@ -151,6 +151,7 @@ def _register_commands() -> None:
     app.add_typer(commands_analysis.app, name="analysis")
     app.add_typer(commands_report.app, name="report")
     app.add_typer(synth_cli.app, name="synth")
+    app.add_typer(commands_ops.app, name="ops")
 
 
 _register_commands()

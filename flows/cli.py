@@ -113,18 +113,17 @@ def ingest(
     from dataclasses import asdict
 
     from cohortflow.config.study import load_study
-    from cohortflow.flows.commands_validation import flow_validator
     from cohortflow.ingest import load_sources
     from cohortflow.instruments.registry import load_instruments
+    from cohortflow.warehouse.batch_ingest import ingest_files
     from cohortflow.warehouse.db import default_url, get_engine, init_warehouse
-    from cohortflow.warehouse.load import inbox_files, ingest_file
+    from cohortflow.warehouse.load import inbox_files
 
     key = environment_key()
     engine = init_warehouse(get_engine(database_url or default_url()))
-    study, instruments, sources = load_study(), load_instruments(), load_sources()
-    validate = flow_validator(engine, study, instruments, key, docs_dir=docs_dir, artifacts=False)
     files = [inbox] if inbox.is_file() else inbox_files(inbox)
-    reports = [ingest_file(f, engine, sources, study, instruments, key, validate=validate) for f in files]
+    reports = ingest_files(files, engine, load_sources(), load_study(), load_instruments(), key,
+                           docs_dir=docs_dir, data_docs="failures")
     if as_json:
         typer.echo(_json.dumps([asdict(r) for r in reports], default=str, indent=2))
     else:
@@ -139,8 +138,15 @@ def ingest(
 
 def _register_commands() -> None:
     """Attach the command groups of every stage (each kept in its own module)."""
-    from cohortflow.flows import commands_analysis, commands_export, commands_ingest, commands_instruments
-    from cohortflow.flows import commands_ops, commands_report, commands_validation
+    from cohortflow.flows import (
+        commands_analysis,
+        commands_export,
+        commands_ingest,
+        commands_instruments,
+        commands_ops,
+        commands_report,
+        commands_validation,
+    )
     from cohortflow.synth import cli as synth_cli
 
     app.command("status")(commands_ingest.status)

@@ -7,10 +7,9 @@ postgresql+psycopg://cohortflow:cohortflow@localhost/cohortflow_test) and are sk
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
-
-from pathlib import Path
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

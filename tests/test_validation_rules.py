@@ -13,7 +13,7 @@ from cohortflow.config.study import load_study
 from cohortflow.instruments.model import Instrument
 from cohortflow.instruments.registry import load_instruments
 from cohortflow.validation import build_suite, resolve_policy, summarise, validate_mapped_file
-from cohortflow.validation.sample import inject, item_columns, valid_frame
+from cohortflow.validation.sample import categorical_item_columns, inject, item_columns, valid_frame
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -226,7 +226,7 @@ def test_numeric_range_and_instrument_age_range(study, instruments):
 def test_missing_codes_declared_by_the_file_count_as_missing_not_invalid(study, instruments):
     arm, wave = _first_arm_wave(study)
     frame = valid_frame(study, instruments, arm, wave, _role(study, "self", "child"), n=5, seed=1)
-    col = item_columns(frame, instruments)[0]
+    col = categorical_item_columns(frame, instruments)[0]  # -3 on a numeric item would be a numeric_range failure
     frame.loc[0, col] = -3.0
     meta = {"file_name": "x.sav", "missing_codes": {col: {-3.0: "refused"}}}
     assert validate_mapped_file((frame, meta), study, instruments).row_failures.empty

@@ -13,7 +13,7 @@ from cohortflow.config.study import load_study
 from cohortflow.instruments.model import Instrument
 from cohortflow.instruments.registry import load_instruments
 from cohortflow.validation import build_suite, resolve_policy, summarise, validate_mapped_file
-from cohortflow.validation.sample import inject, item_columns, valid_frame
+from cohortflow.validation.sample import categorical_item_columns, inject, item_columns, valid_frame
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -226,7 +226,7 @@ def test_numeric_range_and_instrument_age_range(study, instruments):
 def test_missing_codes_declared_by_the_file_count_as_missing_not_invalid(study, instruments):
     arm, wave = _first_arm_wave(study)
     frame = valid_frame(study, instruments, arm, wave, _role(study, "self", "child"), n=5, seed=1)
-    col = item_columns(frame, instruments)[0]
+    col = categorical_item_columns(frame, instruments)[0]  # -3 on a numeric item would be a numeric_range failure
     frame.loc[0, col] = -3.0
     meta = {"file_name": "x.sav", "missing_codes": {col: {-3.0: "refused"}}}
     assert validate_mapped_file((frame, meta), study, instruments).row_failures.empty
@@ -359,3 +359,47 @@ def test_validation_from_several_threads_gives_the_sequential_outcomes(study, in
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(lambda f: _failing(_run(f, study, instruments), "allowed_codes"), frames))
     assert parallel == sequential == [{1}, {2}, {3}, {4}]
+
+
+# --- the generator across every role of the study -------------------------------------------------------
+
+def _ladder(code: str, roles: list[str], ages: list[float], n_items: int = 1) -> Instrument:
+    return Instrument.model_validate({
+        "code": code, "name": code, "version": "t1", "construct": "wellbeing",
+        "label": {"nl": code, "en": code}, "roles": roles, "age_range_years": ages,
+        "licence": "test", "source": "test",
+        "response_scales": [{"code": "c", "options": [{"code": 0, "label": {"nl": "nee", "en": "no"}},
+                                                       {"code": 1, "label": {"nl": "ja", "en": "yes"}}]}],
+        "items": [{"code": f"i{k}", "label": {"nl": "x", "en": "x"}} for k in range(1, n_items + 1)],
+    })
+
+
+def test_generator_handles_instruments_whose_age_ranges_do_not_overlap(study, instruments):
+    """Versions for younger (3..7) and older (7..18) children plus two from 8: no age suits all four, so the
+    frame carries the three that share ages 8..18 and every subject is 8..18 years old."""
+    parent = _role(study, "parent", "child")
+    lo = int(study.role(parent).min_age_years)
+    insts = {"young": _ladder("young", [parent], [lo, 7]), "old": _ladder("old", [parent], [7, 18]),
+             "a": _ladder("a", [parent], [8, 18]), "b": _ladder("b", [parent], [8, 19])}
+    arm, wave = _first_arm_wave(study)
+    frame = valid_frame(study, insts, arm, wave, parent, n=40, seed=11)
+    assert "young_i1" not in frame.columns and {"old_i1", "a_i1", "b_i1"} <= set(frame.columns)
+    from cohortflow.validation.checks import completed_years
+    ages = completed_years(frame["subject_birth_date"], frame["response_date"])
+    assert ages.between(8, 18).all() and ages.nunique() > 3
+    assert _run(frame, study, insts).row_failures.empty
+
+
+@pytest.mark.parametrize("rule", ["allowed_codes", "missing_share", "missing_share_high"])
+def test_every_role_gives_a_valid_frame_and_its_faults_fail_exactly(study, instruments, rule):
+    arm, wave = _first_arm_wave(study)
+    policy = resolve_policy(None)
+    for role in (r.code for r in study.roles):
+        clean = valid_frame(study, instruments, arm, wave, role, n=12, seed=13)
+        carried = {i.code for i in instruments.values() if item_columns(clean, instruments, i.code)}
+        assert carried and carried <= {i.code for i in instruments.values() if role in i.roles}, role
+        assert _run(clean, study, instruments).row_failures.empty, role
+        out = _run(inject(clean, rule, [1, 8], study, instruments), study, instruments)
+        assert _failing(out, rule) == {2, 9}, role
+        assert set(out.row_failures["rule"]) == {rule}, (role, out.row_failures.to_dict("records"))
+        assert set(out.row_failures["severity"]) == {"warn" if policy.of(rule) == "warn" else "quarantine"}

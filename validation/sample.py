@@ -15,38 +15,50 @@ from cohortflow.config.study import Study
 from cohortflow.instruments.model import Instrument
 
 
-def _instruments_for(instruments: dict[str, Instrument], role: str, age: float) -> list[Instrument]:
-    out = []
-    for inst in instruments.values():
-        if role not in inst.roles:
-            continue
-        if inst.age_range_years and not inst.age_range_years[0] <= age <= inst.age_range_years[1]:
-            continue
-        out.append(inst)
-    return out
+def _age_band(study: Study, instruments: dict[str, Instrument], role: str) -> tuple[int, int, list[Instrument]]:
+    """Whole ages [lo, hi] for generated subjects of `role`, and the role's instruments valid at all of them.
+
+    Instruments of one role may have age ranges that do not overlap (versions for younger and older
+    children), so no age suits them all. The band starts at the youngest whole age inside the role's range
+    that most of the role's instruments accept, and reaches as far as every one of those instruments allows;
+    the other instruments stay out of the frame.
+    """
+    r = study.role(role)
+    r_lo, r_hi = int(np.ceil(r.min_age_years or 0)), int(np.floor(r.max_age_years or 90))
+    insts = [i for i in instruments.values() if role in i.roles]
+
+    def fits(inst: Instrument, age: int) -> bool:
+        return inst.age_range_years is None or inst.age_range_years[0] <= age <= inst.age_range_years[1]
+
+    if r_lo > r_hi:
+        raise ValueError(f"role {role!r}: min_age_years {r.min_age_years} is above max_age_years {r.max_age_years}")
+    best = max(range(r_lo, r_hi + 1), key=lambda a: (sum(fits(i, a) for i in insts), -a))
+    chosen = [i for i in insts if fits(i, best)]
+    lo = max([r_lo] + [int(np.ceil(i.age_range_years[0])) for i in chosen if i.age_range_years])
+    hi = min([r_hi] + [int(np.floor(i.age_range_years[1])) for i in chosen if i.age_range_years])
+    return lo, hi, chosen
 
 
 def valid_frame(study: Study, instruments: dict[str, Instrument], arm: str, wave: str, role: str,
                 n: int = 50, seed: int = 1, site: str | None = None) -> pd.DataFrame:
     """A mapped frame of `n` rows that passes every rule: ids, dates in the window, ages, valid codes.
 
-    Subjects' ages are drawn inside the role's and its instruments' age ranges; every item carries a
-    response code (about 3% declared missing codes in instruments of 10 or more items, well under the
-    warning threshold).
+    Subjects' ages are drawn inside the role's age range and the age ranges of the instruments the frame
+    carries (see `_age_band`); every item carries a response code, categorical or numeric. In instruments of
+    10 or more items about 3% of the answers are a declared missing code, at most one per instrument and row
+    (at most 10% of the items: well under the warning threshold).
     """
     rng = np.random.default_rng(seed)
     a = study.arm(arm)
     site = site or (a.sites[0].code if a.sites else "X")
     r = study.role(role)
     w = study.wave(wave)
-    insts = [i for i in instruments.values() if role in i.roles]
-    lo_age = max([r.min_age_years or 0] + [i.age_range_years[0] for i in insts if i.age_range_years])
-    hi_age = min([r.max_age_years or 90] + [i.age_range_years[1] for i in insts if i.age_range_years])
+    lo_age, hi_age, insts = _age_band(study, instruments, role)
     reg = pd.Timestamp("2024-01-15") + pd.to_timedelta(rng.integers(0, 200, n), "D")
     days = rng.integers(w.window_days[0], w.window_days[1] + 1, n)
     resp = reg + pd.to_timedelta(days, "D")
     # birth dates such that the completed age at the response date is lo_age..hi_age (whole years inside)
-    ages = rng.integers(int(np.ceil(lo_age)), int(np.floor(hi_age)) + 1, n)
+    ages = rng.integers(lo_age, hi_age + 1, n)
     birth = resp - pd.to_timedelta(ages * 365.25 + rng.integers(20, 300, n), "D")
     hh = [f"H-{site}-{i:04d}" for i in range(n)]
     informant = r.informant
@@ -67,17 +79,21 @@ def valid_frame(study: Study, instruments: dict[str, Instrument], arm: str, wave
     if informant == "self":
         frame["informant_sex"] = frame["subject_sex"]
     items: dict[str, np.ndarray] = {}
-    for inst in _instruments_for(instruments, role, float(np.median(ages))):
-        for item in inst.items:
+    for inst in insts:
+        block = np.empty((n, len(inst.items)), dtype="float64")
+        for j, item in enumerate(inst.items):
             rs = inst.response_scale_of(item)
             if rs.options:
-                vals = rng.choice(rs.codes, n).astype("float64")
+                block[:, j] = rng.choice(rs.codes, n)
             else:
                 lo, hi = rs.numeric  # type: ignore[misc]
-                vals = rng.integers(int(lo), int(hi) + 1, n).astype("float64")
-            if len(inst.items) >= 10:  # in short instruments one missing item already passes the warning share
-                vals[rng.random(n) < 0.03] = -9.0
-            items[inst.item_key(item.code)] = vals
+                block[:, j] = (rng.integers(int(np.ceil(lo)), int(np.floor(hi)) + 1, n) if rs.integer
+                               else rng.uniform(lo, hi, n))
+        if len(inst.items) >= 10:  # in short instruments one missing item already passes the warning share
+            hit = np.flatnonzero(rng.random(n) < min(1.0, 0.03 * len(inst.items)))
+            block[hit, rng.integers(0, len(inst.items), len(hit))] = -9.0
+        for j, item in enumerate(inst.items):
+            items[inst.item_key(item.code)] = block[:, j]
     return pd.concat([frame, pd.DataFrame(items)], axis=1)
 
 
@@ -88,6 +104,15 @@ def item_columns(frame: pd.DataFrame, instruments: dict[str, Instrument], code: 
         if code is not None and inst.code != code:
             continue
         out += [inst.item_key(i.code) for i in inst.items if inst.item_key(i.code) in frame.columns]
+    return out
+
+
+def categorical_item_columns(frame: pd.DataFrame, instruments: dict[str, Instrument]) -> list[str]:
+    """Item columns of the frame whose answers are response codes (not numeric), in definition order."""
+    out = []
+    for inst in instruments.values():
+        out += [inst.item_key(i.code) for i in inst.items
+                if inst.response_scale_of(i).options and inst.item_key(i.code) in frame.columns]
     return out
 
 
@@ -148,17 +173,20 @@ def _wrong_subject(f, rows, study, insts):
 
 
 def _bad_code(f, rows, study, insts):
-    f.loc[rows, _first_item(f, insts)] = 99.0
+    # a code outside the options of a categorical item (on a numeric item it is a numeric_range failure)
+    f.loc[rows, categorical_item_columns(f, insts)[0]] = 99.0
     return f
 
 
 def _many_missing(share: float) -> Fault:
-    """Blank the first ceil(share x items) items of the first instrument; answer the rest."""
+    """Blank just over `share` of the items (the fewest k with k / items > share) of the instrument in the
+    frame with the most items (the finest steps of share); answer the rest."""
 
     def fault(f, rows, study, insts):
-        first = next(i for i in insts.values() if item_columns(f, insts, i.code))
+        present = [i for i in insts.values() if item_columns(f, insts, i.code)]
+        first = max(present, key=lambda i: len(i.items))  # the first of the longest
         cols = item_columns(f, insts, first.code)
-        k = int(np.ceil(share * len(first.items)))
+        k = min(len(first.items), int(np.floor(share * len(first.items))) + 1)
         for r in rows:
             f.loc[r, cols[:k]] = np.nan
             f.loc[r, cols[k:]] = [_valid_code(insts, c) for c in cols[k:]]

@@ -76,10 +76,12 @@ def _print_truth_check(truth_path: Path, outputs: Path, console: Console) -> Non
     rows = compare_with_truth(truth_path, outputs / "effect_table.csv")
     if rows.empty:
         return
-    t = Table(title="Estimates against the generator's true effects (difference in change)")
-    for col in ("outcome", "contrast", "wave", "true", "estimate", "95% CI", "CI holds truth"):
-        t.add_column(col)
+    t = Table(title="Difference in change since baseline: estimate vs the generator's true value")
+    for col in ("outcome", "vs", "wave", "true", "estimate", "95% CI", "holds"):
+        t.add_column(col, no_wrap=True)
     for r in rows.itertuples():
-        t.add_row(r.outcome, r.contrast, r.wave, f"{r.true:.2f}", f"{r.estimate:.2f}",
+        t.add_row(r.outcome, r.arm2, r.wave, f"{r.true:.2f}", f"{r.estimate:.2f}",
                   f"{r.lower:.2f} to {r.upper:.2f}", "yes" if r.covered else "[red]no[/]")
+    console.print(f"(estimates are {rows['arm'].iloc[0]} minus the comparison arm; "
+                  f"{int(rows['covered'].sum())} of {len(rows)} intervals hold the true value)")
     console.print(t)

@@ -16,6 +16,22 @@ app = typer.Typer(help="Mixed models, marginal means, contrasts and sensitivity 
                   no_args_is_help=True)
 
 
+def fit_dataset(data: Path, plan_path: Path | None, imputations: int | None, no_sensitivity: bool):
+    """Read an analysis dataset (Parquet or CSV) and fit the plan: (frame, plan, study, AnalysisResult)."""
+    import pandas as pd
+
+    from cohortflow.analysis.models import run_analysis
+    from cohortflow.analysis.plan import load_analysis_plan
+    from cohortflow.config.study import load_study
+
+    if not data.is_file():
+        raise typer.BadParameter(f"{data}: file not found; give the analysis dataset (Parquet or CSV).")
+    frame = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
+    study, plan = load_study(), load_analysis_plan(plan_path)
+    res = run_analysis(frame, plan, study, sensitivity=not no_sensitivity, imputations=imputations)
+    return frame, plan, study, res
+
+
 @app.command("run")
 def run(
     data: Path = typer.Argument(..., help="analysis dataset (Contract 5): .parquet or .csv"),
@@ -27,15 +43,7 @@ def run(
     """Fit all outcomes of the plan and write CSV tables plus methods.json to OUT."""
     import pandas as pd
 
-    from cohortflow.analysis.models import run_analysis
-    from cohortflow.analysis.plan import load_analysis_plan
-    from cohortflow.config.study import load_study
-
-    if not data.is_file():
-        raise typer.BadParameter(f"{data}: file not found; give the analysis dataset (Parquet or CSV).")
-    frame = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
-    res = run_analysis(frame, load_analysis_plan(plan_path), load_study(), sensitivity=not no_sensitivity,
-                       imputations=imputations)
+    _, _, _, res = fit_dataset(data, plan_path, imputations, no_sensitivity)
     out.mkdir(parents=True, exist_ok=True)
     res.contrasts.to_csv(out / "contrasts.csv", index=False)
     pd.concat([r.emms.assign(outcome=k) for k, r in res.outcomes.items()]).to_csv(out / "emmeans.csv", index=False)

@@ -6,7 +6,6 @@ writes the effect tables (xlsx, csv, md), the HTML report, the technical appendi
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import typer
@@ -30,24 +29,15 @@ def build(
     no_sensitivity: bool = typer.Option(False, help="skip IPW and multiple imputation"),
 ) -> None:
     """Fit all outcomes of the plan on DATA and write the report to OUT."""
-    import uuid
-    from datetime import UTC, datetime
-
-    import pandas as pd
-
-    from cohortflow.analysis.models import run_analysis
-    from cohortflow.analysis.plan import load_analysis_plan
     from cohortflow.analysis.report import default_run_info, write_report
-    from cohortflow.config.study import load_study
+    from cohortflow.flows.commands_analysis import fit_dataset
     from cohortflow.instruments.registry import load_instruments
+    from cohortflow.warehouse.snapshot import new_run_id, snapshot_hash
 
-    if not data.is_file():
-        raise typer.BadParameter(f"{data}: file not found; give the analysis dataset (Parquet or CSV).")
-    frame = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
-    study, plan = load_study(), load_analysis_plan(plan_path)
-    res = run_analysis(frame, plan, study, sensitivity=not no_sensitivity, imputations=imputations)
-    snapshot = hashlib.sha256(data.read_bytes()).hexdigest()[:16]
-    rid = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    frame, plan, study, res = fit_dataset(data, plan_path, imputations, no_sensitivity)
+    # the same content hash the pipeline records, whatever the file format
+    snapshot = snapshot_hash(frame)
+    rid = run_id or new_run_id()
     paths = write_report(res, plan, study, load_instruments(), out, default_run_info(rid, snapshot))
     typer.echo(f"report: {paths.html}\nappendix: {paths.appendix}\neffect table: {paths.xlsx}, {paths.csv}, "
                f"{paths.md}\n{len(paths.plots)} plots in {paths.out_dir / 'plots'}")

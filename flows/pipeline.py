@@ -7,9 +7,7 @@ respondent (task overhead is ~7 ms).
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -159,8 +157,9 @@ def pipeline_flow(
 ) -> PipelineResult:
     """Run the whole journey on every export in `inbox` against the warehouse at `database_url`."""
     from cohortflow.warehouse.load import inbox_files
+    from cohortflow.warehouse.snapshot import new_run_id
 
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     key = bytes.fromhex(key_hex)
     result = PipelineResult(run_id=run_id, database_url=database_url, outputs_dir=Path(outputs_dir))
 

@@ -30,7 +30,14 @@ def test_report_build_command(tmp_path):
     assert r.exit_code == 0, r.output
     for name in ("report.html", "appendix.html", "effect_table.xlsx", "effect_table.csv", "effect_table.md"):
         assert (out / name).stat().st_size > 500
-    assert "cli-1" in (out / "report.html").read_text(encoding="utf-8")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "cli-1" in html
+    # the footer names the dataset's content hash, the same one the pipeline records (not the file's bytes)
+    import pandas as pd
+
+    from cohortflow.warehouse.snapshot import snapshot_hash
+
+    assert snapshot_hash(pd.read_csv(data)) in html
 
 
 def test_report_build_names_a_missing_file(tmp_path):

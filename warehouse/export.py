@@ -229,8 +229,6 @@ def export_analysis(
     """Everything statisticians and the data manager need from the warehouse, in `out_dir`: the datasets
     (`export_datasets`), `attrition.csv`, `attrition_by_arm.csv`, `flow.png/.svg`, `baseline_comparison.csv`,
     `conflicts.csv`; records a `run` (kind `export`) carrying the long dataset's snapshot hash."""
-    import uuid
-    from datetime import UTC, datetime
 
     from .attrition import (
         attrition_by_arm,
@@ -242,7 +240,7 @@ def export_analysis(
         read_quarantine,
     )
     from .linkage import link_warehouse
-    from .snapshot import record_run
+    from .snapshot import new_run_id, record_run
 
     linked = link_warehouse(engine, study, instruments, rules)
     from .read import batches_frame
@@ -258,7 +256,7 @@ def export_analysis(
     baseline_comparison(linked.long, study).to_csv(res.out_dir / "baseline_comparison.csv", index=False)
     res.files += [res.out_dir / "attrition_by_arm.csv", res.out_dir / "baseline_comparison.csv"]
     res.files += flow_diagram(by_arm, study, res.out_dir / "flow", lang)
-    run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-export-" + uuid.uuid4().hex[:6]
+    run_id = run_id or new_run_id("export")
     record_run(engine, run_id, "export", res.snapshots["analysis_long"],
                details={"snapshots": res.snapshots, "out_dir": str(res.out_dir), "formats": list(formats),
                         "conflicts": int(len(linked.conflicts))})

@@ -61,6 +61,15 @@ def snapshot_hash(frame: pd.DataFrame) -> str:
             h.update(arr.astype("<f8").tobytes())
     return h.hexdigest()
 
+def new_run_id(kind: str | None = None) -> str:
+    """A sortable, unique run id: UTC timestamp, optional kind, 6 random hex digits (e.g. 20261123T2150Z-ab12cd)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{kind}-{uuid.uuid4().hex[:6]}" if kind else f"{stamp}-{uuid.uuid4().hex[:6]}"
+
+
 def record_run(engine, run_id: str, kind: str, data_snapshot: str, config_hash: str | None = None,  # noqa: ANN001
                details: dict | None = None, status: str = "completed") -> None:
     """Record (or update) a `run` row carrying the data snapshot hash it used, so results trace to data."""

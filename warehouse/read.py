@@ -96,43 +96,81 @@ def superseded_response_ids(engine: Engine) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+def read_compact(engine: Engine, query: str, kinds: dict[str, str], chunk_rows: int = _CHUNK_ROWS) -> pd.DataFrame:
+    """Run a plain SELECT (columns in the order of `kinds`) and return a compact frame, streamed in chunks.
+
+    `kinds`: column -> `int` (int64), `float` (float64, NULL = NaN), `cat` (categorical with lexically sorted
+    categories, NULL = NaN) or `bool` (pandas `boolean`, NULL = NA). PostgreSQL: `COPY (query) TO STDOUT`
+    parsed by pandas' C reader; SQLite: the driver's cursor in chunks of `chunk_rows`. Memory stays a few
+    bytes per value instead of Python objects per row.
+    """
+    names = list(kinds)
+    if engine.dialect.name == "postgresql":
+        dtypes = {c: {"int": "int64", "float": "float64", "cat": "str", "bool": "str"}[k] for c, k in kinds.items()}
+        frame = _pg_copy_frame(engine, query, dtypes)
+        for c, k in kinds.items():
+            if k == "cat":
+                col = frame[c].astype("category")
+                frame[c] = col.cat.reorder_categories(sorted(col.cat.categories))
+            elif k == "bool":
+                frame[c] = frame[c].map({"t": True, "f": False}).astype("boolean")
+        return frame
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in names}
+    lookups: dict[str, dict[str, int]] = {c: {} for c, k in kinds.items() if k == "cat"}
+    with engine.connect() as conn:
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.execute(query)
+            while rows := cur.fetchmany(chunk_rows):
+                for c, col in zip(names, zip(*rows, strict=True), strict=True):
+                    k = kinds[c]
+                    if k == "int":
+                        parts[c].append(np.fromiter(col, dtype=np.int64, count=len(col)))
+                    elif k == "float":
+                        parts[c].append(np.array(col, dtype=np.float64))
+                    elif k == "cat":
+                        parts[c].append(_codes(col, lookups[c]))
+                    else:
+                        parts[c].append(np.array([-1 if v is None else int(v) for v in col], dtype=np.int8))
+        finally:
+            cur.close()
+    out = {}
+    for c, k in kinds.items():
+        if k == "int":
+            out[c] = _joined(parts[c], np.int64)
+        elif k == "float":
+            out[c] = _joined(parts[c], np.float64)
+        elif k == "cat":
+            out[c] = _sorted_categorical(_joined(parts[c], np.int32), lookups[c])
+        else:
+            v = _joined(parts[c], np.int8)
+            out[c] = pd.arrays.BooleanArray(v == 1, v < 0)
+    return pd.DataFrame(out)
+
+
 def item_values_compact(engine: Engine, include_superseded: bool = False,
                         chunk_rows: int = _CHUNK_ROWS) -> pd.DataFrame:
     """All item values as a compact frame `response_id` (int64), `instrument`, `item` (categoricals with
     sorted categories), `value` (float64, NaN = missing); unordered.
 
-    Streams the table in chunks through the driver (PostgreSQL: COPY ... TO STDOUT parsed by pandas' C
-    reader), so memory stays about 20 bytes per item value (20 M values: ~400 MB) instead of Python objects
-    per row, and no join: superseded responses are dropped by id afterwards.
+    About 20 bytes per item value (20 M values: ~400 MB) instead of Python objects per row, and no join:
+    superseded responses are dropped by id afterwards.
     """
-    if engine.dialect.name == "postgresql":
-        frame = _pg_copy_frame(engine, "SELECT response_id, instrument, item, value FROM item_value",
-                               {"response_id": "int64", "instrument": "str", "item": "str", "value": "float64"})
-        frame["instrument"] = frame["instrument"].astype("category")
-        frame["item"] = frame["item"].astype("category")
-        for c in ("instrument", "item"):
-            frame[c] = frame[c].cat.reorder_categories(sorted(frame[c].cat.categories))
-    else:
-        rid_parts, inst_parts, item_parts, val_parts = [], [], [], []
-        inst_lookup: dict[str, int] = {}
-        item_lookup: dict[str, int] = {}
-        with engine.connect() as conn:
-            cur = conn.connection.driver_connection.cursor()
-            try:
-                cur.execute("SELECT response_id, instrument, item, value FROM item_value")
-                while rows := cur.fetchmany(chunk_rows):
-                    rid, inst, item, val = zip(*rows, strict=True)
-                    rid_parts.append(np.fromiter(rid, dtype=np.int64, count=len(rid)))
-                    inst_parts.append(_codes(inst, inst_lookup))
-                    item_parts.append(_codes(item, item_lookup))
-                    val_parts.append(np.array(val, dtype=np.float64))
-            finally:
-                cur.close()
-        frame = pd.DataFrame({
-            "response_id": _joined(rid_parts, np.int64),
-            "instrument": _sorted_categorical(_joined(inst_parts, np.int32), inst_lookup),
-            "item": _sorted_categorical(_joined(item_parts, np.int32), item_lookup),
-            "value": _joined(val_parts, np.float64)})
+    frame = read_compact(engine, "SELECT response_id, instrument, item, value FROM item_value",
+                         {"response_id": "int", "instrument": "cat", "item": "cat", "value": "float"}, chunk_rows)
+    return _current(engine, frame, include_superseded)
+
+
+def scores_compact(engine: Engine, include_superseded: bool = False) -> pd.DataFrame:
+    """Stored scores as a compact frame `response_id, instrument, scale, score, above_cutoff` (categoricals,
+    float64, boolean); unordered. The columns linkage needs, for large warehouses."""
+    frame = read_compact(engine, "SELECT response_id, instrument, scale, score, above_cutoff FROM score",
+                         {"response_id": "int", "instrument": "cat", "scale": "cat", "score": "float",
+                          "above_cutoff": "bool"})
+    return _current(engine, frame, include_superseded)
+
+
+def _current(engine: Engine, frame: pd.DataFrame, include_superseded: bool) -> pd.DataFrame:
     if not include_superseded:
         old = superseded_response_ids(engine)
         if len(old):

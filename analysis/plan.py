@@ -57,7 +57,13 @@ class OutcomeSpec(BaseModel):
     label: Labels | None = None
     role: str | None = Field(default=None, description="informant role to select; default all rows")
     family: Family = "gaussian"
-    response: Literal["score", "above_cutoff"] = "score"
+    response: Literal["score", "above_cutoff", "stopped"] = Field(
+        default="score",
+        description="score: the scale score; above_cutoff: the cut-off flag; stopped: 1 when the score was > 0 at "
+                    "baseline and is 0 at the follow-up wave (persons with a score > 0 at baseline only; a binary "
+                    "'any' scale gives 'violence stopped')")
+    working_correlation: Literal["exchangeable", "independence"] = Field(
+        default="exchangeable", description="GEE working correlation within households (binary and count outcomes)")
     primary: bool = False
     direction: Literal["higher_worse", "higher_better", "neutral"] | None = None
     fixed_effects: FixedEffects | None = None

@@ -27,6 +27,7 @@ from scipy import stats
 from cohortflow.config.study import Study
 
 from .design import DesignInfo, build_design
+from .diagnostics import LmmResiduals, lmm_residuals, residual_summary
 from .effects import hedges_j, pooled_sd, standardise
 from .emmeans import _ci, change_contrasts, contrast_vectors, marginal_means
 from .lmm import LmmFit, RandomStructure, VarianceComponent, fit_lmm
@@ -70,6 +71,8 @@ class OutcomeResult:
     direction: str | None = None
     rows_dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    residual_diagnostics: pd.DataFrame | None = None  # mixed models: diagnostics.residual_summary
+    residuals: LmmResiduals | None = None  # mixed models: fitted values, conditional residuals, BLUPs (plots)
 
 
 # --- data selection ------------------------------------------------------------------------------------------
@@ -264,6 +267,13 @@ FALLBACK_TEXT = {"slope": "dropped the random slope", "household": "dropped the 
 def fit_lmm_with_fallback(df: pd.DataFrame, X: np.ndarray, names: list[str], y: np.ndarray, plan: AnalysisPlan,
                           re: RandomEffects) -> tuple[LmmFit, str, str | None]:
     """Fit, apply the plan's fallback rule while needed; returns (fit, lme4 random formula, fallback text)."""
+    return fit_lmm_with_fallback_structure(df, X, names, y, plan, re)[:3]
+
+
+def fit_lmm_with_fallback_structure(df: pd.DataFrame, X: np.ndarray, names: list[str], y: np.ndarray,
+                                    plan: AnalysisPlan, re: RandomEffects
+                                    ) -> tuple[LmmFit, str, str | None, RandomStructure]:
+    """`fit_lmm_with_fallback` plus the random structure of the final model (for BLUPs and residuals)."""
     dropped: set[str] = set()
     notes: list[str] = []
     while True:
@@ -275,7 +285,7 @@ def fit_lmm_with_fallback(df: pd.DataFrame, X: np.ndarray, names: list[str], y: 
             break
         dropped.add(step[0])
         notes.append(f"{step[1]}: {FALLBACK_TEXT[step[0]]} and refitted")
-    return fit, formula, ("; ".join(notes) if notes else None)
+    return fit, formula, ("; ".join(notes) if notes else None), structure
 
 
 # --- the main entry point -------------------------------------------------------------------------------------
@@ -370,7 +380,16 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
     X, info = build_design(df, arms, waves, covariates)
     if spec.family == "gaussian":
         y = df["score"].to_numpy(float)
-        fit, re_formula, fallback = fit_lmm_with_fallback(df, X, info.columns, y, plan, re)
+        fit, re_formula, fallback, structure = fit_lmm_with_fallback_structure(df, X, info.columns, y, plan, re)
+        try:
+            resid = lmm_residuals(y, X, structure, fit, labels={
+                "household": pd.factorize(df["household_id"])[1].to_numpy(),
+                "person": pd.factorize(df["person_id"])[1].to_numpy(),
+                "slope": pd.factorize(df["person_id"])[1].to_numpy()})
+            diag = residual_summary(resid)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            resid, diag = None, None
+            notes.append(f"residual diagnostics not computed ({exc})")
         emms = marginal_means(fit, info, plan.alpha)
         contrasts = change_contrasts(fit, info, plan.intervention_arm, comparisons, baseline, plan.alpha)
         contrasts = _effect_sizes(contrasts, base_desc)
@@ -405,7 +424,7 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
             warnings=notes + list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
             contrasts=_finish(contrasts, spec.id), baseline=base_desc, above_cutoff=above, clinical=clinical,
             growth=growth, boundary=list(fit.boundary), theta=fit.varpar[:-1].copy(), engine=fit.backend, direction=direction,
-            rows_dropped=dropped,
+            rows_dropped=dropped, residual_diagnostics=diag, residuals=resid,
             seconds=time.perf_counter() - t0)
     res = _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
                            clinical, direction, dropped, t0)

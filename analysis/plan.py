@@ -142,6 +142,8 @@ class AnalysisPlan(BaseModel):
     small_cell_threshold: int = Field(default=10, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     report_languages: list[Literal["nl", "en"]] = Field(default_factory=lambda: ["nl", "en"])
+    covariate_labels: dict[str, Labels] = Field(
+        default_factory=dict, description="label per covariate column in the report languages (footer, notes)")
 
     @model_validator(mode="after")
     def _consistent(self) -> AnalysisPlan:
@@ -169,6 +171,11 @@ class AnalysisPlan(BaseModel):
 
     def random_effects_of(self, spec: OutcomeSpec) -> RandomEffects:
         return spec.random_effects or self.defaults.random_effects
+
+    def covariate_label(self, column: str, lang: str) -> str:
+        """The covariate's label in `lang` (config `covariate_labels`), else the column name."""
+        lab = self.covariate_labels.get(column)
+        return lab.get(lang) if lab is not None else column
 
     @property
     def cohort_arms(self) -> list[str]:

@@ -107,14 +107,29 @@ def _summary_counts(shown: pd.DataFrame, result, plan: AnalysisPlan, study: Stud
             "n_households": hh, "n_persons": persons}
 
 
-def _footer(result, plan: AnalysisPlan, run_info: dict, software: dict[str, str], lang: str) -> list[tuple[str, str]]:
-    covs = ", ".join(plan.defaults.fixed_effects.covariates) or "-"
+def _footer(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Instrument], run_info: dict,
+            software: dict[str, str], lang: str) -> list[tuple[str, str]]:
+    """The footer lines (label, text) in `lang`: model, definitions, multiplicity, small cells, software, run."""
+    covs = join_words([plan.covariate_label(c, lang) for c in plan.defaults.fixed_effects.covariates], lang) or "-"
     model = text(lang, "model_lmm", covariates=covs)
     if any(r.family != "gaussian" for r in result.outcomes.values()):
         model += " " + text(lang, "model_gee")
+    extra = []
+    for key in result.outcomes:
+        try:
+            spec = plan.outcome(key)
+        except KeyError:
+            continue
+        if spec.response == "stopped":
+            extra.append((text(lang, "footer_definition", outcome=T.outcome_label(key, plan, instruments, lang)),
+                          text(lang, "stopped_definition", baseline=T.wave_label(study, study.baseline_wave, lang))))
+    mi = plan.sensitivity.multiple_imputation
+    if mi.enabled and any(r.family == "gaussian" for r in result.outcomes.values()):
+        extra.append((text(lang, "footer_mi"), text(lang, "footer_mi_text", m=mi.imputations)))
     return [
         (text(lang, "footer_model"), model),
         (text(lang, "footer_d"), text(lang, "footer_d_text")),
+        *extra,
         (text(lang, "footer_multiplicity"), result.multiplicity or plan.multiplicity.method),
         (text(lang, "footer_small_label"), text(lang, "footer_small_cells", threshold=plan.small_cell_threshold)),
         (text(lang, "footer_software"), ", ".join(f"{k} {v}" for k, v in software.items())),
@@ -244,7 +259,7 @@ def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str
     rows = T.effect_rows(result, plan, study)
     shown = T.suppress_small_cells(rows, plan)
     displays = {lang: T.display_table(shown, plan, study, instruments, lang) for lang in langs}
-    footers = {lang: _footer(result, plan, run_info, software, lang) for lang in langs}
+    footers = {lang: _footer(result, plan, study, instruments, run_info, software, lang) for lang in langs}
     titles = {lang: text(lang, "title", study=study.name) for lang in langs}
 
     csv = T.write_csv(shown, out_dir / "effect_table.csv")

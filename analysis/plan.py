@@ -105,6 +105,8 @@ class MiSpec(BaseModel):
     imputations: int = Field(default=20, ge=2)
     iterations: int = Field(default=10, ge=1)
     seed: int = 20241
+    household: bool = Field(default=True, description="impute with the other household members' mean scores "
+                                                      "(cluster-means approach); false = persons independent")
 
 
 class Sensitivity(BaseModel):

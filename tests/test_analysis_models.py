@@ -145,6 +145,7 @@ def test_run_analysis_adjusts_families_and_runs_sensitivity(study_data):
     assert len(s) == 4
     for col in ["main_estimate", "ipw_estimate", "mi_estimate", "ipw_changes", "mi_changes", "conclusion_changes"]:
         assert col in s.columns
+    assert "mean score of the other members of the household" in res.methods["sim.total:mi"]
     # under MAR dropout the sensitivity estimates stay near the main estimate
     assert np.all(np.abs(s["mi_estimate"] - s["main_estimate"]) < 2 * s["mi_se"])
     assert np.all(np.abs(s["ipw_estimate"] - s["main_estimate"]) < 2 * s["ipw_se"])

@@ -103,6 +103,7 @@ class LazyGroup(TyperGroup):
         return super().resolve_command(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta["cohortflow.args"] = [*getattr(ctx, "_protected_args", []), *ctx.args]  # click empties them
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
@@ -123,11 +124,12 @@ def _listing_help(ctx: click.Context) -> bool:
 
 def _database_url_of(ctx: click.Context) -> str:
     """The warehouse URL a command used: its --database-url, else COHORTFLOW_DATABASE_URL, else the default."""
-    c: click.Context | None = ctx
-    while c is not None:
-        if c.params.get("database_url"):
-            return str(c.params["database_url"])
-        c = c.parent
+    args = ctx.meta.get("cohortflow.args") or [*getattr(ctx, "_protected_args", []), *ctx.args]
+    for i, a in enumerate(args):
+        if a == "--database-url" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--database-url="):
+            return a.split("=", 1)[1]
     return os.environ.get("COHORTFLOW_DATABASE_URL") or "the default SQLite file data/cohortflow.sqlite"
 
 

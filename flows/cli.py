@@ -56,7 +56,8 @@ LAZY: dict[str, tuple[str, str]] = {
     "report": ("cohortflow.flows.commands_report:app",
                "Effect tables, plots and the HTML report for programme leads and statisticians."),
     "synth": ("cohortflow.synth.cli:app", "Generate realistic synthetic studies (demo data, tests)."),
-    "ops": ("cohortflow.flows.commands_ops:app", "Operations: a Prefect server, deployments and schedules"),
+    "ops": ("cohortflow.flows.commands_ops:app",
+            "Operations: a Prefect server, deployments and schedules, recorded runs"),
 }
 
 

@@ -231,7 +231,7 @@ def test_served_ingestion_loads_a_dropped_file_on_its_schedule(prefect_server, s
 
 
 def _normalised_dump(url: str) -> dict:
-    """The canonical warehouse dump with the run ids (which name each run) replaced by their order."""
+    """The canonical warehouse dump with the run ids (which name each run) replaced by their order, re-sorted."""
     from sqlalchemy import select
 
     from cohortflow.warehouse.db import get_engine
@@ -240,12 +240,18 @@ def _normalised_dump(url: str) -> dict:
 
     eng = get_engine(url)
     with eng.connect() as conn:
-        ids = [r[0] for r in conn.execute(select(Run.run_id).order_by(Run.started_at))]
-    text = repr(canonical_dump(eng))
-    for i, rid in enumerate(ids):
-        text = text.replace(rid, f"<run {i}>")
+        ids = {r[0]: f"<run {i}>" for i, r in enumerate(conn.execute(select(Run.run_id).order_by(Run.started_at)))}
+
+    def norm(v):
+        if isinstance(v, str):
+            for rid, name in ids.items():
+                v = v.replace(rid, name)
+        return v
+
+    dump = {t: sorted((tuple(norm(v) for v in row) for row in rows), key=repr)
+            for t, rows in canonical_dump(eng).items()}
     eng.dispose()
-    return text
+    return dump
 
 
 def test_dask_runner_gives_the_same_warehouse_and_effects(prefect_server, small_study, tmp_path):
@@ -348,8 +354,10 @@ def test_ingest_retries_transient_database_errors_only(prefect_server, small_stu
         raise ValueError("a bug, not a passing failure")
 
     monkeypatch.setattr(batch, "load_validated", broken)
+    url2 = f"sqlite:///{tmp_path / 'w2.sqlite'}"
+    init_warehouse(get_engine(url2))
     with pytest.raises(ValueError, match="a bug"):
-        ingest_flow(inbox=str(inbox), database_url=f"sqlite:///{tmp_path / 'w2.sqlite'}", score_after=False)
+        ingest_flow(inbox=str(inbox), database_url=url2, score_after=False)
     assert len(calls) == 1
 
     # a broken file (cut mid-row) is refused, never retried: read once, the run completes
@@ -366,6 +374,8 @@ def test_ingest_retries_transient_database_errors_only(prefect_server, small_stu
     inbox3.mkdir()
     data = export.read_bytes()
     (inbox3 / export.name).write_bytes(data[: len(data) // 2 + 7])
-    run = ingest_flow(inbox=str(inbox3), database_url=f"sqlite:///{tmp_path / 'w3.sqlite'}", score_after=False)
+    url3 = f"sqlite:///{tmp_path / 'w3.sqlite'}"
+    init_warehouse(get_engine(url3))
+    run = ingest_flow(inbox=str(inbox3), database_url=url3, score_after=False)
     assert [b.status for b in run.batches] == ["refused"] and export.name in run.batches[0].message
     assert reads == [export.name]

@@ -181,3 +181,24 @@ def test_ingest_shows_no_progress_bar_when_output_is_not_a_terminal(tmp_path, mo
     res = runner.invoke(app, ["ingest", str(inbox), "--database-url", url, "--docs-dir", str(tmp_path / "d")])
     assert res.exit_code == 0 and "loaded" in res.output
     assert "━" not in res.output and "reading and validating" not in res.output
+
+
+def test_ops_runs_lists_a_recorded_run_by_id(tmp_path):
+    """`ops runs --run-id R --json` gives the run's snapshot and plan hash; an unknown id is exit 1."""
+    from cohortflow.warehouse.db import get_engine, init_warehouse
+    from cohortflow.warehouse.snapshot import record_run
+
+    url = f"sqlite:///{tmp_path / 'wh.sqlite'}"
+    engine = init_warehouse(get_engine(url))
+    record_run(engine, "20261123T220000Z-model-abc123", "model", "f" * 64, config_hash="c" * 64,
+               details={"plan": "config/analysis.yaml"})
+    record_run(engine, "20261123T210000Z-scoring-def456", "scoring", "e" * 64)
+    res = runner.invoke(app, ["ops", "runs", "--database-url", url, "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)) == 2
+    res = runner.invoke(app, ["ops", "runs", "--database-url", url, "--run-id", "20261123T220000Z-model-abc123",
+                              "--json"])
+    (run,) = json.loads(res.stdout)
+    assert res.exit_code == 0 and run["kind"] == "model" and run["data_snapshot"] == "f" * 64
+    assert run["config_hash"] == "c" * 64 and run["details"] == {"plan": "config/analysis.yaml"}
+    res = runner.invoke(app, ["ops", "runs", "--database-url", url, "--run-id", "nope"])
+    assert res.exit_code == 1 and "No recorded run with id nope" in res.output

@@ -10,7 +10,9 @@ ephemeral API server) on an empty warehouse: SQLite file, or the PostgreSQL data
 whose `public` schema is DROPPED and recreated (use a database of your own). The child prints per-stage
 wall seconds and peak RSS (sampled in-process by `flows.pipeline.StageMeter`); the parent takes the child's
 wall time and peak RSS (`wait4`). `start-up` = process start to the flow body (imports, Prefect's
-ephemeral server; fresh `PREFECT_HOME` unless `--prefect-home reuse`).
+ephemeral server; fresh `PREFECT_HOME` unless `--prefect-home reuse`); as in `cohortflow demo`, the server
+is started early in a background thread while the database is reset and libraries are imported, unless
+`--no-prestart`.
 """
 
 from __future__ import annotations
@@ -67,10 +69,10 @@ def generate(study_dir: Path, factor: float) -> dict:
     return info
 
 
-def run_pipeline(study_dir: Path, url: str, outputs: Path, prefect_home: Path) -> dict:
+def run_pipeline(study_dir: Path, url: str, outputs: Path, prefect_home: Path, no_prestart: bool = False) -> dict:
     """One child process: empty warehouse at `url`, `pipeline_flow` on the study's inbox; its figures."""
     cmd = [sys.executable, __file__, "--child", "--study", str(study_dir), "--database-url", url,
-           "--outputs", str(outputs), "--spawned", repr(time.time())]
+           "--outputs", str(outputs), "--spawned", repr(time.time()), *(["--no-prestart"] if no_prestart else [])]
     secs, out, rc = _wait(cmd, _child_env(prefect_home))
     if rc:
         raise SystemExit(f"pipeline failed ({url})")
@@ -99,11 +101,20 @@ def child(args: argparse.Namespace) -> None:
     import resource
 
     entered = time.time()
+    server = None
+    if not args.no_prestart:
+        from cohortflow.flows.startup import prestart_prefect_server, warm_imports
+
+        server = prestart_prefect_server()
     t0 = time.perf_counter()
     _reset_database(args.database_url)
     reset = time.perf_counter() - t0
+    if server is not None:
+        warm_imports()
     from cohortflow.flows.pipeline import pipeline_flow
 
+    if server is not None:
+        server.join()
     called = time.time()
     res = pipeline_flow(inbox=str(Path(args.study) / "inbox"), database_url=args.database_url,
                         outputs_dir=str(args.outputs), key_hex=("5a" * 32))
@@ -129,6 +140,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="folder for studies and warehouses (kept)")
     ap.add_argument("--prefect-home", choices=["fresh", "reuse"], default="fresh")
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line per run here")
+    ap.add_argument("--no-prestart", action="store_true",
+                    help="let the flow start Prefect's server (default: start it early, as `cohortflow demo` does)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--study", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--outputs", default=None, help=argparse.SUPPRESS)
@@ -155,7 +168,7 @@ def main() -> None:
             url = (args.database_url if backend == "postgresql"
                    else f"sqlite:///{work / f'warehouse-f{f:g}.sqlite'}")
             home = work / "prefect-home" if args.prefect_home == "reuse" else work / f"prefect-home-{time.time_ns()}"
-            info = run_pipeline(study, url, work / f"outputs-f{f:g}-{backend}", home)
+            info = run_pipeline(study, url, work / f"outputs-f{f:g}-{backend}", home, args.no_prestart)
             if args.prefect_home == "fresh":
                 shutil.rmtree(home, ignore_errors=True)
             st = info["stages"]

@@ -81,6 +81,82 @@ def run_pipeline(study_dir: Path, url: str, outputs: Path, prefect_home: Path, n
     return info
 
 
+def replicate_warehouse(url: str, copies: int) -> dict:
+    """Grow a loaded warehouse to `copies` x its households: every household, person, response and item value
+    is copied `copies - 1` times with new pseudonyms (last 4 hex digits replaced by `x` and the copy number), new
+    response ids and row numbers; scores, runs and quarantine are not copied. For measuring the stages after
+    ingestion at a size whose ingestion would take too long here. Returns the row counts."""
+    from sqlalchemy import text
+
+    from cohortflow.warehouse.db import get_engine
+
+    engine = get_engine(url)
+    pg = engine.dialect.name == "postgresql"
+
+    def pid(col: str, k: int) -> str:
+        # 'x' is not a hex digit: a copy never collides with an original pseudonym
+        return (f"substr({col}, 1, 60) || 'x' || lpad('{k}', 3, '0')" if pg
+                else f"substr({col}, 1, 60) || 'x' || printf('%03d', {k})")
+
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM score"))
+        max_id = conn.execute(text("SELECT max(id) FROM response")).scalar() or 0
+        max_row = conn.execute(text("SELECT max(row_number) FROM response")).scalar() or 0
+        # originals kept in temporary tables so each copy is made from them only
+        for t in ("household", "person", "response"):
+            conn.execute(text(f"CREATE TEMPORARY TABLE {t}_orig AS SELECT * FROM {t}"))
+        for k in range(1, copies):
+            conn.execute(text(f"INSERT INTO household (household_id, arm, site, registration_date, first_batch_id) "
+                              f"SELECT {pid('household_id', k)}, arm, site, registration_date, first_batch_id "
+                              f"FROM household_orig"))
+            conn.execute(text(f"INSERT INTO person (person_id, household_id, sex, birth_year, first_batch_id) "
+                              f"SELECT {pid('person_id', k)}, {pid('household_id', k)}, sex, birth_year, first_batch_id "
+                              f"FROM person_orig"))
+            cols = ("batch_id, role, arm, site, wave, response_date, registration_date, days_since_t0, "
+                    "subject_age_months, subject_sex, superseded")
+            conn.execute(text(f"INSERT INTO response (id, row_number, household_id, person_id, subject_id, {cols}) "
+                              f"SELECT id + {k * max_id}, row_number + {k * max_row}, {pid('household_id', k)}, "
+                              f"{pid('person_id', k)}, {pid('subject_id', k)}, {cols} FROM response_orig"))
+            conn.execute(text(f"INSERT INTO item_value (response_id, instrument, item, value, missing_reason) "
+                              f"SELECT response_id + {k * max_id}, instrument, item, value, missing_reason "
+                              f"FROM item_value WHERE response_id <= {max_id}"))
+        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                  for t in ("household", "person", "response", "item_value")}
+    return counts
+
+
+def replicated(args: argparse.Namespace, work: Path) -> None:
+    """`--replicate-from`: grow a loaded warehouse, then time the flow's stages after ingestion on it."""
+    if args.database_url:
+        url, label = args.database_url, "postgresql"
+    else:
+        target = work / f"warehouse-x{args.copies}.sqlite"
+        shutil.copyfile(args.replicate_from, target)
+        url, label = f"sqlite:///{target}", "sqlite"
+    t0 = time.perf_counter()
+    counts = replicate_warehouse(url, args.copies)
+    print(f"grew the warehouse x{args.copies} in {time.perf_counter() - t0:.1f} s: {counts}", flush=True)
+    empty = work / "empty-study"
+    (empty / "inbox").mkdir(parents=True, exist_ok=True)
+    home = work / f"prefect-home-{time.time_ns()}"
+    cmd = [sys.executable, __file__, "--child", "--keep-db", "--study", str(empty), "--database-url", url,
+           "--outputs", str(work / f"outputs-x{args.copies}-{label}"), "--spawned", repr(time.time())]
+    secs, out, rc = _wait(cmd, _child_env(home))
+    shutil.rmtree(home, ignore_errors=True)
+    if rc:
+        raise SystemExit("pipeline failed")
+    info = json.loads(out.strip().splitlines()[-1])
+    info["wall"] = secs
+    st = info["stages"]
+    print(f"x{args.copies} {label}: wall {secs:.1f} s, peak {info['peak_rss_mib']:.0f} MiB, "
+          + ", ".join(f"{s} {st[s]['seconds']:.1f} s (peak {st[s]['peak_rss_mib']:.0f})" for s in STAGES if s in st)
+          + f", {info['n_scores']} score rows; load {_load()}", flush=True)
+    if args.json:
+        with args.json.open("a") as fh:
+            fh.write(json.dumps({"replicated": args.copies, "backend": label, "counts": counts, "load": _load(),
+                                 **info}) + "\n")
+
+
 def _reset_database(url: str) -> None:
     from sqlalchemy import text
 
@@ -107,7 +183,8 @@ def child(args: argparse.Namespace) -> None:
 
         server = prestart_prefect_server()
     t0 = time.perf_counter()
-    _reset_database(args.database_url)
+    if not args.keep_db:
+        _reset_database(args.database_url)
     reset = time.perf_counter() - t0
     if server is not None:
         warm_imports()
@@ -142,7 +219,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line per run here")
     ap.add_argument("--no-prestart", action="store_true",
                     help="let the flow start Prefect's server (default: start it early, as `cohortflow demo` does)")
+    ap.add_argument("--replicate-from", default=None,
+                    help="instead of generating and ingesting: copy this loaded SQLite warehouse file (or use the "
+                         "loaded PostgreSQL warehouse of --database-url as is), grow it --copies times, then run "
+                         "the flow on an empty inbox (scoring, linkage, models, report)")
+    ap.add_argument("--copies", type=int, default=10)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--keep-db", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--study", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--outputs", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--spawned", default=None, help=argparse.SUPPRESS)
@@ -154,7 +237,11 @@ def main() -> None:
     if "postgresql" in backends and not args.database_url:
         raise SystemExit("--backends postgresql needs --database-url")
     work = args.work or Path(tempfile.mkdtemp(prefix="cf-bench-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {work}; load average at start {_load()}", flush=True)
+    if args.replicate_from:
+        replicated(args, work)
+        return
     head = (f"{'factor':>6} {'backend':>10} {'rows in':>9} {'wall s':>7} {'peak MiB':>8} {'start s':>7} "
             + " ".join(f"{s + ' s':>9}" for s in STAGES) + f" {'stage peaks MiB':>30}  load")
     print(head, flush=True)

@@ -102,11 +102,24 @@ TEXT: dict[str, dict[str, str]] = {
         "footer_d_text": ("d = difference in change divided by the pooled baseline SD of the two arms, "
                           "Hedges-corrected; about 0.2 is small, 0.5 medium, 0.8 large."),
         "model_lmm": ("Linear mixed model per outcome (arm x wave, adjusted for {covariates}; random intercepts "
-                      "for households and persons), using all available data (valid when dropout depends on "
-                      "what was observed). Adjusted means and contrasts as emmeans computes them, Satterthwaite "
-                      "degrees of freedom."),
-        "model_gee": ("Binary and count outcomes: GEE with robust standard errors, households as clusters; "
-                      "differences in percentage points."),
+                      "for households and persons and a random slope of time per person where the data support "
+                      "it), using all available data (valid when dropout depends on what was observed). Adjusted "
+                      "means and contrasts as emmeans computes them, Satterthwaite degrees of freedom."),
+        "model_gee": ("Binary and count outcomes: GEE (logit link for yes/no outcomes, negative binomial for "
+                      "counts) with robust standard errors, households as clusters. Yes/no outcomes: adjusted "
+                      "percentages with confidence intervals computed on the log-odds scale (so they stay between "
+                      "0 and 100%), differences in percentage points, odds ratios (OR). Counts: differences in "
+                      "numbers, rate ratios (RR). A group with 0% (or 100%) at a wave is shown as observed with an "
+                      "exact interval; comparisons involving it are not estimated."),
+        "footer_definition": "Definition: {outcome}",
+        "stopped_definition": ("percentage of the respondents who reported violence at {baseline} and report none "
+                               "at this follow-up; only respondents with violence at {baseline} are counted, and "
+                               "the groups are compared at each follow-up (there is no starting value)."),
+        "footer_mi": "Missing data",
+        "footer_mi_text": ("Main analysis: all available measurements (mixed model). Check: multiple imputation "
+                           "({m} imputed data sets, chained equations within each group, using the household "
+                           "members' scores), pooled with Rubin's rules; the table says whether the conclusion "
+                           "changes."),
         # plots
         "plot_wave": "Wave",
         "plot_emm": "Model-adjusted mean (95% CI)",
@@ -208,11 +221,26 @@ TEXT: dict[str, dict[str, str]] = {
         "footer_d_text": ("d = verschil in verandering gedeeld door de gepoolde SD bij de start van de twee groepen, "
                           "met Hedges-correctie; ongeveer 0,2 is klein, 0,5 middelgroot, 0,8 groot."),
         "model_lmm": ("Lineair mixed model per uitkomst (groep x meting, gecorrigeerd voor {covariates}; random "
-                      "intercepts voor gezinnen en personen), met alle beschikbare gegevens (geldig als uitval "
-                      "samenhangt met wat gemeten is). Gecorrigeerde gemiddelden en contrasten zoals emmeans ze "
-                      "berekent, Satterthwaite-vrijheidsgraden."),
-        "model_gee": ("Binaire en teluitkomsten: GEE met robuuste standaardfouten, gezinnen als clusters; "
-                      "verschillen in procentpunten."),
+                      "intercepts voor gezinnen en personen en een random helling over de tijd per persoon waar de "
+                      "gegevens dat toelaten), met alle beschikbare gegevens (geldig als uitval samenhangt met wat "
+                      "gemeten is). Gecorrigeerde gemiddelden en contrasten zoals emmeans ze berekent, "
+                      "Satterthwaite-vrijheidsgraden."),
+        "model_gee": ("Binaire en teluitkomsten: GEE (logit-link voor ja/nee-uitkomsten, negatief binomiaal voor "
+                      "aantallen) met robuuste standaardfouten, gezinnen als clusters. Ja/nee-uitkomsten: "
+                      "gecorrigeerde percentages met betrouwbaarheidsintervallen berekend op de log-odds-schaal "
+                      "(zodat ze tussen 0 en 100% blijven), verschillen in procentpunten, odds ratio's (OR). "
+                      "Aantallen: verschillen in aantallen, rate ratio's (RR). Een groep met 0% (of 100%) bij een "
+                      "meting staat er zoals waargenomen, met een exact interval; vergelijkingen met die groep "
+                      "worden niet geschat."),
+        "footer_definition": "Definitie: {outcome}",
+        "stopped_definition": ("percentage van de respondenten die bij {baseline} geweld meldden en bij deze meting "
+                               "geen geweld meer melden; alleen respondenten met geweld bij {baseline} tellen mee, "
+                               "en de groepen worden per vervolgmeting vergeleken (er is geen startwaarde)."),
+        "footer_mi": "Ontbrekende gegevens",
+        "footer_mi_text": ("Hoofdanalyse: alle beschikbare metingen (mixed model). Controle: meervoudige imputatie "
+                           "({m} aangevulde datasets, chained equations binnen elke groep, met de scores van de "
+                           "gezinsleden), gepoold met de regels van Rubin; de tabel vermeldt of de conclusie "
+                           "verandert."),
         "plot_wave": "Meting",
         "plot_emm": "Gecorrigeerd gemiddelde (95%-BI)",
         "plot_emm_binary": "Gecorrigeerd % (95%-BI)",

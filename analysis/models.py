@@ -27,12 +27,16 @@ from scipy import stats
 from cohortflow.config.study import Study
 
 from .design import DesignInfo, build_design
+from .diagnostics import LmmResiduals, lmm_residuals, residual_summary
 from .effects import hedges_j, pooled_sd, standardise
 from .emmeans import _ci, change_contrasts, contrast_vectors, marginal_means
 from .lmm import LmmFit, RandomStructure, VarianceComponent, fit_lmm
 from .plan import AnalysisPlan, OutcomeSpec, RandomEffects
 
 DAYS_PER_MONTH = 30.4375
+#: columns the household bootstrap adds to an outcome's contrasts (diff-in-change rows; NaN elsewhere)
+BOOTSTRAP_COLUMNS = ["boot_se", "boot_lower", "boot_upper", "boot_d_lower", "boot_d_upper", "boot_resamples",
+                     "boot_failed"]
 CONTRAST_COLUMNS = ["outcome", "contrast", "kind", "arm", "arm2", "wave", "estimate", "se", "df", "t", "p", "p_adj",
                     "lower", "upper", "d", "d_lower", "d_upper", "d_denominator", "ratio", "ratio_lower",
                     "ratio_upper", "ratio_kind"]
@@ -70,11 +74,16 @@ class OutcomeResult:
     direction: str | None = None
     rows_dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    residual_diagnostics: pd.DataFrame | None = None  # mixed models: diagnostics.residual_summary
+    residuals: LmmResiduals | None = None  # mixed models: fitted values, conditional residuals, BLUPs (plots)
+    bootstrap: pd.DataFrame | None = None  # household-bootstrap CIs per diff-in-change contrast (plan's bootstrap)
 
 
 # --- data selection ------------------------------------------------------------------------------------------
 
 REQUIRED = ["household_id", "person_id", "arm", "wave", "outcome", "score"]
+# The model's response column per `OutcomeSpec.response` ("stopped" is derived from `score`, see derive_stopped).
+RESPONSE_COLUMN = {"score": "score", "above_cutoff": "above_cutoff", "stopped": "stopped"}
 
 
 def _instrument_scale(name: str):
@@ -120,7 +129,7 @@ def select_outcome_rows(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPla
     n0 = len(df)
     df = df[df["arm"].isin(plan.cohort_arms) & df["wave"].isin(study.wave_codes)]
     dropped["not a cohort arm or study wave"] = n0 - len(df)
-    response = "score" if spec.response == "score" else "above_cutoff"
+    response = "above_cutoff" if spec.response == "above_cutoff" else "score"
     if response not in df.columns:
         raise AnalysisDataError(f"analysis dataset: column {response!r} is missing for outcome {spec.id!r}.")
     n1 = len(df)
@@ -262,6 +271,13 @@ FALLBACK_TEXT = {"slope": "dropped the random slope", "household": "dropped the 
 def fit_lmm_with_fallback(df: pd.DataFrame, X: np.ndarray, names: list[str], y: np.ndarray, plan: AnalysisPlan,
                           re: RandomEffects) -> tuple[LmmFit, str, str | None]:
     """Fit, apply the plan's fallback rule while needed; returns (fit, lme4 random formula, fallback text)."""
+    return fit_lmm_with_fallback_structure(df, X, names, y, plan, re)[:3]
+
+
+def fit_lmm_with_fallback_structure(df: pd.DataFrame, X: np.ndarray, names: list[str], y: np.ndarray,
+                                    plan: AnalysisPlan, re: RandomEffects
+                                    ) -> tuple[LmmFit, str, str | None, RandomStructure]:
+    """`fit_lmm_with_fallback` plus the random structure of the final model (for BLUPs and residuals)."""
     dropped: set[str] = set()
     notes: list[str] = []
     while True:
@@ -273,7 +289,7 @@ def fit_lmm_with_fallback(df: pd.DataFrame, X: np.ndarray, names: list[str], y: 
             break
         dropped.add(step[0])
         notes.append(f"{step[1]}: {FALLBACK_TEXT[step[0]]} and refitted")
-    return fit, formula, ("; ".join(notes) if notes else None)
+    return fit, formula, ("; ".join(notes) if notes else None), structure
 
 
 # --- the main entry point -------------------------------------------------------------------------------------
@@ -324,6 +340,13 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
         if filled:
             notes.append(f"{filled} row(s) without a response date: time set to the wave's planned offset")
     df, dropped = select_outcome_rows(data, spec, plan, study, covariates, extra)
+    at_risk_base = None
+    if spec.response == "stopped":
+        df, at_risk_base, n_not = derive_stopped(df, study.baseline_wave)
+        dropped["follow-up rows of persons without a score > 0 at baseline"] = n_not
+        if df.empty:
+            raise AnalysisDataError(f"outcome {spec.id!r}: no follow-up rows of persons with a score > 0 at the "
+                                    f"baseline wave {study.baseline_wave!r}; 'stopped' cannot be defined.")
     constant = [c for c in covariates if df[c].nunique(dropna=True) < 2]
     if constant:
         notes.append(f"covariates {constant} are constant in this outcome's rows and were left out")
@@ -339,8 +362,16 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
     cutoff = spec.cutoff
     if cutoff is None and scale is not None and len(scale.cutoffs) == 1:
         cutoff = scale.cutoffs[0].threshold
-    counts = describe_counts(df, arms, waves, baseline or waves[0])
-    base_desc = describe_baseline(df, arms, baseline or waves[0], "score" if "score" in df.columns else spec.response)
+    if at_risk_base is not None:
+        # 'stopped': n per follow-up wave among the persons at risk (score > 0 at baseline), % of them retained
+        counts = describe_counts(pd.concat([at_risk_base, df]), arms, [study.baseline_wave, *waves],
+                                 study.baseline_wave)
+        counts = counts[counts["wave"] != study.baseline_wave].reset_index(drop=True)
+        base_desc = describe_baseline(at_risk_base, arms, study.baseline_wave).assign(mean=np.nan, sd=np.nan)
+    else:
+        counts = describe_counts(df, arms, waves, baseline or waves[0])
+        base_desc = describe_baseline(df, arms, baseline or waves[0],
+                                      "score" if "score" in df.columns else spec.response)
     above = describe_above_cutoff(df, arms, waves, cutoff)
     reliability = spec.reliability or (scale.reliability.value if scale is not None and scale.reliability else None)
     clinical = pd.DataFrame()
@@ -353,7 +384,16 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
     X, info = build_design(df, arms, waves, covariates)
     if spec.family == "gaussian":
         y = df["score"].to_numpy(float)
-        fit, re_formula, fallback = fit_lmm_with_fallback(df, X, info.columns, y, plan, re)
+        fit, re_formula, fallback, structure = fit_lmm_with_fallback_structure(df, X, info.columns, y, plan, re)
+        try:
+            resid = lmm_residuals(y, X, structure, fit, labels={
+                "household": pd.factorize(df["household_id"])[1].to_numpy(),
+                "person": pd.factorize(df["person_id"])[1].to_numpy(),
+                "slope": pd.factorize(df["person_id"])[1].to_numpy()})
+            diag = residual_summary(resid)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            resid, diag = None, None
+            notes.append(f"residual diagnostics not computed ({exc})")
         emms = marginal_means(fit, info, plan.alpha)
         contrasts = change_contrasts(fit, info, plan.intervention_arm, comparisons, baseline, plan.alpha)
         contrasts = _effect_sizes(contrasts, base_desc)
@@ -388,12 +428,27 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
             warnings=notes + list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
             contrasts=_finish(contrasts, spec.id), baseline=base_desc, above_cutoff=above, clinical=clinical,
             growth=growth, boundary=list(fit.boundary), theta=fit.varpar[:-1].copy(), engine=fit.backend, direction=direction,
-            rows_dropped=dropped,
+            rows_dropped=dropped, residual_diagnostics=diag, residuals=resid,
             seconds=time.perf_counter() - t0)
     res = _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
                            clinical, direction, dropped, t0)
     res.warnings = notes + res.warnings
     return res
+
+
+def derive_stopped(df: pd.DataFrame, baseline: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """'Stopped' at each follow-up wave: 1 when the score is 0 there, among persons with a score > 0 at baseline.
+
+    In: one outcome's rows (score = e.g. any violence 0/1 or a frequency). Out: the follow-up rows of the
+    persons at risk with a `stopped` column (0/1), their baseline rows, and the number of follow-up rows left
+    out (persons with no baseline row or a baseline score of 0).
+    """
+    base = df[df["wave"] == baseline]
+    at_risk = set(base.loc[base["score"] > 0, "person_id"])
+    follow = df[df["wave"] != baseline]
+    keep = follow["person_id"].isin(at_risk)
+    out = follow[keep].assign(stopped=(follow.loc[keep, "score"] == 0).astype(float))
+    return out.reset_index(drop=True), base[base["person_id"].isin(at_risk)], int((~keep).sum())
 
 
 def fill_planned_time(data: pd.DataFrame, study: Study, columns: list[str], spec: OutcomeSpec
@@ -459,18 +514,40 @@ def fit_growth_model(df: pd.DataFrame, plan: AnalysisPlan, study: Study, arms: l
 
 @dataclass
 class GeeEstimator:
-    """Fixed effects with robust covariance; contrasts use the normal distribution (df = inf)."""
+    """Fixed effects with robust covariance; contrasts use the normal distribution (df = inf).
+
+    A variance L'VL below zero (a covariance that is not positive semi-definite, e.g. after separation) gives
+    SE = NaN and is counted in `negative_variances`, never a silent `sqrt` of a negative number.
+    """
 
     params: np.ndarray
     cov_params: np.ndarray
+    negative_variances: int = 0
+
+    def variance(self, L: np.ndarray) -> float:
+        v = float(L @ self.cov_params @ L)
+        if v >= 0:
+            return v
+        if v > -1e-12 * float(np.abs(L) @ np.abs(self.cov_params) @ np.abs(L)):
+            return 0.0  # rounding of a zero variance
+        self.negative_variances += 1
+        return float("nan")
+
+    def se(self, L: np.ndarray) -> float:
+        return float(np.sqrt(self.variance(np.asarray(L, float))))
 
     def contrast(self, L: np.ndarray) -> tuple[float, float, float]:
         L = np.asarray(L, float)
-        return float(L @ self.params), float(np.sqrt(L @ self.cov_params @ L)), float("inf")
+        return float(L @ self.params), self.se(L), float("inf")
 
 
-def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str) -> tuple[object, list[str], float | None]:
-    """GEE with exchangeable working correlation and robust SEs. Returns (result, warnings, NB alpha)."""
+def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str, cov_struct: str = "exchangeable"
+            ) -> tuple[object, list[str], float | None]:
+    """GEE with an exchangeable (or independence) working correlation and robust SEs.
+
+    Returns (statsmodels result, warnings caught, NB alpha or None). The negative binomial's alpha comes from a
+    negative binomial regression of y on X (statsmodels' GEE keeps alpha fixed).
+    """
     import statsmodels.api as sm
 
     caught: list[str] = []
@@ -485,70 +562,183 @@ def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str) -> tu
             nb = sm.NegativeBinomial(y, X).fit(disp=0, maxiter=200)
             alpha = float(nb.params[-1])
             fam = sm.families.NegativeBinomial(alpha=alpha)
-        res = sm.GEE(y, X, groups=groups, family=fam, cov_struct=sm.cov_struct.Exchangeable()).fit(maxiter=100)
+        cs = sm.cov_struct.Exchangeable() if cov_struct == "exchangeable" else sm.cov_struct.Independence()
+        res = sm.GEE(y, X, groups=groups, family=fam, cov_struct=cs).fit(maxiter=100)
         caught += [f"{w.category.__name__}: {w.message}" for w in wl]
     return res, caught, alpha
+
+
+def separated_cells(df: pd.DataFrame, response: str, family: str, arms: list[str], waves: list[str]
+                    ) -> list[dict]:
+    """Arm x wave cells where the model's cell parameter does not exist (separation).
+
+    Binary: every response 0 or every response 1 (the logit of 0% or 100% is infinite); counts: every
+    response 0 (the log of a zero rate). Returns arm, wave, n, events per such cell.
+    """
+    out = []
+    for a in arms:
+        for w in waves:
+            y = df.loc[(df["arm"] == a) & (df["wave"] == w), response].to_numpy(float)
+            if not len(y):
+                continue
+            ev = float(y.sum())
+            if ev == 0 or (family == "binomial" and ev == len(y)):
+                out.append({"arm": a, "wave": w, "n": len(y), "events": int(ev)})
+    return out
+
+
+def cell_means_design(df: pd.DataFrame, info: DesignInfo, X: np.ndarray, cells: list[tuple[str, str]]
+                      ) -> tuple[np.ndarray, list[str], dict[tuple[str, str], np.ndarray]]:
+    """Cell-means coding of `arm * wave + covariates`: one indicator per (arm, wave) cell plus the covariates.
+
+    The same column space as the treatment coding of `build_design` (so the same fit) when every cell is
+    present; cells left out (separated cells, whose rows the caller drops) simply get no column. Returns the
+    design, its column names and the reference-grid row L per cell (covariate part as `info.row` has it).
+    """
+    cov_names = [c for c in [*info.numeric, *[f"{f}{lev}" for f, levs in info.factors.items() for lev in levs[1:]]]
+                 if c in info.columns]
+    cov_idx = [info.columns.index(c) for c in cov_names]
+    arm, wave = df["arm"].astype(str).to_numpy(), df["wave"].astype(str).to_numpy()
+    k = len(cells)
+    Xc = np.column_stack([*[((arm == a) & (wave == w)).astype(float) for a, w in cells], X[:, cov_idx]]) \
+        if len(df) else np.zeros((0, k + len(cov_idx)))
+    names = [f"cell[{a}:{w}]" for a, w in cells] + cov_names
+    rows = {}
+    for j, (a, w) in enumerate(cells):
+        L = np.zeros(k + len(cov_idx))
+        L[j] = 1.0
+        L[k:] = info.row(a, w)[cov_idx]
+        rows[(a, w)] = L
+    return Xc, names, rows
+
+
+def _link_functions(family: str):
+    """(inverse link, its derivative) of the GEE family, overflow-free."""
+    from scipy.special import expit
+
+    if family == "binomial":
+        return expit, (lambda e: expit(e) * expit(-e))
+    return np.exp, np.exp
 
 
 def _fit_gee_outcome(df, X, info: DesignInfo, spec: OutcomeSpec, plan: AnalysisPlan, arms, comparisons, waves,
                      baseline, counts, base_desc, above, clinical, direction, dropped, t0) -> OutcomeResult:
     import time
 
-    response = "above_cutoff" if spec.response == "above_cutoff" else "score"
-    y = df[response].to_numpy(float)
-    groups = pd.factorize(df["household_id"])[0]
-    res, caught, alpha = fit_gee(y, X, groups, spec.family)
+    response = RESPONSE_COLUMN[spec.response]
+    notes: list[str] = []
+    sep = separated_cells(df, response, spec.family, arms, waves)
+    sep_cells = {(c["arm"], c["wave"]) for c in sep}
+    if sep:
+        # The cell's parameter is infinite: its rows drop out of the estimating equations in the limit
+        # (their derivative and residual vanish), so the GEE on the other cells is fitted without them, in
+        # cell-means coding. The separated cell's proportion is reported as observed with an exact CI.
+        keep = ~pd.Series(list(zip(df["arm"], df["wave"], strict=True))).isin(sep_cells).to_numpy()
+        cells = [(a, w) for a in arms for w in waves if info.estimable(a, w) and (a, w) not in sep_cells
+                 and ((df["arm"] == a) & (df["wave"] == w)).any()]
+        X_fit, names, L_rows = cell_means_design(df[keep], info, X[keep], cells)
+        d_fit = df[keep]
+        what = "no events" if spec.family != "binomial" else "0% or 100% of responses"
+        notes.append("separation: " + ", ".join(f"{c['arm']} at {c['wave']} ({c['events']} of {c['n']})"
+                                              for c in sep)
+                     + f" ({what}); the model's parameter for such a cell does not exist, so these rows were left "
+                       "out of the GEE (cell-means coding), the cell is reported as observed with an exact "
+                       "(Clopper-Pearson) CI and contrasts involving it are not estimated")
+    else:
+        X_fit, names, d_fit = X, list(info.columns), df
+        L_rows = {(a, w): info.row(a, w) for a in arms for w in waves if info.estimable(a, w)}
+    y = d_fit[response].to_numpy(float)
+    groups = pd.factorize(d_fit["household_id"])[0]
+    res, caught, alpha = fit_gee(y, X_fit, groups, spec.family, spec.working_correlation)
     est = GeeEstimator(np.asarray(res.params), np.asarray(res.cov_params()))
-    inv = (lambda e: 1 / (1 + np.exp(-e))) if spec.family == "binomial" else np.exp
-    dinv = (lambda e: np.exp(-e) / (1 + np.exp(-e)) ** 2) if spec.family == "binomial" else np.exp
+    inv, dinv = _link_functions(spec.family)
     q = stats.norm.ppf(1 - plan.alpha / 2)
-    # Marginal means on the response scale (inverse link of the grid's linear predictor), delta-method SEs.
+    # Marginal means: the linear predictor at the reference grid, its CI on the link scale back-transformed
+    # (so a probability's CI stays inside 0-1), SE on the response scale by the delta method.
     emm_rows = []
     grad_of: dict[tuple[str, str], np.ndarray] = {}
     mean_of: dict[tuple[str, str], float] = {}
     for a in arms:
         for w in waves:
-            if not info.estimable(a, w):
+            if (a, w) in sep_cells:
+                c = next(c for c in sep if (c["arm"], c["wave"]) == (a, w))
+                m = c["events"] / c["n"]
+                lo, hi = _exact_ci(c["events"], c["n"], plan.alpha) if spec.family == "binomial" else (0.0, np.nan)
+                emm_rows.append({"arm": a, "wave": w, "emmean": m, "se": np.nan, "df": np.inf, "lower": lo,
+                                 "upper": hi, "note": "observed (separation), exact CI"})
                 continue
-            L = info.row(a, w)
+            if (a, w) not in L_rows:
+                continue
+            L = L_rows[(a, w)]
             eta = float(L @ est.params)
+            se_eta = est.se(L)
             m, g = float(inv(eta)), float(dinv(eta)) * L
-            se = float(np.sqrt(g @ est.cov_params @ g))
             mean_of[(a, w)], grad_of[(a, w)] = m, g
-            emm_rows.append({"arm": a, "wave": w, "emmean": m, "se": se, "df": np.inf, "lower": m - q * se,
-                             "upper": m + q * se})
+            emm_rows.append({"arm": a, "wave": w, "emmean": m, "se": float(dinv(eta)) * se_eta, "df": np.inf,
+                             "lower": float(inv(eta - q * se_eta)), "upper": float(inv(eta + q * se_eta)),
+                             "link": eta, "link_se": se_eta})
     rows = []
+    skipped = []
     for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline):
-        cells = _cells_of(c, baseline)
-        e = sum(sgn * mean_of[cell] for sgn, cell in cells)
-        g = sum(sgn * grad_of[cell] for sgn, cell in cells)
-        se = float(np.sqrt(g @ est.cov_params @ g))
+        cells_c = _cells_of(c, baseline)
+        base = {k: v for k, v in c.items() if k != "L"}
+        if any(cell not in mean_of for _, cell in cells_c):
+            skipped.append(c["contrast"])
+            rows.append(base | {"estimate": np.nan, "se": np.nan, "df": np.inf, "t": np.nan, "p": np.nan,
+                                "lower": np.nan, "upper": np.nan, "ratio": np.nan, "ratio_lower": np.nan,
+                                "ratio_upper": np.nan, "ratio_kind": None})
+            continue
+        e = sum(sgn * mean_of[cell] for sgn, cell in cells_c)
+        g = sum(sgn * grad_of[cell] for sgn, cell in cells_c)
+        se = est.se(g)
         t, p, lo, hi = _ci(e, se, np.inf, plan.alpha)
-        le, lse, _ = est.contrast(c["L"])
-        rows.append({k: v for k, v in c.items() if k != "L"} | {
+        Ll = sum(sgn * L_rows[cell] for sgn, cell in cells_c)
+        le, lse, _ = est.contrast(Ll)
+        rows.append(base | {
             "estimate": e, "se": se, "df": np.inf, "t": t, "p": p, "lower": lo, "upper": hi,
             "ratio": np.exp(le), "ratio_lower": np.exp(le - q * lse), "ratio_upper": np.exp(le + q * lse),
             "ratio_kind": "odds ratio" if spec.family == "binomial" else "rate ratio"})
+    if skipped:
+        notes.append(f"not estimated (a cell is separated): {'; '.join(skipped)}")
     contrasts = _finish(pd.DataFrame(rows), spec.id)
-    fe = pd.DataFrame({"term": info.columns, "estimate": est.params, "se": np.sqrt(np.diag(est.cov_params)),
-                       "df": np.inf, "t": est.params / np.sqrt(np.diag(est.cov_params))})
+    fe_se = np.array([est.se(np.eye(len(est.params))[i]) for i in range(len(est.params))])
+    fe = pd.DataFrame({"term": names, "estimate": est.params, "se": fe_se, "df": np.inf,
+                       "t": np.divide(est.params, fe_se, out=np.full(len(fe_se), np.nan), where=fe_se > 0)})
     fe["p"] = 2 * stats.norm.sf(np.abs(fe["t"]))
-    link = {"binomial": "logit link (binomial)", "negative_binomial": f"log link (negative binomial, alpha={alpha})",
-            "poisson": "log link (Poisson)"}[spec.family]
+    eig = np.linalg.eigvalsh((est.cov_params + est.cov_params.T) / 2)
+    if eig.min() < -1e-8 * max(eig.max(), 1e-300) or est.negative_variances:
+        notes.append(f"the robust covariance is not positive semi-definite (smallest eigenvalue {eig.min():.3g}); "
+                     f"{est.negative_variances} standard error(s) set to missing")
+    link = {"binomial": "logit link (binomial)", "negative_binomial": f"log link (negative binomial, alpha={alpha:.4g})"
+            if alpha is not None else "log link (negative binomial)", "poisson": "log link (Poisson)"}[spec.family]
     measure = "risk differences and odds ratios" if spec.family == "binomial" else "mean differences and rate ratios"
     cov_text = " + ".join(info.covariates)
-    method = (f"GEE, {link}: {response} ~ arm * wave{(' + ' + cov_text) if cov_text else ''}; exchangeable working "
-              "correlation within households, robust (sandwich) standard errors (statsmodels GEE). Marginal "
-              "probabilities/means at the reference grid (covariates at their mean, factors averaged on the link "
-              f"scale); contrasts as {measure}, delta-method {100 * (1 - plan.alpha):.0f}% CIs.")
-    vc = pd.DataFrame([{"component": "working correlation (exchangeable)",
-                       "variance": float(np.asarray(res.cov_struct.dep_params).ravel()[0]), "sd": np.nan}])
+    wc = ("exchangeable working correlation within households (every pair of observations in a household, "
+          "persons and waves alike, equally correlated)" if spec.working_correlation == "exchangeable"
+          else "independence working correlation")
+    method = (f"GEE, {link}: {response} ~ arm * wave{(' + ' + cov_text) if cov_text else ''}; {wc}, robust "
+              "(sandwich) standard errors clustered by household (statsmodels GEE). Marginal "
+              f"{'probabilities' if spec.family == 'binomial' else 'means'} at the reference grid (numeric "
+              "covariates at their mean, factor covariates averaged on the link scale), with CIs computed on the "
+              f"link scale and back-transformed; contrasts as {measure} (differences of marginal "
+              f"{'probabilities' if spec.family == 'binomial' else 'means'} with delta-method standard errors; "
+              f"ratios from the link-scale contrast), {100 * (1 - plan.alpha):.0f}% CIs.")
+    vc = pd.DataFrame([{"component": f"working correlation ({spec.working_correlation})",
+                       "variance": float(np.asarray(res.cov_struct.dep_params).ravel()[0])
+                       if spec.working_correlation == "exchangeable" else 0.0, "sd": np.nan}])
     return OutcomeResult(
         outcome=spec.id, name=spec.name, family=spec.family, method=method, counts=counts, fixed_effects=fe,
-        variance_components=vc, loglik=np.nan, converged=bool(getattr(res, "converged", True)), warnings=caught,
-        fallback=None, random_structure="GEE cluster: household", emms=pd.DataFrame(emm_rows), contrasts=contrasts,
-        baseline=base_desc, above_cutoff=above, clinical=clinical, direction=direction, rows_dropped=dropped,
-        seconds=time.perf_counter() - t0)
+        variance_components=vc, loglik=np.nan, converged=bool(getattr(res, "converged", True)),
+        warnings=notes + caught, fallback=None, random_structure="GEE cluster: household",
+        emms=pd.DataFrame(emm_rows), contrasts=contrasts, baseline=base_desc, above_cutoff=above, clinical=clinical,
+        direction=direction, rows_dropped=dropped, seconds=time.perf_counter() - t0)
+
+
+def _exact_ci(events: int, n: int, alpha: float) -> tuple[float, float]:
+    """Clopper-Pearson interval of a proportion."""
+    lo = 0.0 if events == 0 else float(stats.beta.ppf(alpha / 2, events, n - events + 1))
+    hi = 1.0 if events == n else float(stats.beta.ppf(1 - alpha / 2, events + 1, n - events))
+    return lo, hi
 
 
 def _cells_of(c: dict, baseline: str | None) -> list[tuple[float, tuple[str, str]]]:
@@ -642,75 +832,260 @@ def resilience_vs_reference(data: pd.DataFrame, plan: AnalysisPlan, study: Study
     return pd.DataFrame(rows)
 
 
-def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool = True,
-                 imputations: int | None = None) -> AnalysisResult:
-    """Fit every outcome of the plan, adjust p per multiplicity family, run IPW and MI side by side.
+def _dropped_by_fallback(fallback: str | None) -> set[str]:
+    """The random-effect parts the fallback rule dropped, from OutcomeResult.fallback's text."""
+    if not fallback:
+        return set()
+    return {step for step, text in FALLBACK_TEXT.items() if text in fallback}
 
-    A failing outcome is recorded in `failures` with its message; the others still run.
+
+def bootstrap_outcome(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan, study: Study, res: OutcomeResult,
+                      resamples: int | None = None, seed: int | None = None, workers: int | None = None
+                      ) -> pd.DataFrame:
+    """Household-bootstrap percentile CIs of an outcome's differences in change and their d.
+
+    In: the analysis dataset, the outcome's spec, the plan (its `sensitivity.bootstrap` gives resamples,
+    seed and workers unless passed), the study and the outcome's main result (final random structure after
+    the fallback rule, theta for warm starts). Households are drawn with replacement; each resample refits
+    the final mixed model (fast engine, block weights) and recomputes the arms' baseline SDs and Hedges' J
+    behind d. Out: one row per diff-in-change contrast with `contrast`, BOOTSTRAP_COLUMNS and the full-data
+    `estimate`/`d` (equal to the main analysis's).
     """
+    from .effects import hedges_j as _j
+    from .fastlmm_boot import bootstrap_design
+    from .lmm import fast_design
+
+    boot = plan.sensitivity.bootstrap
+    resamples = resamples or boot.resamples
+    seed = boot.seed if seed is None else seed
+    workers = workers or boot.workers
+    if spec.family != "gaussian" or res.theta is None:
+        raise ValueError(f"outcome {spec.id!r}: the household bootstrap needs a fitted mixed model (gaussian outcome)")
+    covariates = plan.covariates_of(spec)
+    re = plan.random_effects_of(spec)
+    extra = [re.slope] if re.slope else []
+    time_col = plan.defaults.time_column
+    if time_col in data.columns and time_col not in extra:
+        extra.append(time_col)
+    filled, _ = fill_planned_time(data, study, extra, spec)
+    df, _ = select_outcome_rows(filled, spec, plan, study, covariates, extra)
+    covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
+    arms = _arms_present(df, plan)
+    comparisons = [a for a in plan.comparison_arms if a in arms]
+    waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+    baseline = study.baseline_wave if study.baseline_wave in waves else None
+    X, info = build_design(df, arms, waves, covariates)
+    cvs = [c for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline)
+           if c["kind"] == "diff_in_change"]
+    if not cvs:
+        raise ValueError(f"outcome {spec.id!r}: no difference-in-change contrast to bootstrap")
+    y = df["score"].to_numpy(float)
+    structure, _ = build_random_structure(df, re, _dropped_by_fallback(res.fallback))
+    design = fast_design(y, X, structure)
+    if design is None or design.n_theta != len(res.theta):
+        raise ValueError(f"outcome {spec.id!r}: the fast engine does not cover the final random structure")
+    L = np.array([c["L"] for c in cvs])
+    score = df["score"].to_numpy(float)
+    at_base = (df["wave"] == baseline).to_numpy()
+    base_rows = {a: np.flatnonzero(at_base & (df["arm"] == a).to_numpy()) for a in arms}
+
+    def sd_n(a: str, w: np.ndarray) -> tuple[float, float]:
+        rows = base_rows[a]
+        ww, x = w[rows], score[rows]
+        n = ww.sum()
+        if n < 2:
+            return float("nan"), n
+        m = ww @ x / n
+        return float(np.sqrt(ww @ (x - m) ** 2 / (n - 1))), n
+
+    def statistic(beta: np.ndarray, w: np.ndarray) -> np.ndarray:
+        est = L @ beta
+        ds = []
+        for c, e in zip(cvs, est, strict=True):
+            s1, n1 = sd_n(c["arm"], w)
+            s2, n2 = sd_n(c["arm2"], w)
+            sd = pooled_sd(s1, n1, s2, n2)
+            ds.append(e / sd * _j(n1 + n2 - 2) if np.isfinite(sd) and sd > 0 else np.nan)
+        return np.concatenate([est, ds])
+
+    names = [c["contrast"] for c in cvs]
+    br = bootstrap_design(design, res.theta, df["household_id"].to_numpy(), statistic,
+                          [*names, *[f"d:{n}" for n in names]], n=resamples, seed=seed, reml=True, n_jobs=workers)
+    a = plan.alpha / 2
+    reps = br.replicates
+    lo, hi = reps.quantile(a), reps.quantile(1 - a)
+    k = len(names)
+    out = pd.DataFrame({
+        "contrast": names, "estimate": br.estimate.iloc[:k].to_numpy(), "d": br.estimate.iloc[k:].to_numpy(),
+        "boot_se": reps.iloc[:, :k].std(ddof=1).to_numpy(), "boot_lower": lo.iloc[:k].to_numpy(),
+        "boot_upper": hi.iloc[:k].to_numpy(), "boot_d_lower": lo.iloc[k:].to_numpy(),
+        "boot_d_upper": hi.iloc[k:].to_numpy(), "boot_resamples": len(reps), "boot_failed": br.n_failed})
+    out.attrs["seconds"] = br.seconds
+    out.attrs["n_households"] = br.n_clusters
+    return out
+
+
+def _attach_bootstrap(res: OutcomeResult, boot: pd.DataFrame, plan: AnalysisPlan) -> str:
+    """Store the bootstrap on the result, add its columns to the contrasts; return the method sentence."""
+    main = res.contrasts.set_index("contrast")
+    merged = boot.set_index("contrast")
+    common = merged.index.intersection(main.index)
+    gap = (merged.loc[common, "estimate"] - main.loc[common, "estimate"]).abs().max() if len(common) else 0.0
+    scale = main.loc[common, "estimate"].abs().max() if len(common) else 1.0
+    if not gap <= 1e-6 * max(scale, 1e-12) + 1e-10:
+        raise ValueError(f"bootstrap full-data estimates differ from the main analysis by {gap:.3g}: "
+                         "the bootstrap rebuilt a different model; not reported")
+    res.bootstrap = boot
+    res.contrasts = res.contrasts.merge(boot[["contrast", *BOOTSTRAP_COLUMNS]], on="contrast", how="left")
+    n_used = int(boot["boot_resamples"].iloc[0])
+    failed = int(boot["boot_failed"].iloc[0])
+    return (f"Household bootstrap: {n_used} resamples of the {boot.attrs.get('n_households', '?')} households "
+            f"(drawn with replacement, seed {plan.sensitivity.bootstrap.seed}"
+            + (f"; {failed} refit(s) failed and were left out" if failed else "")
+            + f"); each refits the final mixed model and recomputes the baseline SDs behind d; "
+            f"{100 * (1 - plan.alpha):.0f}% percentile intervals of the difference in change and of d beside "
+            "the model-based ones.")
+
+
+def _analyse_outcome(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan, study: Study, sensitivity: bool,
+                     imputations: int | None) -> dict:
+    """Main model and (for continuous outcomes) IPW and MI of one outcome; a dict of run_analysis's pieces."""
     from .sensitivity import conclusion_changes, ipw_analysis, mi_analysis
 
+    out: dict = {"result": None, "methods": {}, "failures": {}, "side": None, "balance": []}
+    try:
+        res = fit_outcome_model(data, spec, plan, study)
+    except Exception as exc:  # noqa: BLE001 - report and continue with the other outcomes
+        out["failures"][spec.id] = f"{type(exc).__name__}: {exc}"
+        return out
+    out["result"] = res
+    out["methods"][spec.id] = res.method
+    main = res.contrasts[res.contrasts["kind"] == "diff_in_change"]
+    if not (sensitivity and spec.family == "gaussian" and not main.empty):
+        return out
+    covariates = plan.covariates_of(spec)
+    re = plan.random_effects_of(spec)
+    # the random part after the main model's fallback
+    if res.fallback:
+        re = re.model_copy(update={
+            "slope": None if "random slope" in res.fallback else re.slope,
+            "household": re.household and "household intercept" not in res.fallback,
+            "person": re.person and "person intercept" not in res.fallback})
+    extra = [c for c in [re.slope] if c]
+    filled_data, _ = fill_planned_time(data, study, extra, spec)
+    df, _ = select_outcome_rows(filled_data, spec, plan, study, covariates, extra)
+    covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
+    arms = _arms_present(df, plan)
+    comparisons = [a for a in plan.comparison_arms if a in arms]
+    waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+    side = main[["outcome", "contrast", "arm", "arm2", "wave", "estimate", "lower", "upper", "p"]].rename(
+        columns={"estimate": "main_estimate", "lower": "main_lower", "upper": "main_upper", "p": "main_p"})
+    analyses = []
+    if plan.sensitivity.ipw.enabled:
+        analyses.append(("ipw", partial(ipw_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
+                                        covariates)))
+    if plan.sensitivity.multiple_imputation.enabled:
+        analyses.append(("mi", partial(mi_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
+                                       covariates, re, imputations=imputations, start_theta=res.theta,
+                                       df_complete=dict(zip(main["contrast"], main["df"], strict=True)))))
+    for name, run in analyses:
+        try:
+            sr = run()
+        except Exception as exc:  # noqa: BLE001
+            out["failures"][f"{spec.id}:{name}"] = f"{type(exc).__name__}: {exc}"
+            continue
+        out["methods"][f"{spec.id}:{name}"] = sr.notes
+        c = sr.contrasts.copy()
+        c[f"{name}_changes"] = conclusion_changes(main, c, plan.alpha)
+        c = c.rename(columns={k: f"{name}_{k}" for k in ["estimate", "se", "df", "lower", "upper", "p", "fmi"]})
+        side = side.merge(c.drop(columns=["arm", "arm2", "wave"]), on="contrast", how="left")
+        if sr.balance is not None:
+            out["balance"].append(sr.balance.assign(outcome=spec.id))
+    out["side"] = side
+    return out
+
+
+#: state shared with forked outcome workers (data, plan, study, options), set by run_analysis
+_RUN_STATE: dict = {}
+
+
+def _analyse_outcome_job(i: int) -> dict:
+    """Worker entry: outcome i of the plan in _RUN_STATE, with one BLAS thread per process."""
+    from .fastlmm_core import single_threaded_blas
+
+    st = _RUN_STATE
+    with single_threaded_blas():
+        return _analyse_outcome(st["data"], st["plan"].outcomes[i], st["plan"], st["study"], st["sensitivity"],
+                                st["imputations"])
+
+
+def _analyse_all(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool, imputations: int | None,
+                 workers: int) -> list[dict]:
+    """Every outcome's pieces in plan order: one after the other, or spread over `workers` forked processes."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = len(plan.outcomes)
+    if workers <= 1 or n <= 1 or "fork" not in mp.get_all_start_methods():
+        return [_analyse_outcome(data, spec, plan, study, sensitivity, imputations) for spec in plan.outcomes]
+    _instruments()  # read the instrument definitions once, before forking
+    _RUN_STATE.update(data=data, plan=plan, study=study, sensitivity=sensitivity, imputations=imputations)
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=mp.get_context("fork")) as pool:
+            return list(pool.map(_analyse_outcome_job, range(n)))
+    finally:
+        _RUN_STATE.clear()
+
+
+def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool = True,
+                 imputations: int | None = None, workers: int | None = None,
+                 bootstrap: bool | None = None) -> AnalysisResult:
+    """Fit every outcome of the plan, adjust p per multiplicity family, run IPW and MI side by side.
+
+    `workers` (default the plan's `defaults.workers`) processes fit outcomes side by side (each outcome's
+    main model, IPW and MI in one process; same results as one after the other). `bootstrap` (default the
+    plan's `sensitivity.bootstrap.enabled`) adds household-bootstrap CIs of the differences in change and d
+    to the selected outcomes' contrasts. A failing outcome is recorded in `failures` with its message; the
+    others still run.
+    """
     plan.check_against(study)
+    workers = plan.defaults.workers if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     results: dict[str, OutcomeResult] = {}
     failures: dict[str, str] = {}
     methods: dict[str, str] = {}
     sens_rows: list[pd.DataFrame] = []
     balance: list[pd.DataFrame] = []
-    for spec in plan.outcomes:
-        try:
-            res = fit_outcome_model(data, spec, plan, study)
-        except Exception as exc:  # noqa: BLE001 - report and continue with the other outcomes
-            failures[spec.id] = f"{type(exc).__name__}: {exc}"
-            continue
-        results[spec.id] = res
-        methods[spec.id] = res.method
-        main = res.contrasts[res.contrasts["kind"] == "diff_in_change"]
-        if not (sensitivity and spec.family == "gaussian" and not main.empty):
-            continue
-        covariates = plan.covariates_of(spec)
-        re = plan.random_effects_of(spec)
-        # the random part after the main model's fallback
-        if res.fallback:
-            re = re.model_copy(update={
-                "slope": None if "random slope" in res.fallback else re.slope,
-                "household": re.household and "household intercept" not in res.fallback,
-                "person": re.person and "person intercept" not in res.fallback})
-        extra = [c for c in [re.slope] if c]
-        filled_data, _ = fill_planned_time(data, study, extra, spec)
-        df, _ = select_outcome_rows(filled_data, spec, plan, study, covariates, extra)
-        covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
-        arms = _arms_present(df, plan)
-        comparisons = [a for a in plan.comparison_arms if a in arms]
-        waves = [w for w in _wave_order(study) if w in set(df["wave"])]
-        side = main[["outcome", "contrast", "arm", "arm2", "wave", "estimate", "lower", "upper", "p"]].rename(
-            columns={"estimate": "main_estimate", "lower": "main_lower", "upper": "main_upper", "p": "main_p"})
-        analyses = []
-        if plan.sensitivity.ipw.enabled:
-            analyses.append(("ipw", partial(ipw_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
-                                            covariates)))
-        if plan.sensitivity.multiple_imputation.enabled:
-            analyses.append(("mi", partial(mi_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
-                                           covariates, re, imputations=imputations, start_theta=res.theta,
-                                           df_complete=dict(zip(main["contrast"], main["df"], strict=True)))))
-        for name, run in analyses:
-            try:
-                sr = run()
-            except Exception as exc:  # noqa: BLE001
-                failures[f"{spec.id}:{name}"] = f"{type(exc).__name__}: {exc}"
+    for piece in _analyse_all(data, plan, study, sensitivity, imputations, workers):
+        failures.update(piece["failures"])
+        methods.update(piece["methods"])
+        if piece["result"] is not None:
+            results[piece["result"].outcome] = piece["result"]
+        if piece["side"] is not None:
+            sens_rows.append(piece["side"])
+        balance += piece["balance"]
+    boot_on = plan.sensitivity.bootstrap.enabled if bootstrap is None else bootstrap
+    if boot_on:
+        keys = plan.bootstrap_outcomes() or [o.id for o in plan.outcomes if o.primary and o.family == "gaussian"]
+        for key in keys:
+            if key not in results:
                 continue
-            methods[f"{spec.id}:{name}"] = sr.notes
-            c = sr.contrasts.copy()
-            c[f"{name}_changes"] = conclusion_changes(main, c, plan.alpha)
-            c = c.rename(columns={k: f"{name}_{k}" for k in ["estimate", "se", "df", "lower", "upper", "p", "fmi"]})
-            side = side.merge(c.drop(columns=["arm", "arm2", "wave"]), on="contrast", how="left")
-            if sr.balance is not None:
-                balance.append(sr.balance.assign(outcome=spec.id))
-        sens_rows.append(side)
+            try:
+                boot = bootstrap_outcome(data, plan.outcome(key), plan, study, results[key])
+                text = _attach_bootstrap(results[key], boot, plan)
+                methods[f"{key}:bootstrap"] = text
+                results[key].method = (f"{results[key].method} Household-bootstrap percentile CIs of the "
+                                       "differences in change and of d are given beside the model-based ones.")
+                methods[key] = results[key].method
+            except Exception as exc:  # noqa: BLE001 - the main results stand without the bootstrap
+                failures[f"{key}:bootstrap"] = f"{type(exc).__name__}: {exc}"
     all_contrasts = pd.concat([r.contrasts for r in results.values()], ignore_index=True) if results else \
         pd.DataFrame(columns=CONTRAST_COLUMNS)
     all_contrasts, mult_text = apply_multiplicity(all_contrasts, plan)
     for key, r in results.items():
-        r.contrasts = all_contrasts[all_contrasts["outcome"] == key].drop(columns="family").reset_index(drop=True)
+        own = all_contrasts[all_contrasts["outcome"] == key].drop(columns="family").reset_index(drop=True)
+        r.contrasts = own[CONTRAST_COLUMNS + (BOOTSTRAP_COLUMNS if r.bootstrap is not None else [])]
     sens = pd.concat(sens_rows, ignore_index=True) if sens_rows else pd.DataFrame()
     flags = [c for c in sens.columns if c.endswith("_changes")]
     if flags:

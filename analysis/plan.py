@@ -42,6 +42,8 @@ class Defaults(BaseModel):
     fallback: list[FallbackStep] = Field(default_factory=lambda: ["slope", "household"])
     boundary_tol: float = Field(default=1e-4, gt=0, lt=1)
     time_column: str = "months_since_t0"
+    workers: int = Field(default=1, ge=1, le=64,
+                         description="processes fitting outcomes side by side (1 = one after the other)")
     engine: Literal["fast", "statsmodels", "profiled"] = Field(
         default="fast",
         description="fast: lme4's criterion on the batched engine (statsmodels as fallback); statsmodels: MixedLM "
@@ -57,7 +59,13 @@ class OutcomeSpec(BaseModel):
     label: Labels | None = None
     role: str | None = Field(default=None, description="informant role to select; default all rows")
     family: Family = "gaussian"
-    response: Literal["score", "above_cutoff"] = "score"
+    response: Literal["score", "above_cutoff", "stopped"] = Field(
+        default="score",
+        description="score: the scale score; above_cutoff: the cut-off flag; stopped: 1 when the score was > 0 at "
+                    "baseline and is 0 at the follow-up wave (persons with a score > 0 at baseline only; a binary "
+                    "'any' scale gives 'violence stopped')")
+    working_correlation: Literal["exchangeable", "independence"] = Field(
+        default="exchangeable", description="GEE working correlation within households (binary and count outcomes)")
     primary: bool = False
     direction: Literal["higher_worse", "higher_better", "neutral"] | None = None
     fixed_effects: FixedEffects | None = None
@@ -99,12 +107,32 @@ class MiSpec(BaseModel):
     imputations: int = Field(default=20, ge=2)
     iterations: int = Field(default=10, ge=1)
     seed: int = 20241
+    household: bool = Field(default=True, description="impute with the other household members' mean scores "
+                                                      "(cluster-means approach); false = persons independent")
+
+
+class BootstrapSpec(BaseModel):
+    """Household (cluster) bootstrap CIs of the difference in change and its d, beside the model-based CIs.
+
+    Percentile intervals from `resamples` refits of the final mixed model (fast engine, households drawn with
+    replacement; the baseline SDs behind d recomputed per resample). Continuous (gaussian) outcomes only.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    resamples: int = Field(default=1000, ge=200, le=100_000,
+                           description="number of household resamples (at least 200 for 95% percentile limits)")
+    seed: int = Field(default=20242, ge=0)
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes for the refits")
+    outcomes: list[str] | None = Field(default=None, description="outcome keys; default the primary outcomes")
+    method: Literal["percentile"] = "percentile"
 
 
 class Sensitivity(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ipw: IpwSpec = Field(default_factory=IpwSpec)
     multiple_imputation: MiSpec = Field(default_factory=MiSpec)
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
     change_rule: str = "significance or sign of the difference in change differs from the main analysis"
 
 
@@ -136,6 +164,8 @@ class AnalysisPlan(BaseModel):
     small_cell_threshold: int = Field(default=10, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     report_languages: list[Literal["nl", "en"]] = Field(default_factory=lambda: ["nl", "en"])
+    covariate_labels: dict[str, Labels] = Field(
+        default_factory=dict, description="label per covariate column in the report languages (footer, notes)")
 
     @model_validator(mode="after")
     def _consistent(self) -> AnalysisPlan:
@@ -149,6 +179,16 @@ class AnalysisPlan(BaseModel):
             unknown = [k for k in fam.outcomes if k not in keys]
             if unknown:
                 raise ValueError(f"multiplicity family {fam.name!r} names unknown outcomes {unknown}; known {keys}")
+        boot = self.sensitivity.bootstrap
+        if boot.outcomes is not None:
+            unknown = [k for k in boot.outcomes if k not in keys]
+            if unknown:
+                raise ValueError(f"sensitivity.bootstrap.outcomes names unknown outcomes {unknown}; known {keys}")
+            fam_of = {o.id: o.family for o in self.outcomes}
+            other = [k for k in boot.outcomes if fam_of[k] != "gaussian"]
+            if other:
+                raise ValueError(f"sensitivity.bootstrap.outcomes {other} are not gaussian (mixed-model) outcomes; "
+                                 "the household bootstrap covers continuous outcomes only: remove them")
         return self
 
     # --- look-ups -----------------------------------------------------------------------------
@@ -163,6 +203,20 @@ class AnalysisPlan(BaseModel):
 
     def random_effects_of(self, spec: OutcomeSpec) -> RandomEffects:
         return spec.random_effects or self.defaults.random_effects
+
+    def covariate_label(self, column: str, lang: str) -> str:
+        """The covariate's label in `lang` (config `covariate_labels`), else the column name."""
+        lab = self.covariate_labels.get(column)
+        return lab.get(lang) if lab is not None else column
+
+    def bootstrap_outcomes(self) -> list[str]:
+        """Outcome keys to bootstrap when `sensitivity.bootstrap` is enabled (default: primary gaussian ones)."""
+        boot = self.sensitivity.bootstrap
+        if not boot.enabled:
+            return []
+        if boot.outcomes is not None:
+            return list(boot.outcomes)
+        return [o.id for o in self.outcomes if o.primary and o.family == "gaussian"]
 
     @property
     def cohort_arms(self) -> list[str]:

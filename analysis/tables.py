@@ -101,8 +101,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
                 b = _lookup(res.baseline, arm=a)
                 r[col("base_n", a)] = _get(b, "n")
                 if binary:
-                    ab = _lookup(res.above_cutoff, arm=a, wave=base_wave)
-                    r[col("base_mean", a)] = _get(ab, "pct")
+                    # % at baseline: of the cut-off flag, else of the binary response itself (baseline mean)
+                    ab = _get(_lookup(res.above_cutoff, arm=a, wave=base_wave), "pct")
+                    r[col("base_mean", a)] = ab if math.isfinite(ab) else 100.0 * _get(b, "mean")
                     r[col("base_sd", a)] = float("nan")
                 else:
                     r[col("base_mean", a)] = _get(b, "mean")

@@ -136,7 +136,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
                                  ("ipw_upper", "ipw_upper"), ("ipw_p", "ipw_p")]:
                     r[col(dst, *pair)] = _get(s, src) * (scale if dst in ("mi", "mi_lower", "mi_upper", "ipw",
                                                                           "ipw_lower", "ipw_upper") else 1.0)
-                flag = None if s is None or "conclusion_changes" not in s.index else s["conclusion_changes"]
+                # the table's sensitivity column is the imputation result: its own flag (not IPW's)
+                flag_col = "mi_changes" if s is not None and "mi_changes" in s.index else "conclusion_changes"
+                flag = None if s is None or flag_col not in s.index else s[flag_col]
                 r[col("sens_changed", *pair)] = None if flag is None or pd.isna(flag) else bool(flag)
             rows.append(r)
     base_cols = ["outcome", "name", "family", "outcome_family", "direction", "wave", "baseline_wave", "contrast_kind"]
@@ -163,12 +165,13 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
     for comp in plan.comparison_arms:
         out[col("suppressed", plan.intervention_arm, comp)] = False
 
-    def small(v: object) -> bool:
+    def small(v: object, zero: bool = True) -> bool:
+        """v < threshold; with zero=False a count of 0 is 'not measured' (e.g. no cut-off), not a small cell."""
         try:
             v = float(v)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return False
-        return math.isfinite(v) and v < thr
+        return math.isfinite(v) and v < thr and (zero or v > 0)
 
     def hide(i: int, cols: list[str]) -> None:
         for c in cols:
@@ -181,9 +184,9 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
                 hide(i, [col(k, a) for k in ("n", "retained", "emm", "emm_lower", "emm_upper")])
             if small(rows.at[i, col("base_n", a)]):
                 hide(i, [col(k, a) for k in ("base_n", "base_mean", "base_sd")])
-            if small(rows.at[i, col("above_n", a)]):
+            if small(rows.at[i, col("above_n", a)], zero=False):
                 hide(i, [col(k, a) for k in ("above_n", "above_pct")])
-            if small(rows.at[i, col("paired_n", a)]):
+            if small(rows.at[i, col("paired_n", a)], zero=False):
                 hide(i, [col(k, a) for k in ("paired_n", "improved_pct", "deteriorated_pct")])
         for comp in plan.comparison_arms:
             pair = (plan.intervention_arm, comp)
@@ -293,7 +296,8 @@ def reading(row: pd.Series, comp: str, plan: AnalysisPlan, study: Study, instrum
         key = "higher" if est > 0 else "lower"
     if between:
         key = f"between_{key}"
-    unit = text(lang, "unit_pp" if row["family"] == "binomial" else "unit_points")
+    unit = text(lang, {"binomial": "unit_pp", "negative_binomial": "unit_count", "poisson": "unit_count"}.get(
+        str(row["family"]), "unit_points"))
     sentence = text(lang, f"reading_{key}", est=fmt_number(est, lang), lo=fmt_number(lo, lang),
                     hi=fmt_number(hi, lang), unit=unit, ci=text(lang, "ci"), to=text(lang, "to"), **words)
     p_adj, p = row.get(col("p_adj", *pair)), row.get(col("p", *pair))
@@ -336,8 +340,11 @@ def display_table(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, instrum
         for comp in plan.comparison_arms:
             pair = (I, comp)
             names = {"arm": arm_label(study, I, lang), "arm2": arm_label(study, comp, lang)}
-            d[text(lang, "col_diff", **names)] = _ci(r[col("diff", *pair)], r[col("diff_lower", *pair)],
-                                                      r[col("diff_upper", *pair)], lang)
+            # a difference in change, or (outcomes without a baseline value) a difference at the follow-up
+            diff = _ci(r[col("diff", *pair)], r[col("diff_lower", *pair)], r[col("diff_upper", *pair)], lang)
+            between = r["contrast_kind"] == "between_arm"
+            d[text(lang, "col_diff", **names)] = "" if between else diff
+            d[text(lang, "col_diff_between", **names)] = diff if between else ""
             p, pa = r[col("p", *pair)], r[col("p_adj", *pair)]
             if _is_marker(p):
                 ptxt = str(p)

@@ -328,15 +328,19 @@ def display_table(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, instrum
             n, ret = r[col("n", a)], r[col("retained", a)]
             d[text(lang, "col_n", arm=al, baseline=base)] = (
                 _int(n) if _is_marker(n) or not _num(ret, lang, 0) else f"{_int(n)} ({_num(ret, lang, 0)}%)")
-        for a in plan.cohort_arms:
-            al = arm_label(study, a, lang)
-            m, s = r[col("base_mean", a)], r[col("base_sd", a)]
-            d[text(lang, "col_baseline", arm=al)] = (
-                _num(m, lang) if _is_marker(m) or not _num(s, lang) else f"{_num(m, lang)} ({_num(s, lang)})")
-        for a in plan.cohort_arms:
-            al = arm_label(study, a, lang)
-            d[text(lang, "col_emm", arm=al)] = _ci(r[col("emm", a)], r[col("emm_lower", a)], r[col("emm_upper", a)],
-                                                   lang)
+        # continuous outcomes: means (SD); yes/no outcomes: % (their own columns, so a header never says
+        # 'mean (SD)' over a percentage)
+        for pct in (False, True):
+            for a in plan.cohort_arms:
+                al = arm_label(study, a, lang)
+                m, s = r[col("base_mean", a)], r[col("base_sd", a)]
+                v = _num(m, lang) if _is_marker(m) or not _num(s, lang) else f"{_num(m, lang)} ({_num(s, lang)})"
+                d[text(lang, "col_baseline_pct" if pct else "col_baseline", arm=al)] = v if pct == binary else ""
+        for pct in (False, True):
+            for a in plan.cohort_arms:
+                al = arm_label(study, a, lang)
+                v = _ci(r[col("emm", a)], r[col("emm_lower", a)], r[col("emm_upper", a)], lang)
+                d[text(lang, "col_emm_pct" if pct else "col_emm", arm=al)] = v if pct == binary else ""
         for comp in plan.comparison_arms:
             pair = (I, comp)
             names = {"arm": arm_label(study, I, lang), "arm2": arm_label(study, comp, lang)}

@@ -207,3 +207,12 @@ def test_between_arm_rows_fill_their_own_column_and_counts_are_in_times(result):
     r = rows[rows.outcome == "sim.total"].iloc[0].copy()
     r["family"] = "negative_binomial"
     assert " times" in T.reading(r, C, PLAN, STUDY, INSTRUMENTS, "en")
+
+
+def test_yes_no_outcomes_show_percentages_under_percentage_headers(result):
+    disp = T.display_table(T.effect_rows(result, PLAN, STUDY), PLAN, STUDY, INSTRUMENTS, "nl").set_index("outcome_key")
+    al = STUDY.arm(I).label.nl
+    for kind in ("baseline", "emm"):
+        mean_col, pct_col = text("nl", f"col_{kind}", arm=al), text("nl", f"col_{kind}_pct", arm=al)
+        assert (disp.loc["sim.above", mean_col] == "").all() and (disp.loc["sim.above", pct_col] != "").all()
+        assert (disp.loc["sim.total", pct_col] == "").all() and (disp.loc["sim.total", mean_col] != "").all()

@@ -116,6 +116,11 @@ TEXT: dict[str, dict[str, str]] = {
                       "numbers, rate ratios (RR). A group with 0% (or 100%) at a wave is shown as observed with an "
                       "exact interval; comparisons involving it are not estimated."),
         "footer_definition": "Definition: {outcome}",
+        "multiplicity_families": ("{method} correction within each family of comparisons: {families}. The "
+                                  "adjusted p is shown in brackets; comparisons outside a family are not adjusted."),
+        "multiplicity_per_outcome": ("{method} correction per outcome over its comparisons of the change; the "
+                                     "adjusted p is shown in brackets."),
+        "multiplicity_none": "No correction for multiple comparisons.",
         "stopped_definition": ("percentage of the respondents who reported violence at {baseline} and report none "
                                "at this follow-up; only respondents with violence at {baseline} are counted, and "
                                "the groups are compared at each follow-up (there is no starting value)."),
@@ -241,6 +246,12 @@ TEXT: dict[str, dict[str, str]] = {
                       "meting staat er zoals waargenomen, met een exact interval; vergelijkingen met die groep "
                       "worden niet geschat."),
         "footer_definition": "Definitie: {outcome}",
+        "multiplicity_families": ("{method}-correctie binnen elke familie van vergelijkingen: {families}. De "
+                                  "gecorrigeerde p staat tussen haakjes; vergelijkingen buiten een familie zijn niet "
+                                  "gecorrigeerd."),
+        "multiplicity_per_outcome": ("{method}-correctie per uitkomst over de vergelijkingen van de verandering; de "
+                                     "gecorrigeerde p staat tussen haakjes."),
+        "multiplicity_none": "Geen correctie voor meervoudig toetsen.",
         "stopped_definition": ("percentage van de respondenten die bij {baseline} geweld meldden en bij deze meting "
                                "geen geweld meer melden; alleen respondenten met geweld bij {baseline} tellen mee, "
                                "en de groepen worden per vervolgmeting vergeleken (er is geen startwaarde)."),

@@ -304,7 +304,10 @@ def reading(row: pd.Series, comp: str, plan: AnalysisPlan, study: Study, instrum
     use_adj = p_adj is not None and isinstance(p_adj, float) and math.isfinite(p_adj)
     pv = float(p_adj) if use_adj else float(p)
     pname = text(lang, "p_adjusted" if use_adj else "p_plain")
-    tail = "reading_chance_unlikely" if pv < plan.alpha else "reading_chance_possible"
+    # the CI is not adjusted for multiplicity: a CI that excludes 0 with an adjusted p above alpha is said so,
+    # rather than 'improved more ... may well be chance'
+    tail = ("reading_chance_unlikely" if pv < plan.alpha else
+            "reading_chance_after_correction" if clear and use_adj else "reading_chance_possible")
     return sentence + text(lang, tail, pname=pname, p=fmt_p(pv, lang))
 
 

@@ -121,9 +121,13 @@ def test_reading_by_direction_and_ci():
     nl = T.reading(_row(-3.1, -5.0, -1.2, 0.004), C, PLAN, STUDY, INSTRUMENTS, "nl")
     assert f"verbeterde {T.arm_label(STUDY, I, 'nl')} meer dan" in nl and "\u22123,1 punten" in nl
     assert "gecorrigeerde p = 0,004" in nl
+    # the unadjusted CI excludes 0 but the adjusted p does not: say that the correction is what makes it unclear
+    corrected = T.reading(_row(-4.8, -8.9, -0.6, 0.268), C, PLAN, STUDY, INSTRUMENTS, "en")
+    assert f"{arm} improved more than {comp}" in corrected
+    assert "but after correction for the number of comparisons it may be chance (adjusted p = 0.268)" in corrected
     pp = T.reading(_row(-8.0, -12.0, -4.0, 0.01, family="binomial"), C, PLAN, STUDY, INSTRUMENTS, "en")
     assert "percentage points" in pp
-    for s in (better, worse, unclear, nl, pp):
+    for s in (better, worse, unclear, nl, pp, corrected):
         assert "caus" not in s.lower() and "veroorza" not in s.lower()
 
 

@@ -5,6 +5,8 @@
   independent households, exactly as relabelling it would), warm-started at the full-data theta: no design
   matrices are rebuilt. Given any function of a data frame, it resamples rows by cluster and relabels the
   id columns so duplicated clusters stay distinct.
+* :func:`bootstrap_design` does the same on a prepared :class:`LmmDesign` (the analysis plan's models):
+  ``statistic(beta, row_weights)`` may also use the resample's row multiplicities (e.g. baseline SDs for d).
 * :func:`fit_many` fits many models (outcomes, sensitivity analyses, imputations) across processes.
 """
 
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .fastlmm_api import LmmFit, _lmmfit_from_fast, fit_mixed
-from .fastlmm_core import fit_design, single_threaded_blas, theta_hessian
+from .fastlmm_core import LmmDesign, fit_design, single_threaded_blas, theta_hessian
 
 
 @dataclass
@@ -106,6 +108,102 @@ def _refit_chunk(rows: range) -> tuple[list[pd.Series], int]:
     return out, failed
 
 
+def _refit_design_chunk(rows: range) -> tuple[list[np.ndarray], int]:
+    """Refit resamples ``rows`` of a prepared design (state in _BOOT_STATE); (statistic vectors, failed)."""
+    st = _BOOT_STATE
+    design, theta, reml, hess_inv = st["design"], st["theta"], st["reml"], st["hess_inv"]
+    counts, cl_of_block, cl_of_row, statistic = st["counts"], st["cl_of_block"], st["cl_of_row"], st["statistic"]
+    out, failed = [], 0
+    with single_threaded_blas():
+        for r in rows:
+            w = counts[r][cl_of_block]
+            try:
+                ff = fit_design(design, reml=reml, start=theta, weights=w, polish=False, hess_inv=hess_inv)
+                if not ff.converged:  # second try: full optimisation with the Newton polish
+                    ff = fit_design(design, reml=reml, start=theta, weights=w, polish=True)
+                if not ff.converged:
+                    raise ValueError("no convergence")
+                out.append(np.asarray(statistic(ff.beta, counts[r][cl_of_row]), float))
+            except (FloatingPointError, np.linalg.LinAlgError, ValueError):
+                failed += 1
+    return out, failed
+
+
+def _run_chunks(chunk_fn: Callable[[range], tuple[list, int]], n: int, n_jobs: int) -> tuple[list, int]:
+    """Run ``chunk_fn`` over ``range(n)``, split across ``n_jobs`` forked processes where possible."""
+    if n_jobs > 1 and n > 1 and "fork" in mp.get_all_start_methods():
+        bounds = np.linspace(0, n, n_jobs + 1).astype(int)
+        chunks = [range(bounds[k], bounds[k + 1]) for k in range(n_jobs)]
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork")) as pool:
+            parts = list(pool.map(chunk_fn, chunks))
+    else:
+        parts = [chunk_fn(range(n))]
+    return [r for part in parts for r in part[0]], sum(part[1] for part in parts)
+
+
+def bootstrap_design(
+    design: LmmDesign,
+    theta: np.ndarray,
+    cluster: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    names: Sequence[str],
+    n: int = 1000,
+    seed: int | None = None,
+    reml: bool = True,
+    n_jobs: int = 1,
+) -> BootstrapResult:
+    """Cluster bootstrap of ``statistic`` on a prepared design (block weights, warm starts at ``theta``).
+
+    In: the design (rows in the order given to :class:`LmmDesign`), the full-data theta (design order),
+    the cluster label of each row (blocks must be nested in clusters), ``statistic(beta, row_weights) ->
+    vector`` named by ``names`` (row_weights: how often each row's cluster was drawn; all ones for the full
+    data), number of resamples, seed, REML, worker processes (results do not depend on them).
+    Out: :class:`BootstrapResult`; resamples whose refit fails or does not converge are counted, not used.
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, not {n}")
+    t0 = time.perf_counter()
+    cl_of_row, uniq = pd.factorize(pd.Series(np.asarray(cluster)), sort=False)
+    if len(cl_of_row) != design.n_obs or (cl_of_row < 0).any():
+        raise ValueError(f"cluster must give a label for each of the design's {design.n_obs} rows, without gaps")
+    n_cl = len(uniq)
+    sorted_cl = cl_of_row[design.order]
+    first = np.searchsorted(design.row_block, np.arange(design.n_blocks))
+    cl_of_block = sorted_cl[first]
+    if np.any(sorted_cl != cl_of_block[design.row_block]):
+        raise ValueError("the model's blocks are not nested in the bootstrap clusters (a group spans two clusters)")
+    theta = np.asarray(theta, float)
+    rng = np.random.default_rng(seed)
+    counts = np.stack([np.bincount(rng.integers(0, n_cl, n_cl), minlength=n_cl) for _ in range(n)]).astype(float)
+    with single_threaded_blas():
+        ev = design.evaluator(reml=reml)
+        beta = ev.evaluate(theta, grad=False)["beta"]
+        est = pd.Series(np.asarray(statistic(beta, np.ones(design.n_obs)), float), index=list(names))
+        hess_inv = None
+        try:
+            h = theta_hessian(ev, theta)
+            if np.all(np.linalg.eigvalsh(h) > 0):
+                hess_inv = np.linalg.inv(h)
+        except (FloatingPointError, np.linalg.LinAlgError):
+            hess_inv = None
+    _BOOT_STATE.update(design=design, theta=theta, reml=reml, hess_inv=hess_inv, counts=counts,
+                       cl_of_block=cl_of_block, cl_of_row=cl_of_row, statistic=statistic)
+    try:
+        reps, failed = _run_chunks(_refit_design_chunk, n, n_jobs)
+    finally:
+        _BOOT_STATE.clear()
+    return BootstrapResult(
+        estimate=est,
+        replicates=pd.DataFrame(np.array(reps).reshape(len(reps), len(est)), columns=list(names)),
+        n_failed=failed,
+        seconds=time.perf_counter() - t0,
+        cluster="cluster",
+        n_clusters=n_cl,
+        seed=seed,
+        method="fast engine, block weights, warm start at the full-data theta",
+    )
+
+
 def _bootstrap_fit(
     fit: LmmFit,
     data: pd.DataFrame,
@@ -133,17 +231,9 @@ def _bootstrap_fit(
             hess_inv = None
     _BOOT_STATE.update(fit=fit, statistic=statistic, hess_inv=hess_inv, weights=weights)
     try:
-        if n_jobs > 1 and n > 1 and "fork" in mp.get_all_start_methods():
-            bounds = np.linspace(0, n, n_jobs + 1).astype(int)
-            chunks = [range(bounds[k], bounds[k + 1]) for k in range(n_jobs)]
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork")) as pool:
-                parts = list(pool.map(_refit_chunk, chunks))
-        else:
-            parts = [_refit_chunk(range(n))]
+        reps, failed = _run_chunks(_refit_chunk, n, n_jobs)
     finally:
         _BOOT_STATE.clear()
-    reps = [r for part in parts for r in part[0]]
-    failed = sum(part[1] for part in parts)
     return BootstrapResult(
         estimate=est,
         replicates=pd.DataFrame(reps).reset_index(drop=True),

@@ -34,6 +34,9 @@ from .lmm import LmmFit, RandomStructure, VarianceComponent, fit_lmm
 from .plan import AnalysisPlan, OutcomeSpec, RandomEffects
 
 DAYS_PER_MONTH = 30.4375
+#: columns the household bootstrap adds to an outcome's contrasts (diff-in-change rows; NaN elsewhere)
+BOOTSTRAP_COLUMNS = ["boot_se", "boot_lower", "boot_upper", "boot_d_lower", "boot_d_upper", "boot_resamples",
+                     "boot_failed"]
 CONTRAST_COLUMNS = ["outcome", "contrast", "kind", "arm", "arm2", "wave", "estimate", "se", "df", "t", "p", "p_adj",
                     "lower", "upper", "d", "d_lower", "d_upper", "d_denominator", "ratio", "ratio_lower",
                     "ratio_upper", "ratio_kind"]
@@ -73,6 +76,7 @@ class OutcomeResult:
     seconds: float = 0.0
     residual_diagnostics: pd.DataFrame | None = None  # mixed models: diagnostics.residual_summary
     residuals: LmmResiduals | None = None  # mixed models: fitted values, conditional residuals, BLUPs (plots)
+    bootstrap: pd.DataFrame | None = None  # household-bootstrap CIs per diff-in-change contrast (plan's bootstrap)
 
 
 # --- data selection ------------------------------------------------------------------------------------------
@@ -833,75 +837,260 @@ def resilience_vs_reference(data: pd.DataFrame, plan: AnalysisPlan, study: Study
     return pd.DataFrame(rows)
 
 
-def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool = True,
-                 imputations: int | None = None) -> AnalysisResult:
-    """Fit every outcome of the plan, adjust p per multiplicity family, run IPW and MI side by side.
+def _dropped_by_fallback(fallback: str | None) -> set[str]:
+    """The random-effect parts the fallback rule dropped, from OutcomeResult.fallback's text."""
+    if not fallback:
+        return set()
+    return {step for step, text in FALLBACK_TEXT.items() if text in fallback}
 
-    A failing outcome is recorded in `failures` with its message; the others still run.
+
+def bootstrap_outcome(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan, study: Study, res: OutcomeResult,
+                      resamples: int | None = None, seed: int | None = None, workers: int | None = None
+                      ) -> pd.DataFrame:
+    """Household-bootstrap percentile CIs of an outcome's differences in change and their d.
+
+    In: the analysis dataset, the outcome's spec, the plan (its `sensitivity.bootstrap` gives resamples,
+    seed and workers unless passed), the study and the outcome's main result (final random structure after
+    the fallback rule, theta for warm starts). Households are drawn with replacement; each resample refits
+    the final mixed model (fast engine, block weights) and recomputes the arms' baseline SDs and Hedges' J
+    behind d. Out: one row per diff-in-change contrast with `contrast`, BOOTSTRAP_COLUMNS and the full-data
+    `estimate`/`d` (equal to the main analysis's).
     """
+    from .effects import hedges_j as _j
+    from .fastlmm_boot import bootstrap_design
+    from .lmm import fast_design
+
+    boot = plan.sensitivity.bootstrap
+    resamples = resamples or boot.resamples
+    seed = boot.seed if seed is None else seed
+    workers = workers or boot.workers
+    if spec.family != "gaussian" or res.theta is None:
+        raise ValueError(f"outcome {spec.id!r}: the household bootstrap needs a fitted mixed model (gaussian outcome)")
+    covariates = plan.covariates_of(spec)
+    re = plan.random_effects_of(spec)
+    extra = [re.slope] if re.slope else []
+    time_col = plan.defaults.time_column
+    if time_col in data.columns and time_col not in extra:
+        extra.append(time_col)
+    filled, _ = fill_planned_time(data, study, extra, spec)
+    df, _ = select_outcome_rows(filled, spec, plan, study, covariates, extra)
+    covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
+    arms = _arms_present(df, plan)
+    comparisons = [a for a in plan.comparison_arms if a in arms]
+    waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+    baseline = study.baseline_wave if study.baseline_wave in waves else None
+    X, info = build_design(df, arms, waves, covariates)
+    cvs = [c for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline)
+           if c["kind"] == "diff_in_change"]
+    if not cvs:
+        raise ValueError(f"outcome {spec.id!r}: no difference-in-change contrast to bootstrap")
+    y = df["score"].to_numpy(float)
+    structure, _ = build_random_structure(df, re, _dropped_by_fallback(res.fallback))
+    design = fast_design(y, X, structure)
+    if design is None or design.n_theta != len(res.theta):
+        raise ValueError(f"outcome {spec.id!r}: the fast engine does not cover the final random structure")
+    L = np.array([c["L"] for c in cvs])
+    score = df["score"].to_numpy(float)
+    at_base = (df["wave"] == baseline).to_numpy()
+    base_rows = {a: np.flatnonzero(at_base & (df["arm"] == a).to_numpy()) for a in arms}
+
+    def sd_n(a: str, w: np.ndarray) -> tuple[float, float]:
+        rows = base_rows[a]
+        ww, x = w[rows], score[rows]
+        n = ww.sum()
+        if n < 2:
+            return float("nan"), n
+        m = ww @ x / n
+        return float(np.sqrt(ww @ (x - m) ** 2 / (n - 1))), n
+
+    def statistic(beta: np.ndarray, w: np.ndarray) -> np.ndarray:
+        est = L @ beta
+        ds = []
+        for c, e in zip(cvs, est, strict=True):
+            s1, n1 = sd_n(c["arm"], w)
+            s2, n2 = sd_n(c["arm2"], w)
+            sd = pooled_sd(s1, n1, s2, n2)
+            ds.append(e / sd * _j(n1 + n2 - 2) if np.isfinite(sd) and sd > 0 else np.nan)
+        return np.concatenate([est, ds])
+
+    names = [c["contrast"] for c in cvs]
+    br = bootstrap_design(design, res.theta, df["household_id"].to_numpy(), statistic,
+                          [*names, *[f"d:{n}" for n in names]], n=resamples, seed=seed, reml=True, n_jobs=workers)
+    a = plan.alpha / 2
+    reps = br.replicates
+    lo, hi = reps.quantile(a), reps.quantile(1 - a)
+    k = len(names)
+    out = pd.DataFrame({
+        "contrast": names, "estimate": br.estimate.iloc[:k].to_numpy(), "d": br.estimate.iloc[k:].to_numpy(),
+        "boot_se": reps.iloc[:, :k].std(ddof=1).to_numpy(), "boot_lower": lo.iloc[:k].to_numpy(),
+        "boot_upper": hi.iloc[:k].to_numpy(), "boot_d_lower": lo.iloc[k:].to_numpy(),
+        "boot_d_upper": hi.iloc[k:].to_numpy(), "boot_resamples": len(reps), "boot_failed": br.n_failed})
+    out.attrs["seconds"] = br.seconds
+    out.attrs["n_households"] = br.n_clusters
+    return out
+
+
+def _attach_bootstrap(res: OutcomeResult, boot: pd.DataFrame, plan: AnalysisPlan) -> str:
+    """Store the bootstrap on the result, add its columns to the contrasts; return the method sentence."""
+    main = res.contrasts.set_index("contrast")
+    merged = boot.set_index("contrast")
+    common = merged.index.intersection(main.index)
+    gap = (merged.loc[common, "estimate"] - main.loc[common, "estimate"]).abs().max() if len(common) else 0.0
+    scale = main.loc[common, "estimate"].abs().max() if len(common) else 1.0
+    if not gap <= 1e-6 * max(scale, 1e-12) + 1e-10:
+        raise ValueError(f"bootstrap full-data estimates differ from the main analysis by {gap:.3g}: "
+                         "the bootstrap rebuilt a different model; not reported")
+    res.bootstrap = boot
+    res.contrasts = res.contrasts.merge(boot[["contrast", *BOOTSTRAP_COLUMNS]], on="contrast", how="left")
+    n_used = int(boot["boot_resamples"].iloc[0])
+    failed = int(boot["boot_failed"].iloc[0])
+    return (f"Household bootstrap: {n_used} resamples of the {boot.attrs.get('n_households', '?')} households "
+            f"(drawn with replacement, seed {plan.sensitivity.bootstrap.seed}"
+            + (f"; {failed} refit(s) failed and were left out" if failed else "")
+            + f"); each refits the final mixed model and recomputes the baseline SDs behind d; "
+            f"{100 * (1 - plan.alpha):.0f}% percentile intervals of the difference in change and of d beside "
+            "the model-based ones.")
+
+
+def _analyse_outcome(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan, study: Study, sensitivity: bool,
+                     imputations: int | None) -> dict:
+    """Main model and (for continuous outcomes) IPW and MI of one outcome; a dict of run_analysis's pieces."""
     from .sensitivity import conclusion_changes, ipw_analysis, mi_analysis
 
+    out: dict = {"result": None, "methods": {}, "failures": {}, "side": None, "balance": []}
+    try:
+        res = fit_outcome_model(data, spec, plan, study)
+    except Exception as exc:  # noqa: BLE001 - report and continue with the other outcomes
+        out["failures"][spec.id] = f"{type(exc).__name__}: {exc}"
+        return out
+    out["result"] = res
+    out["methods"][spec.id] = res.method
+    main = res.contrasts[res.contrasts["kind"] == "diff_in_change"]
+    if not (sensitivity and spec.family == "gaussian" and not main.empty):
+        return out
+    covariates = plan.covariates_of(spec)
+    re = plan.random_effects_of(spec)
+    # the random part after the main model's fallback
+    if res.fallback:
+        re = re.model_copy(update={
+            "slope": None if "random slope" in res.fallback else re.slope,
+            "household": re.household and "household intercept" not in res.fallback,
+            "person": re.person and "person intercept" not in res.fallback})
+    extra = [c for c in [re.slope] if c]
+    filled_data, _ = fill_planned_time(data, study, extra, spec)
+    df, _ = select_outcome_rows(filled_data, spec, plan, study, covariates, extra)
+    covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
+    arms = _arms_present(df, plan)
+    comparisons = [a for a in plan.comparison_arms if a in arms]
+    waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+    side = main[["outcome", "contrast", "arm", "arm2", "wave", "estimate", "lower", "upper", "p"]].rename(
+        columns={"estimate": "main_estimate", "lower": "main_lower", "upper": "main_upper", "p": "main_p"})
+    analyses = []
+    if plan.sensitivity.ipw.enabled:
+        analyses.append(("ipw", partial(ipw_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
+                                        covariates)))
+    if plan.sensitivity.multiple_imputation.enabled:
+        analyses.append(("mi", partial(mi_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
+                                       covariates, re, imputations=imputations, start_theta=res.theta,
+                                       df_complete=dict(zip(main["contrast"], main["df"], strict=True)))))
+    for name, run in analyses:
+        try:
+            sr = run()
+        except Exception as exc:  # noqa: BLE001
+            out["failures"][f"{spec.id}:{name}"] = f"{type(exc).__name__}: {exc}"
+            continue
+        out["methods"][f"{spec.id}:{name}"] = sr.notes
+        c = sr.contrasts.copy()
+        c[f"{name}_changes"] = conclusion_changes(main, c, plan.alpha)
+        c = c.rename(columns={k: f"{name}_{k}" for k in ["estimate", "se", "df", "lower", "upper", "p", "fmi"]})
+        side = side.merge(c.drop(columns=["arm", "arm2", "wave"]), on="contrast", how="left")
+        if sr.balance is not None:
+            out["balance"].append(sr.balance.assign(outcome=spec.id))
+    out["side"] = side
+    return out
+
+
+#: state shared with forked outcome workers (data, plan, study, options), set by run_analysis
+_RUN_STATE: dict = {}
+
+
+def _analyse_outcome_job(i: int) -> dict:
+    """Worker entry: outcome i of the plan in _RUN_STATE, with one BLAS thread per process."""
+    from .fastlmm_core import single_threaded_blas
+
+    st = _RUN_STATE
+    with single_threaded_blas():
+        return _analyse_outcome(st["data"], st["plan"].outcomes[i], st["plan"], st["study"], st["sensitivity"],
+                                st["imputations"])
+
+
+def _analyse_all(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool, imputations: int | None,
+                 workers: int) -> list[dict]:
+    """Every outcome's pieces in plan order: one after the other, or spread over `workers` forked processes."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    n = len(plan.outcomes)
+    if workers <= 1 or n <= 1 or "fork" not in mp.get_all_start_methods():
+        return [_analyse_outcome(data, spec, plan, study, sensitivity, imputations) for spec in plan.outcomes]
+    _instruments()  # read the instrument definitions once, before forking
+    _RUN_STATE.update(data=data, plan=plan, study=study, sensitivity=sensitivity, imputations=imputations)
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=mp.get_context("fork")) as pool:
+            return list(pool.map(_analyse_outcome_job, range(n)))
+    finally:
+        _RUN_STATE.clear()
+
+
+def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool = True,
+                 imputations: int | None = None, workers: int | None = None,
+                 bootstrap: bool | None = None) -> AnalysisResult:
+    """Fit every outcome of the plan, adjust p per multiplicity family, run IPW and MI side by side.
+
+    `workers` (default the plan's `defaults.workers`) processes fit outcomes side by side (each outcome's
+    main model, IPW and MI in one process; same results as one after the other). `bootstrap` (default the
+    plan's `sensitivity.bootstrap.enabled`) adds household-bootstrap CIs of the differences in change and d
+    to the selected outcomes' contrasts. A failing outcome is recorded in `failures` with its message; the
+    others still run.
+    """
     plan.check_against(study)
+    workers = plan.defaults.workers if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     results: dict[str, OutcomeResult] = {}
     failures: dict[str, str] = {}
     methods: dict[str, str] = {}
     sens_rows: list[pd.DataFrame] = []
     balance: list[pd.DataFrame] = []
-    for spec in plan.outcomes:
-        try:
-            res = fit_outcome_model(data, spec, plan, study)
-        except Exception as exc:  # noqa: BLE001 - report and continue with the other outcomes
-            failures[spec.id] = f"{type(exc).__name__}: {exc}"
-            continue
-        results[spec.id] = res
-        methods[spec.id] = res.method
-        main = res.contrasts[res.contrasts["kind"] == "diff_in_change"]
-        if not (sensitivity and spec.family == "gaussian" and not main.empty):
-            continue
-        covariates = plan.covariates_of(spec)
-        re = plan.random_effects_of(spec)
-        # the random part after the main model's fallback
-        if res.fallback:
-            re = re.model_copy(update={
-                "slope": None if "random slope" in res.fallback else re.slope,
-                "household": re.household and "household intercept" not in res.fallback,
-                "person": re.person and "person intercept" not in res.fallback})
-        extra = [c for c in [re.slope] if c]
-        filled_data, _ = fill_planned_time(data, study, extra, spec)
-        df, _ = select_outcome_rows(filled_data, spec, plan, study, covariates, extra)
-        covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
-        arms = _arms_present(df, plan)
-        comparisons = [a for a in plan.comparison_arms if a in arms]
-        waves = [w for w in _wave_order(study) if w in set(df["wave"])]
-        side = main[["outcome", "contrast", "arm", "arm2", "wave", "estimate", "lower", "upper", "p"]].rename(
-            columns={"estimate": "main_estimate", "lower": "main_lower", "upper": "main_upper", "p": "main_p"})
-        analyses = []
-        if plan.sensitivity.ipw.enabled:
-            analyses.append(("ipw", partial(ipw_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
-                                            covariates)))
-        if plan.sensitivity.multiple_imputation.enabled:
-            analyses.append(("mi", partial(mi_analysis, df, plan, arms, comparisons, waves, study.baseline_wave,
-                                           covariates, re, imputations=imputations, start_theta=res.theta,
-                                           df_complete=dict(zip(main["contrast"], main["df"], strict=True)))))
-        for name, run in analyses:
-            try:
-                sr = run()
-            except Exception as exc:  # noqa: BLE001
-                failures[f"{spec.id}:{name}"] = f"{type(exc).__name__}: {exc}"
+    for piece in _analyse_all(data, plan, study, sensitivity, imputations, workers):
+        failures.update(piece["failures"])
+        methods.update(piece["methods"])
+        if piece["result"] is not None:
+            results[piece["result"].outcome] = piece["result"]
+        if piece["side"] is not None:
+            sens_rows.append(piece["side"])
+        balance += piece["balance"]
+    boot_on = plan.sensitivity.bootstrap.enabled if bootstrap is None else bootstrap
+    if boot_on:
+        keys = plan.bootstrap_outcomes() or [o.id for o in plan.outcomes if o.primary and o.family == "gaussian"]
+        for key in keys:
+            if key not in results:
                 continue
-            methods[f"{spec.id}:{name}"] = sr.notes
-            c = sr.contrasts.copy()
-            c[f"{name}_changes"] = conclusion_changes(main, c, plan.alpha)
-            c = c.rename(columns={k: f"{name}_{k}" for k in ["estimate", "se", "df", "lower", "upper", "p", "fmi"]})
-            side = side.merge(c.drop(columns=["arm", "arm2", "wave"]), on="contrast", how="left")
-            if sr.balance is not None:
-                balance.append(sr.balance.assign(outcome=spec.id))
-        sens_rows.append(side)
+            try:
+                boot = bootstrap_outcome(data, plan.outcome(key), plan, study, results[key])
+                text = _attach_bootstrap(results[key], boot, plan)
+                methods[f"{key}:bootstrap"] = text
+                results[key].method = (f"{results[key].method} Household-bootstrap percentile CIs of the "
+                                       "differences in change and of d are given beside the model-based ones.")
+                methods[key] = results[key].method
+            except Exception as exc:  # noqa: BLE001 - the main results stand without the bootstrap
+                failures[f"{key}:bootstrap"] = f"{type(exc).__name__}: {exc}"
     all_contrasts = pd.concat([r.contrasts for r in results.values()], ignore_index=True) if results else \
         pd.DataFrame(columns=CONTRAST_COLUMNS)
     all_contrasts, mult_text = apply_multiplicity(all_contrasts, plan)
     for key, r in results.items():
-        r.contrasts = all_contrasts[all_contrasts["outcome"] == key].drop(columns="family").reset_index(drop=True)
+        own = all_contrasts[all_contrasts["outcome"] == key].drop(columns="family").reset_index(drop=True)
+        r.contrasts = own[CONTRAST_COLUMNS + (BOOTSTRAP_COLUMNS if r.bootstrap is not None else [])]
     sens = pd.concat(sens_rows, ignore_index=True) if sens_rows else pd.DataFrame()
     flags = [c for c in sens.columns if c.endswith("_changes")]
     if flags:

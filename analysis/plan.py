@@ -42,6 +42,8 @@ class Defaults(BaseModel):
     fallback: list[FallbackStep] = Field(default_factory=lambda: ["slope", "household"])
     boundary_tol: float = Field(default=1e-4, gt=0, lt=1)
     time_column: str = "months_since_t0"
+    workers: int = Field(default=1, ge=1, le=64,
+                         description="processes fitting outcomes side by side (1 = one after the other)")
     engine: Literal["fast", "statsmodels", "profiled"] = Field(
         default="fast",
         description="fast: lme4's criterion on the batched engine (statsmodels as fallback); statsmodels: MixedLM "
@@ -109,10 +111,28 @@ class MiSpec(BaseModel):
                                                       "(cluster-means approach); false = persons independent")
 
 
+class BootstrapSpec(BaseModel):
+    """Household (cluster) bootstrap CIs of the difference in change and its d, beside the model-based CIs.
+
+    Percentile intervals from `resamples` refits of the final mixed model (fast engine, households drawn with
+    replacement; the baseline SDs behind d recomputed per resample). Continuous (gaussian) outcomes only.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    resamples: int = Field(default=1000, ge=200, le=100_000,
+                           description="number of household resamples (at least 200 for 95% percentile limits)")
+    seed: int = Field(default=20242, ge=0)
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes for the refits")
+    outcomes: list[str] | None = Field(default=None, description="outcome keys; default the primary outcomes")
+    method: Literal["percentile"] = "percentile"
+
+
 class Sensitivity(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ipw: IpwSpec = Field(default_factory=IpwSpec)
     multiple_imputation: MiSpec = Field(default_factory=MiSpec)
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
     change_rule: str = "significance or sign of the difference in change differs from the main analysis"
 
 
@@ -159,6 +179,16 @@ class AnalysisPlan(BaseModel):
             unknown = [k for k in fam.outcomes if k not in keys]
             if unknown:
                 raise ValueError(f"multiplicity family {fam.name!r} names unknown outcomes {unknown}; known {keys}")
+        boot = self.sensitivity.bootstrap
+        if boot.outcomes is not None:
+            unknown = [k for k in boot.outcomes if k not in keys]
+            if unknown:
+                raise ValueError(f"sensitivity.bootstrap.outcomes names unknown outcomes {unknown}; known {keys}")
+            fam_of = {o.id: o.family for o in self.outcomes}
+            other = [k for k in boot.outcomes if fam_of[k] != "gaussian"]
+            if other:
+                raise ValueError(f"sensitivity.bootstrap.outcomes {other} are not gaussian (mixed-model) outcomes; "
+                                 "the household bootstrap covers continuous outcomes only: remove them")
         return self
 
     # --- look-ups -----------------------------------------------------------------------------
@@ -178,6 +208,15 @@ class AnalysisPlan(BaseModel):
         """The covariate's label in `lang` (config `covariate_labels`), else the column name."""
         lab = self.covariate_labels.get(column)
         return lab.get(lang) if lab is not None else column
+
+    def bootstrap_outcomes(self) -> list[str]:
+        """Outcome keys to bootstrap when `sensitivity.bootstrap` is enabled (default: primary gaussian ones)."""
+        boot = self.sensitivity.bootstrap
+        if not boot.enabled:
+            return []
+        if boot.outcomes is not None:
+            return list(boot.outcomes)
+        return [o.id for o in self.outcomes if o.primary and o.family == "gaussian"]
 
     @property
     def cohort_arms(self) -> list[str]:

@@ -407,8 +407,8 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
         if time_col in df.columns and baseline is not None:
             growth = fit_growth_model(df, plan, study, arms, comparisons, covariates, re, fallback, base_desc, time_col)
         method = (
-            f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation; random slope uncorrelated with the "
-            "intercepts). "
+            f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation"
+            + ("; random slope uncorrelated with the intercepts). " if "(0 +" in re_formula else "). ")
             + ("Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion (engine: statsmodels). "
                if fit.backend == "statsmodels" else
                "Fitted by minimising lme4's profiled REML criterion with cohortflow's batched mixed-model engine "
@@ -433,6 +433,11 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
     res = _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
                            clinical, direction, dropped, t0)
     res.warnings = notes + res.warnings
+    if spec.response == "stopped":
+        res.method = (f"'Stopped' at a follow-up wave = 1 when {spec.name} was > 0 at {study.baseline_wave} and is 0 "
+                      f"at that wave, 0 when it is still > 0; only persons with {spec.name} > 0 at "
+                      f"{study.baseline_wave} are in the denominator, and the arms are compared at each follow-up "
+                      "wave (between-arm contrasts: there is no baseline value of 'stopped'). " + res.method)
     return res
 
 

@@ -1033,7 +1033,13 @@ def _analyse_all(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivi
     n = len(plan.outcomes)
     if workers <= 1 or n <= 1 or "fork" not in mp.get_all_start_methods():
         return [_analyse_outcome(data, spec, plan, study, sensitivity, imputations) for spec in plan.outcomes]
-    _instruments()  # read the instrument definitions once, before forking
+    # Everything the workers need is read and imported once, before forking: the children then share it, and
+    # no child waits on an import lock another thread of the parent (e.g. a Prefect worker) held at the fork.
+    import statsmodels.api  # noqa: F401 - IPW and GEE
+
+    from . import sensitivity  # noqa: F401
+
+    _instruments()
     _RUN_STATE.update(data=data, plan=plan, study=study, sensitivity=sensitivity, imputations=imputations)
     try:
         with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=mp.get_context("fork")) as pool:

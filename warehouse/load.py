@@ -346,11 +346,13 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
     reasons = (mapped.missing_reasons[keys].to_numpy(dtype=object) if keys
                else np.zeros((len(f), 0), dtype=object))
     reasons = np.where(pd.isna(reasons), None, reasons).astype(object)  # text columns may hold NaN for None
-    # duplicates within the file: same person, subject, role, wave
-    dup_rows: set[int] = set()
-    quarantine = {k: list(v) for k, v in quarantine.items()}
-    ok = ~d["row_number"].isin(list(quarantine)).to_numpy()
+    # duplicates within the file: an exact copy of an earlier row (every column and missing reason equal) is a
+    # duplicate even when validation flagged it; then rows with the same person, subject, role, wave
     kcols = ["person_id", "subject_id", "role", "wave", "arm"]
+    exact = _exact_copies(f, mapped.missing_reasons, d, kcols)
+    dup_rows: set[int] = set(d["row_number"].to_numpy()[exact].tolist())
+    quarantine = {k: list(v) for k, v in quarantine.items() if k not in dup_rows}
+    ok = ~d["row_number"].isin(list(quarantine)).to_numpy() & ~exact
     cand = d[ok]
     dupmask = cand.duplicated(kcols, keep=False)
     if dupmask.any():
@@ -366,6 +368,16 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
                         "rule": "conflicting_duplicate", "column": "person_id",
                         "value": f"rows {', '.join(map(str, rows))} differ for the same person, wave and role"})
     return _Prepared(d, keys, codes, reasons, quarantine, dup_rows)
+
+
+def _exact_copies(f: pd.DataFrame, reasons: pd.DataFrame, d: pd.DataFrame, kcols: list[str]) -> np.ndarray:
+    """Rows that repeat an earlier row of the file in every column (row number aside) and missing reason."""
+    maybe = d.duplicated(kcols, keep=False).to_numpy()
+    if not maybe.any():
+        return np.zeros(len(d), dtype=bool)
+    content = pd.concat([f.drop(columns=["row_number"]).reset_index(drop=True),
+                         reasons.add_prefix("missing_reason:").reset_index(drop=True)], axis=1)
+    return content.duplicated(keep="first").to_numpy() & maybe
 
 
 def _split_key(instruments_keys: list[str], item_index: dict[str, tuple[str, str]]) -> tuple[list[str], list[str]]:

@@ -342,16 +342,19 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
     days[np.isnat(resp) | np.isnat(reg)] = np.nan
     d["days_since_t0"] = days
     keys = mapped.item_columns
-    codes = f[keys].to_numpy(dtype="float64") if keys else np.zeros((len(f), 0))
-    reasons = (mapped.missing_reasons[keys].to_numpy(dtype=object) if keys
-               else np.zeros((len(f), 0), dtype=object))
+    codes = _columns(f, keys, "float64")
+    reasons = _columns(mapped.missing_reasons, keys, object)
     reasons = np.where(pd.isna(reasons), None, reasons).astype(object)  # text columns may hold NaN for None
     # duplicates within the file: an exact copy of an earlier row (every column and missing reason equal) is a
     # duplicate even when validation flagged it; then rows with the same person, subject, role, wave
     kcols = ["person_id", "subject_id", "role", "wave", "arm"]
+    quarantine = {k: list(v) for k, v in quarantine.items()}
+    dup_rows: set[int] = set()
+    if len(set(zip(*(d[c].tolist() for c in kcols), strict=True))) == len(d):  # the common case: no repeated key
+        return _Prepared(d, keys, codes, reasons, quarantine, dup_rows)
     exact = _exact_copies(f, mapped.missing_reasons, d, kcols)
-    dup_rows: set[int] = set(d["row_number"].to_numpy()[exact].tolist())
-    quarantine = {k: list(v) for k, v in quarantine.items() if k not in dup_rows}
+    dup_rows = set(d["row_number"].to_numpy()[exact].tolist())
+    quarantine = {k: v for k, v in quarantine.items() if k not in dup_rows}
     ok = ~d["row_number"].isin(list(quarantine)).to_numpy() & ~exact
     cand = d[ok]
     dupmask = cand.duplicated(kcols, keep=False)
@@ -368,6 +371,15 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
                         "rule": "conflicting_duplicate", "column": "person_id",
                         "value": f"rows {', '.join(map(str, rows))} differ for the same person, wave and role"})
     return _Prepared(d, keys, codes, reasons, quarantine, dup_rows)
+
+
+def _columns(frame: pd.DataFrame, keys: list[str], dtype: object) -> np.ndarray:
+    """The `keys` columns as one array (a view of the trailing block when they are the frame's last columns)."""
+    if not keys:
+        return np.zeros((len(frame), 0), dtype=dtype)  # type: ignore[call-overload]
+    if list(frame.columns[-len(keys):]) == list(keys):
+        return frame.iloc[:, len(frame.columns) - len(keys):].to_numpy(dtype=dtype)  # type: ignore[arg-type]
+    return frame[keys].to_numpy(dtype=dtype)  # type: ignore[arg-type]
 
 
 def _exact_copies(f: pd.DataFrame, reasons: pd.DataFrame, d: pd.DataFrame, kcols: list[str]) -> np.ndarray:
@@ -485,14 +497,16 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     if cand.empty:
         return
     persons = sorted(set(cand["person_id"].dropna()))
+    # `superseded` is filtered here, not in SQL: SQLite would otherwise pick its low-selectivity index and scan
+    # every current response for each file instead of looking the file's persons up
     q = select(Response.id, Response.person_id, Response.subject_id, Response.role, Response.wave, Response.arm,
-               Response.batch_id).where(Response.superseded.is_(False))
-    if earlier:
-        q = q.where(Response.batch_id.not_in(earlier))
+               Response.batch_id, Response.superseded).order_by(Response.id)
+    skip = set(earlier)
     existing: dict[tuple, tuple[int, int]] = {}
     for i in range(0, len(persons), 900):
         for r in conn.execute(q.where(Response.person_id.in_(persons[i:i + 900]))):
-            existing[(r.person_id, r.subject_id, r.role, r.wave, r.arm)] = (r.id, r.batch_id)
+            if not r.superseded and r.batch_id not in skip:
+                existing[(r.person_id, r.subject_id, r.role, r.wave, r.arm)] = (r.id, r.batch_id)
     _sex_conflicts(conn, cand, earlier, quarantine)
     if not existing:
         return
@@ -526,14 +540,14 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
                    quarantine: dict[int, list[dict]]) -> None:
     """Rows giving a subject another sex than current responses already loaded for that person."""
     subjects = sorted(set(cand["subject_id"].dropna()))
-    q = select(Response.subject_id, Response.subject_sex, Response.batch_id).where(
-        Response.superseded.is_(False), Response.subject_sex.is_not(None))
-    if earlier:
-        q = q.where(Response.batch_id.not_in(earlier))
+    q = select(Response.subject_id, Response.subject_sex, Response.batch_id, Response.superseded).order_by(
+        Response.id)  # filtered here, not in SQL: see _against_warehouse
+    skip = set(earlier)
     known: dict[str, tuple[str, int]] = {}
     for i in range(0, len(subjects), 900):
         for r in conn.execute(q.where(Response.subject_id.in_(subjects[i:i + 900]))):
-            known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
+            if not r.superseded and r.subject_sex is not None and r.batch_id not in skip:
+                known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
     if not known:
         return
     for rn, sid, sex in zip(cand["row_number"].tolist(), cand["subject_id"], cand["subject_sex"], strict=True):

@@ -387,7 +387,7 @@ def read_export(
         "file_level": file_level, "read_seconds": time.perf_counter() - t0,
         "person_pattern": ids.person_pattern,
     }
-    missing_reasons = (pd.DataFrame(reasons_m, columns=item_keys, index=frame.index) if item_keys
+    missing_reasons = (pd.DataFrame(reasons_m, columns=item_keys, index=frame.index, dtype=object) if item_keys
                        else pd.DataFrame(index=frame.index))
     row_issues = pd.DataFrame(issues, columns=ROW_FAILURE_COLUMNS)
     return MappedFile(frame=frame, meta=meta, missing_reasons=missing_reasons, row_issues=row_issues)

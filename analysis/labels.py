@@ -39,10 +39,13 @@ TEXT: dict[str, dict[str, str]] = {
         "col_wave": "Follow-up",
         "col_n": "n {arm} (% of {baseline} retained)",
         "col_baseline": "Baseline mean (SD) {arm}",
+        "col_baseline_pct": "Baseline % {arm}",
         "col_emm": "Adjusted mean (95% CI) {arm}",
+        "col_emm_pct": "Adjusted % (95% CI) {arm}",
         "col_diff": "Difference in change {arm} vs {arm2} (95% CI)",
+        "col_diff_between": "Difference at the follow-up {arm} vs {arm2} (95% CI)",
         "col_p": "p (adjusted p) {arm} vs {arm2}",
-        "col_d": "Effect size d / OR (95% CI) {arm} vs {arm2}",
+        "col_d": "Effect size d / OR / RR (95% CI) {arm} vs {arm2}",
         "col_above": "% above cut-off {arm}",
         "col_rci": "% reliably improved / deteriorated {arm}",
         "col_sens": "Multiple imputation: difference (95% CI) {arm} vs {arm2}",
@@ -58,6 +61,7 @@ TEXT: dict[str, dict[str, str]] = {
         # units
         "unit_points": "points",
         "unit_pp": "percentage points",
+        "unit_count": "times",
         "ci": "95% CI",
         "to": "to",
         "and": "and",
@@ -84,6 +88,8 @@ TEXT: dict[str, dict[str, str]] = {
                                   "(difference {est} {unit}, {ci} {lo} {to} {hi})"),
         "reading_chance_unlikely": "; the difference is unlikely to be chance ({pname} = {p}).",
         "reading_chance_possible": "; the difference may well be chance ({pname} = {p}).",
+        "reading_chance_after_correction": ("; but after correction for the number of comparisons it may be chance "
+                                            "({pname} = {p})."),
         "reading_suppressed": "{outcome} at {wave}: too few respondents to report (fewer than {threshold}).",
         "p_adjusted": "adjusted p",
         "p_plain": "p",
@@ -102,11 +108,29 @@ TEXT: dict[str, dict[str, str]] = {
         "footer_d_text": ("d = difference in change divided by the pooled baseline SD of the two arms, "
                           "Hedges-corrected; about 0.2 is small, 0.5 medium, 0.8 large."),
         "model_lmm": ("Linear mixed model per outcome (arm x wave, adjusted for {covariates}; random intercepts "
-                      "for households and persons), using all available data (valid when dropout depends on "
-                      "what was observed). Adjusted means and contrasts as emmeans computes them, Satterthwaite "
-                      "degrees of freedom."),
-        "model_gee": ("Binary and count outcomes: GEE with robust standard errors, households as clusters; "
-                      "differences in percentage points."),
+                      "for households and persons and a random slope of time per person where the data support "
+                      "it), using all available data (valid when dropout depends on what was observed). Adjusted "
+                      "means and contrasts as emmeans computes them, Satterthwaite degrees of freedom."),
+        "model_gee": ("Binary and count outcomes: GEE (logit link for yes/no outcomes, negative binomial for "
+                      "counts) with robust standard errors, households as clusters. Yes/no outcomes: adjusted "
+                      "percentages with confidence intervals computed on the log-odds scale (so they stay between "
+                      "0 and 100%), differences in percentage points, odds ratios (OR). Counts: differences in "
+                      "numbers, rate ratios (RR). A group with 0% (or 100%) at a wave is shown as observed with an "
+                      "exact interval; comparisons involving it are not estimated."),
+        "footer_definition": "Definition: {outcome}",
+        "multiplicity_families": ("{method} correction within each family of comparisons: {families}. The "
+                                  "adjusted p is shown in brackets; comparisons outside a family are not adjusted."),
+        "multiplicity_per_outcome": ("{method} correction per outcome over its comparisons of the change; the "
+                                     "adjusted p is shown in brackets."),
+        "multiplicity_none": "No correction for multiple comparisons.",
+        "stopped_definition": ("percentage of the respondents who reported violence at {baseline} and report none "
+                               "at this follow-up; only respondents with violence at {baseline} are counted, and "
+                               "the groups are compared at each follow-up (there is no starting value)."),
+        "footer_mi": "Missing data",
+        "footer_mi_text": ("Main analysis: all available measurements (mixed model). Check: multiple imputation "
+                           "({m} imputed data sets, chained equations within each group, using the household "
+                           "members' scores), pooled with Rubin's rules; the table says whether the conclusion "
+                           "changes."),
         # plots
         "plot_wave": "Wave",
         "plot_emm": "Model-adjusted mean (95% CI)",
@@ -147,10 +171,13 @@ TEXT: dict[str, dict[str, str]] = {
         "col_wave": "Vervolgmeting",
         "col_n": "n {arm} (% van {baseline} behouden)",
         "col_baseline": "Gemiddelde (SD) bij start {arm}",
+        "col_baseline_pct": "% bij start {arm}",
         "col_emm": "Gecorrigeerd gemiddelde (95%-BI) {arm}",
+        "col_emm_pct": "Gecorrigeerd % (95%-BI) {arm}",
         "col_diff": "Verschil in verandering {arm} vs {arm2} (95%-BI)",
+        "col_diff_between": "Verschil bij de vervolgmeting {arm} vs {arm2} (95%-BI)",
         "col_p": "p (gecorrigeerde p) {arm} vs {arm2}",
-        "col_d": "Effectgrootte d / OR (95%-BI) {arm} vs {arm2}",
+        "col_d": "Effectgrootte d / OR / RR (95%-BI) {arm} vs {arm2}",
         "col_above": "% boven afkappunt {arm}",
         "col_rci": "% betrouwbaar verbeterd / verslechterd {arm}",
         "col_sens": "Meervoudige imputatie: verschil (95%-BI) {arm} vs {arm2}",
@@ -165,6 +192,7 @@ TEXT: dict[str, dict[str, str]] = {
         "not_available": "n.v.t.",
         "unit_points": "punten",
         "unit_pp": "procentpunten",
+        "unit_count": "keer",
         "ci": "95%-BI",
         "to": "tot",
         "and": "en",
@@ -190,6 +218,8 @@ TEXT: dict[str, dict[str, str]] = {
                                   "(verschil {est} {unit}, {ci} {lo} {to} {hi})"),
         "reading_chance_unlikely": "; het verschil berust waarschijnlijk niet op toeval ({pname} = {p}).",
         "reading_chance_possible": "; het verschil kan goed op toeval berusten ({pname} = {p}).",
+        "reading_chance_after_correction": ("; maar na correctie voor het aantal vergelijkingen kan het op toeval "
+                                            "berusten ({pname} = {p})."),
         "reading_suppressed": "{outcome} bij {wave}: te weinig respondenten om te rapporteren (minder dan {threshold}).",
         "p_adjusted": "gecorrigeerde p",
         "p_plain": "p",
@@ -208,11 +238,32 @@ TEXT: dict[str, dict[str, str]] = {
         "footer_d_text": ("d = verschil in verandering gedeeld door de gepoolde SD bij de start van de twee groepen, "
                           "met Hedges-correctie; ongeveer 0,2 is klein, 0,5 middelgroot, 0,8 groot."),
         "model_lmm": ("Lineair mixed model per uitkomst (groep x meting, gecorrigeerd voor {covariates}; random "
-                      "intercepts voor gezinnen en personen), met alle beschikbare gegevens (geldig als uitval "
-                      "samenhangt met wat gemeten is). Gecorrigeerde gemiddelden en contrasten zoals emmeans ze "
-                      "berekent, Satterthwaite-vrijheidsgraden."),
-        "model_gee": ("Binaire en teluitkomsten: GEE met robuuste standaardfouten, gezinnen als clusters; "
-                      "verschillen in procentpunten."),
+                      "intercepts voor gezinnen en personen en een random helling over de tijd per persoon waar de "
+                      "gegevens dat toelaten), met alle beschikbare gegevens (geldig als uitval samenhangt met wat "
+                      "gemeten is). Gecorrigeerde gemiddelden en contrasten zoals emmeans ze berekent, "
+                      "Satterthwaite-vrijheidsgraden."),
+        "model_gee": ("Binaire en teluitkomsten: GEE (logit-link voor ja/nee-uitkomsten, negatief binomiaal voor "
+                      "aantallen) met robuuste standaardfouten, gezinnen als clusters. Ja/nee-uitkomsten: "
+                      "gecorrigeerde percentages met betrouwbaarheidsintervallen berekend op de log-odds-schaal "
+                      "(zodat ze tussen 0 en 100% blijven), verschillen in procentpunten, odds ratio's (OR). "
+                      "Aantallen: verschillen in aantallen, rate ratio's (RR). Een groep met 0% (of 100%) bij een "
+                      "meting staat er zoals waargenomen, met een exact interval; vergelijkingen met die groep "
+                      "worden niet geschat."),
+        "footer_definition": "Definitie: {outcome}",
+        "multiplicity_families": ("{method}-correctie binnen elke familie van vergelijkingen: {families}. De "
+                                  "gecorrigeerde p staat tussen haakjes; vergelijkingen buiten een familie zijn niet "
+                                  "gecorrigeerd."),
+        "multiplicity_per_outcome": ("{method}-correctie per uitkomst over de vergelijkingen van de verandering; de "
+                                     "gecorrigeerde p staat tussen haakjes."),
+        "multiplicity_none": "Geen correctie voor meervoudig toetsen.",
+        "stopped_definition": ("percentage van de respondenten die bij {baseline} geweld meldden en bij deze meting "
+                               "geen geweld meer melden; alleen respondenten met geweld bij {baseline} tellen mee, "
+                               "en de groepen worden per vervolgmeting vergeleken (er is geen startwaarde)."),
+        "footer_mi": "Ontbrekende gegevens",
+        "footer_mi_text": ("Hoofdanalyse: alle beschikbare metingen (mixed model). Controle: meervoudige imputatie "
+                           "({m} aangevulde datasets, chained equations binnen elke groep, met de scores van de "
+                           "gezinsleden), gepoold met de regels van Rubin; de tabel vermeldt of de conclusie "
+                           "verandert."),
         "plot_wave": "Meting",
         "plot_emm": "Gecorrigeerd gemiddelde (95%-BI)",
         "plot_emm_binary": "Gecorrigeerd % (95%-BI)",

@@ -27,6 +27,7 @@ from scipy import stats
 from cohortflow.config.study import Study
 
 from .design import DesignInfo, build_design
+from .diagnostics import LmmResiduals, lmm_residuals, residual_summary
 from .effects import hedges_j, pooled_sd, standardise
 from .emmeans import _ci, change_contrasts, contrast_vectors, marginal_means
 from .lmm import LmmFit, RandomStructure, VarianceComponent, fit_lmm
@@ -73,12 +74,16 @@ class OutcomeResult:
     direction: str | None = None
     rows_dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    residual_diagnostics: pd.DataFrame | None = None  # mixed models: diagnostics.residual_summary
+    residuals: LmmResiduals | None = None  # mixed models: fitted values, conditional residuals, BLUPs (plots)
     bootstrap: pd.DataFrame | None = None  # household-bootstrap CIs per diff-in-change contrast (plan's bootstrap)
 
 
 # --- data selection ------------------------------------------------------------------------------------------
 
 REQUIRED = ["household_id", "person_id", "arm", "wave", "outcome", "score"]
+# The model's response column per `OutcomeSpec.response` ("stopped" is derived from `score`, see derive_stopped).
+RESPONSE_COLUMN = {"score": "score", "above_cutoff": "above_cutoff", "stopped": "stopped"}
 
 
 def _instrument_scale(name: str):
@@ -124,7 +129,7 @@ def select_outcome_rows(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPla
     n0 = len(df)
     df = df[df["arm"].isin(plan.cohort_arms) & df["wave"].isin(study.wave_codes)]
     dropped["not a cohort arm or study wave"] = n0 - len(df)
-    response = "score" if spec.response == "score" else "above_cutoff"
+    response = "above_cutoff" if spec.response == "above_cutoff" else "score"
     if response not in df.columns:
         raise AnalysisDataError(f"analysis dataset: column {response!r} is missing for outcome {spec.id!r}.")
     n1 = len(df)
@@ -266,6 +271,13 @@ FALLBACK_TEXT = {"slope": "dropped the random slope", "household": "dropped the 
 def fit_lmm_with_fallback(df: pd.DataFrame, X: np.ndarray, names: list[str], y: np.ndarray, plan: AnalysisPlan,
                           re: RandomEffects) -> tuple[LmmFit, str, str | None]:
     """Fit, apply the plan's fallback rule while needed; returns (fit, lme4 random formula, fallback text)."""
+    return fit_lmm_with_fallback_structure(df, X, names, y, plan, re)[:3]
+
+
+def fit_lmm_with_fallback_structure(df: pd.DataFrame, X: np.ndarray, names: list[str], y: np.ndarray,
+                                    plan: AnalysisPlan, re: RandomEffects
+                                    ) -> tuple[LmmFit, str, str | None, RandomStructure]:
+    """`fit_lmm_with_fallback` plus the random structure of the final model (for BLUPs and residuals)."""
     dropped: set[str] = set()
     notes: list[str] = []
     while True:
@@ -277,7 +289,7 @@ def fit_lmm_with_fallback(df: pd.DataFrame, X: np.ndarray, names: list[str], y: 
             break
         dropped.add(step[0])
         notes.append(f"{step[1]}: {FALLBACK_TEXT[step[0]]} and refitted")
-    return fit, formula, ("; ".join(notes) if notes else None)
+    return fit, formula, ("; ".join(notes) if notes else None), structure
 
 
 # --- the main entry point -------------------------------------------------------------------------------------
@@ -328,6 +340,13 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
         if filled:
             notes.append(f"{filled} row(s) without a response date: time set to the wave's planned offset")
     df, dropped = select_outcome_rows(data, spec, plan, study, covariates, extra)
+    at_risk_base = None
+    if spec.response == "stopped":
+        df, at_risk_base, n_not = derive_stopped(df, study.baseline_wave)
+        dropped["follow-up rows of persons without a score > 0 at baseline"] = n_not
+        if df.empty:
+            raise AnalysisDataError(f"outcome {spec.id!r}: no follow-up rows of persons with a score > 0 at the "
+                                    f"baseline wave {study.baseline_wave!r}; 'stopped' cannot be defined.")
     constant = [c for c in covariates if df[c].nunique(dropna=True) < 2]
     if constant:
         notes.append(f"covariates {constant} are constant in this outcome's rows and were left out")
@@ -343,8 +362,16 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
     cutoff = spec.cutoff
     if cutoff is None and scale is not None and len(scale.cutoffs) == 1:
         cutoff = scale.cutoffs[0].threshold
-    counts = describe_counts(df, arms, waves, baseline or waves[0])
-    base_desc = describe_baseline(df, arms, baseline or waves[0], "score" if "score" in df.columns else spec.response)
+    if at_risk_base is not None:
+        # 'stopped': n per follow-up wave among the persons at risk (score > 0 at baseline), % of them retained
+        counts = describe_counts(pd.concat([at_risk_base, df]), arms, [study.baseline_wave, *waves],
+                                 study.baseline_wave)
+        counts = counts[counts["wave"] != study.baseline_wave].reset_index(drop=True)
+        base_desc = describe_baseline(at_risk_base, arms, study.baseline_wave).assign(mean=np.nan, sd=np.nan)
+    else:
+        counts = describe_counts(df, arms, waves, baseline or waves[0])
+        base_desc = describe_baseline(df, arms, baseline or waves[0],
+                                      "score" if "score" in df.columns else spec.response)
     above = describe_above_cutoff(df, arms, waves, cutoff)
     reliability = spec.reliability or (scale.reliability.value if scale is not None and scale.reliability else None)
     clinical = pd.DataFrame()
@@ -357,7 +384,16 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
     X, info = build_design(df, arms, waves, covariates)
     if spec.family == "gaussian":
         y = df["score"].to_numpy(float)
-        fit, re_formula, fallback = fit_lmm_with_fallback(df, X, info.columns, y, plan, re)
+        fit, re_formula, fallback, structure = fit_lmm_with_fallback_structure(df, X, info.columns, y, plan, re)
+        try:
+            resid = lmm_residuals(y, X, structure, fit, labels={
+                "household": pd.factorize(df["household_id"])[1].to_numpy(),
+                "person": pd.factorize(df["person_id"])[1].to_numpy(),
+                "slope": pd.factorize(df["person_id"])[1].to_numpy()})
+            diag = residual_summary(resid)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            resid, diag = None, None
+            notes.append(f"residual diagnostics not computed ({exc})")
         emms = marginal_means(fit, info, plan.alpha)
         contrasts = change_contrasts(fit, info, plan.intervention_arm, comparisons, baseline, plan.alpha)
         contrasts = _effect_sizes(contrasts, base_desc)
@@ -371,8 +407,8 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
         if time_col in df.columns and baseline is not None:
             growth = fit_growth_model(df, plan, study, arms, comparisons, covariates, re, fallback, base_desc, time_col)
         method = (
-            f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation; random slope uncorrelated with the "
-            "intercepts). "
+            f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation"
+            + ("; random slope uncorrelated with the intercepts). " if "(0 +" in re_formula else "). ")
             + ("Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion (engine: statsmodels). "
                if fit.backend == "statsmodels" else
                "Fitted by minimising lme4's profiled REML criterion with cohortflow's batched mixed-model engine "
@@ -392,12 +428,32 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
             warnings=notes + list(fit.warnings), fallback=fallback, random_structure=re_formula, emms=emms,
             contrasts=_finish(contrasts, spec.id), baseline=base_desc, above_cutoff=above, clinical=clinical,
             growth=growth, boundary=list(fit.boundary), theta=fit.varpar[:-1].copy(), engine=fit.backend, direction=direction,
-            rows_dropped=dropped,
+            rows_dropped=dropped, residual_diagnostics=diag, residuals=resid,
             seconds=time.perf_counter() - t0)
     res = _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
                            clinical, direction, dropped, t0)
     res.warnings = notes + res.warnings
+    if spec.response == "stopped":
+        res.method = (f"'Stopped' at a follow-up wave = 1 when {spec.name} was > 0 at {study.baseline_wave} and is 0 "
+                      f"at that wave, 0 when it is still > 0; only persons with {spec.name} > 0 at "
+                      f"{study.baseline_wave} are in the denominator, and the arms are compared at each follow-up "
+                      "wave (between-arm contrasts: there is no baseline value of 'stopped'). " + res.method)
     return res
+
+
+def derive_stopped(df: pd.DataFrame, baseline: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """'Stopped' at each follow-up wave: 1 when the score is 0 there, among persons with a score > 0 at baseline.
+
+    In: one outcome's rows (score = e.g. any violence 0/1 or a frequency). Out: the follow-up rows of the
+    persons at risk with a `stopped` column (0/1), their baseline rows, and the number of follow-up rows left
+    out (persons with no baseline row or a baseline score of 0).
+    """
+    base = df[df["wave"] == baseline]
+    at_risk = set(base.loc[base["score"] > 0, "person_id"])
+    follow = df[df["wave"] != baseline]
+    keep = follow["person_id"].isin(at_risk)
+    out = follow[keep].assign(stopped=(follow.loc[keep, "score"] == 0).astype(float))
+    return out.reset_index(drop=True), base[base["person_id"].isin(at_risk)], int((~keep).sum())
 
 
 def fill_planned_time(data: pd.DataFrame, study: Study, columns: list[str], spec: OutcomeSpec
@@ -463,18 +519,40 @@ def fit_growth_model(df: pd.DataFrame, plan: AnalysisPlan, study: Study, arms: l
 
 @dataclass
 class GeeEstimator:
-    """Fixed effects with robust covariance; contrasts use the normal distribution (df = inf)."""
+    """Fixed effects with robust covariance; contrasts use the normal distribution (df = inf).
+
+    A variance L'VL below zero (a covariance that is not positive semi-definite, e.g. after separation) gives
+    SE = NaN and is counted in `negative_variances`, never a silent `sqrt` of a negative number.
+    """
 
     params: np.ndarray
     cov_params: np.ndarray
+    negative_variances: int = 0
+
+    def variance(self, L: np.ndarray) -> float:
+        v = float(L @ self.cov_params @ L)
+        if v >= 0:
+            return v
+        if v > -1e-12 * float(np.abs(L) @ np.abs(self.cov_params) @ np.abs(L)):
+            return 0.0  # rounding of a zero variance
+        self.negative_variances += 1
+        return float("nan")
+
+    def se(self, L: np.ndarray) -> float:
+        return float(np.sqrt(self.variance(np.asarray(L, float))))
 
     def contrast(self, L: np.ndarray) -> tuple[float, float, float]:
         L = np.asarray(L, float)
-        return float(L @ self.params), float(np.sqrt(L @ self.cov_params @ L)), float("inf")
+        return float(L @ self.params), self.se(L), float("inf")
 
 
-def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str) -> tuple[object, list[str], float | None]:
-    """GEE with exchangeable working correlation and robust SEs. Returns (result, warnings, NB alpha)."""
+def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str, cov_struct: str = "exchangeable"
+            ) -> tuple[object, list[str], float | None]:
+    """GEE with an exchangeable (or independence) working correlation and robust SEs.
+
+    Returns (statsmodels result, warnings caught, NB alpha or None). The negative binomial's alpha comes from a
+    negative binomial regression of y on X (statsmodels' GEE keeps alpha fixed).
+    """
     import statsmodels.api as sm
 
     caught: list[str] = []
@@ -489,70 +567,183 @@ def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str) -> tu
             nb = sm.NegativeBinomial(y, X).fit(disp=0, maxiter=200)
             alpha = float(nb.params[-1])
             fam = sm.families.NegativeBinomial(alpha=alpha)
-        res = sm.GEE(y, X, groups=groups, family=fam, cov_struct=sm.cov_struct.Exchangeable()).fit(maxiter=100)
+        cs = sm.cov_struct.Exchangeable() if cov_struct == "exchangeable" else sm.cov_struct.Independence()
+        res = sm.GEE(y, X, groups=groups, family=fam, cov_struct=cs).fit(maxiter=100)
         caught += [f"{w.category.__name__}: {w.message}" for w in wl]
     return res, caught, alpha
+
+
+def separated_cells(df: pd.DataFrame, response: str, family: str, arms: list[str], waves: list[str]
+                    ) -> list[dict]:
+    """Arm x wave cells where the model's cell parameter does not exist (separation).
+
+    Binary: every response 0 or every response 1 (the logit of 0% or 100% is infinite); counts: every
+    response 0 (the log of a zero rate). Returns arm, wave, n, events per such cell.
+    """
+    out = []
+    for a in arms:
+        for w in waves:
+            y = df.loc[(df["arm"] == a) & (df["wave"] == w), response].to_numpy(float)
+            if not len(y):
+                continue
+            ev = float(y.sum())
+            if ev == 0 or (family == "binomial" and ev == len(y)):
+                out.append({"arm": a, "wave": w, "n": len(y), "events": int(ev)})
+    return out
+
+
+def cell_means_design(df: pd.DataFrame, info: DesignInfo, X: np.ndarray, cells: list[tuple[str, str]]
+                      ) -> tuple[np.ndarray, list[str], dict[tuple[str, str], np.ndarray]]:
+    """Cell-means coding of `arm * wave + covariates`: one indicator per (arm, wave) cell plus the covariates.
+
+    The same column space as the treatment coding of `build_design` (so the same fit) when every cell is
+    present; cells left out (separated cells, whose rows the caller drops) simply get no column. Returns the
+    design, its column names and the reference-grid row L per cell (covariate part as `info.row` has it).
+    """
+    cov_names = [c for c in [*info.numeric, *[f"{f}{lev}" for f, levs in info.factors.items() for lev in levs[1:]]]
+                 if c in info.columns]
+    cov_idx = [info.columns.index(c) for c in cov_names]
+    arm, wave = df["arm"].astype(str).to_numpy(), df["wave"].astype(str).to_numpy()
+    k = len(cells)
+    Xc = np.column_stack([*[((arm == a) & (wave == w)).astype(float) for a, w in cells], X[:, cov_idx]]) \
+        if len(df) else np.zeros((0, k + len(cov_idx)))
+    names = [f"cell[{a}:{w}]" for a, w in cells] + cov_names
+    rows = {}
+    for j, (a, w) in enumerate(cells):
+        L = np.zeros(k + len(cov_idx))
+        L[j] = 1.0
+        L[k:] = info.row(a, w)[cov_idx]
+        rows[(a, w)] = L
+    return Xc, names, rows
+
+
+def _link_functions(family: str):
+    """(inverse link, its derivative) of the GEE family, overflow-free."""
+    from scipy.special import expit
+
+    if family == "binomial":
+        return expit, (lambda e: expit(e) * expit(-e))
+    return np.exp, np.exp
 
 
 def _fit_gee_outcome(df, X, info: DesignInfo, spec: OutcomeSpec, plan: AnalysisPlan, arms, comparisons, waves,
                      baseline, counts, base_desc, above, clinical, direction, dropped, t0) -> OutcomeResult:
     import time
 
-    response = "above_cutoff" if spec.response == "above_cutoff" else "score"
-    y = df[response].to_numpy(float)
-    groups = pd.factorize(df["household_id"])[0]
-    res, caught, alpha = fit_gee(y, X, groups, spec.family)
+    response = RESPONSE_COLUMN[spec.response]
+    notes: list[str] = []
+    sep = separated_cells(df, response, spec.family, arms, waves)
+    sep_cells = {(c["arm"], c["wave"]) for c in sep}
+    if sep:
+        # The cell's parameter is infinite: its rows drop out of the estimating equations in the limit
+        # (their derivative and residual vanish), so the GEE on the other cells is fitted without them, in
+        # cell-means coding. The separated cell's proportion is reported as observed with an exact CI.
+        keep = ~pd.Series(list(zip(df["arm"], df["wave"], strict=True))).isin(sep_cells).to_numpy()
+        cells = [(a, w) for a in arms for w in waves if info.estimable(a, w) and (a, w) not in sep_cells
+                 and ((df["arm"] == a) & (df["wave"] == w)).any()]
+        X_fit, names, L_rows = cell_means_design(df[keep], info, X[keep], cells)
+        d_fit = df[keep]
+        what = "no events" if spec.family != "binomial" else "0% or 100% of responses"
+        notes.append("separation: " + ", ".join(f"{c['arm']} at {c['wave']} ({c['events']} of {c['n']})"
+                                              for c in sep)
+                     + f" ({what}); the model's parameter for such a cell does not exist, so these rows were left "
+                       "out of the GEE (cell-means coding), the cell is reported as observed with an exact "
+                       "(Clopper-Pearson) CI and contrasts involving it are not estimated")
+    else:
+        X_fit, names, d_fit = X, list(info.columns), df
+        L_rows = {(a, w): info.row(a, w) for a in arms for w in waves if info.estimable(a, w)}
+    y = d_fit[response].to_numpy(float)
+    groups = pd.factorize(d_fit["household_id"])[0]
+    res, caught, alpha = fit_gee(y, X_fit, groups, spec.family, spec.working_correlation)
     est = GeeEstimator(np.asarray(res.params), np.asarray(res.cov_params()))
-    inv = (lambda e: 1 / (1 + np.exp(-e))) if spec.family == "binomial" else np.exp
-    dinv = (lambda e: np.exp(-e) / (1 + np.exp(-e)) ** 2) if spec.family == "binomial" else np.exp
+    inv, dinv = _link_functions(spec.family)
     q = stats.norm.ppf(1 - plan.alpha / 2)
-    # Marginal means on the response scale (inverse link of the grid's linear predictor), delta-method SEs.
+    # Marginal means: the linear predictor at the reference grid, its CI on the link scale back-transformed
+    # (so a probability's CI stays inside 0-1), SE on the response scale by the delta method.
     emm_rows = []
     grad_of: dict[tuple[str, str], np.ndarray] = {}
     mean_of: dict[tuple[str, str], float] = {}
     for a in arms:
         for w in waves:
-            if not info.estimable(a, w):
+            if (a, w) in sep_cells:
+                c = next(c for c in sep if (c["arm"], c["wave"]) == (a, w))
+                m = c["events"] / c["n"]
+                lo, hi = _exact_ci(c["events"], c["n"], plan.alpha) if spec.family == "binomial" else (0.0, np.nan)
+                emm_rows.append({"arm": a, "wave": w, "emmean": m, "se": np.nan, "df": np.inf, "lower": lo,
+                                 "upper": hi, "note": "observed (separation), exact CI"})
                 continue
-            L = info.row(a, w)
+            if (a, w) not in L_rows:
+                continue
+            L = L_rows[(a, w)]
             eta = float(L @ est.params)
+            se_eta = est.se(L)
             m, g = float(inv(eta)), float(dinv(eta)) * L
-            se = float(np.sqrt(g @ est.cov_params @ g))
             mean_of[(a, w)], grad_of[(a, w)] = m, g
-            emm_rows.append({"arm": a, "wave": w, "emmean": m, "se": se, "df": np.inf, "lower": m - q * se,
-                             "upper": m + q * se})
+            emm_rows.append({"arm": a, "wave": w, "emmean": m, "se": float(dinv(eta)) * se_eta, "df": np.inf,
+                             "lower": float(inv(eta - q * se_eta)), "upper": float(inv(eta + q * se_eta)),
+                             "link": eta, "link_se": se_eta})
     rows = []
+    skipped = []
     for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline):
-        cells = _cells_of(c, baseline)
-        e = sum(sgn * mean_of[cell] for sgn, cell in cells)
-        g = sum(sgn * grad_of[cell] for sgn, cell in cells)
-        se = float(np.sqrt(g @ est.cov_params @ g))
+        cells_c = _cells_of(c, baseline)
+        base = {k: v for k, v in c.items() if k != "L"}
+        if any(cell not in mean_of for _, cell in cells_c):
+            skipped.append(c["contrast"])
+            rows.append(base | {"estimate": np.nan, "se": np.nan, "df": np.inf, "t": np.nan, "p": np.nan,
+                                "lower": np.nan, "upper": np.nan, "ratio": np.nan, "ratio_lower": np.nan,
+                                "ratio_upper": np.nan, "ratio_kind": None})
+            continue
+        e = sum(sgn * mean_of[cell] for sgn, cell in cells_c)
+        g = sum(sgn * grad_of[cell] for sgn, cell in cells_c)
+        se = est.se(g)
         t, p, lo, hi = _ci(e, se, np.inf, plan.alpha)
-        le, lse, _ = est.contrast(c["L"])
-        rows.append({k: v for k, v in c.items() if k != "L"} | {
+        Ll = sum(sgn * L_rows[cell] for sgn, cell in cells_c)
+        le, lse, _ = est.contrast(Ll)
+        rows.append(base | {
             "estimate": e, "se": se, "df": np.inf, "t": t, "p": p, "lower": lo, "upper": hi,
             "ratio": np.exp(le), "ratio_lower": np.exp(le - q * lse), "ratio_upper": np.exp(le + q * lse),
             "ratio_kind": "odds ratio" if spec.family == "binomial" else "rate ratio"})
+    if skipped:
+        notes.append(f"not estimated (a cell is separated): {'; '.join(skipped)}")
     contrasts = _finish(pd.DataFrame(rows), spec.id)
-    fe = pd.DataFrame({"term": info.columns, "estimate": est.params, "se": np.sqrt(np.diag(est.cov_params)),
-                       "df": np.inf, "t": est.params / np.sqrt(np.diag(est.cov_params))})
+    fe_se = np.array([est.se(np.eye(len(est.params))[i]) for i in range(len(est.params))])
+    fe = pd.DataFrame({"term": names, "estimate": est.params, "se": fe_se, "df": np.inf,
+                       "t": np.divide(est.params, fe_se, out=np.full(len(fe_se), np.nan), where=fe_se > 0)})
     fe["p"] = 2 * stats.norm.sf(np.abs(fe["t"]))
-    link = {"binomial": "logit link (binomial)", "negative_binomial": f"log link (negative binomial, alpha={alpha})",
-            "poisson": "log link (Poisson)"}[spec.family]
+    eig = np.linalg.eigvalsh((est.cov_params + est.cov_params.T) / 2)
+    if eig.min() < -1e-8 * max(eig.max(), 1e-300) or est.negative_variances:
+        notes.append(f"the robust covariance is not positive semi-definite (smallest eigenvalue {eig.min():.3g}); "
+                     f"{est.negative_variances} standard error(s) set to missing")
+    link = {"binomial": "logit link (binomial)", "negative_binomial": f"log link (negative binomial, alpha={alpha:.4g})"
+            if alpha is not None else "log link (negative binomial)", "poisson": "log link (Poisson)"}[spec.family]
     measure = "risk differences and odds ratios" if spec.family == "binomial" else "mean differences and rate ratios"
     cov_text = " + ".join(info.covariates)
-    method = (f"GEE, {link}: {response} ~ arm * wave{(' + ' + cov_text) if cov_text else ''}; exchangeable working "
-              "correlation within households, robust (sandwich) standard errors (statsmodels GEE). Marginal "
-              "probabilities/means at the reference grid (covariates at their mean, factors averaged on the link "
-              f"scale); contrasts as {measure}, delta-method {100 * (1 - plan.alpha):.0f}% CIs.")
-    vc = pd.DataFrame([{"component": "working correlation (exchangeable)",
-                       "variance": float(np.asarray(res.cov_struct.dep_params).ravel()[0]), "sd": np.nan}])
+    wc = ("exchangeable working correlation within households (every pair of observations in a household, "
+          "persons and waves alike, equally correlated)" if spec.working_correlation == "exchangeable"
+          else "independence working correlation")
+    method = (f"GEE, {link}: {response} ~ arm * wave{(' + ' + cov_text) if cov_text else ''}; {wc}, robust "
+              "(sandwich) standard errors clustered by household (statsmodels GEE). Marginal "
+              f"{'probabilities' if spec.family == 'binomial' else 'means'} at the reference grid (numeric "
+              "covariates at their mean, factor covariates averaged on the link scale), with CIs computed on the "
+              f"link scale and back-transformed; contrasts as {measure} (differences of marginal "
+              f"{'probabilities' if spec.family == 'binomial' else 'means'} with delta-method standard errors; "
+              f"ratios from the link-scale contrast), {100 * (1 - plan.alpha):.0f}% CIs.")
+    vc = pd.DataFrame([{"component": f"working correlation ({spec.working_correlation})",
+                       "variance": float(np.asarray(res.cov_struct.dep_params).ravel()[0])
+                       if spec.working_correlation == "exchangeable" else 0.0, "sd": np.nan}])
     return OutcomeResult(
         outcome=spec.id, name=spec.name, family=spec.family, method=method, counts=counts, fixed_effects=fe,
-        variance_components=vc, loglik=np.nan, converged=bool(getattr(res, "converged", True)), warnings=caught,
-        fallback=None, random_structure="GEE cluster: household", emms=pd.DataFrame(emm_rows), contrasts=contrasts,
-        baseline=base_desc, above_cutoff=above, clinical=clinical, direction=direction, rows_dropped=dropped,
-        seconds=time.perf_counter() - t0)
+        variance_components=vc, loglik=np.nan, converged=bool(getattr(res, "converged", True)),
+        warnings=notes + caught, fallback=None, random_structure="GEE cluster: household",
+        emms=pd.DataFrame(emm_rows), contrasts=contrasts, baseline=base_desc, above_cutoff=above, clinical=clinical,
+        direction=direction, rows_dropped=dropped, seconds=time.perf_counter() - t0)
+
+
+def _exact_ci(events: int, n: int, alpha: float) -> tuple[float, float]:
+    """Clopper-Pearson interval of a proportion."""
+    lo = 0.0 if events == 0 else float(stats.beta.ppf(alpha / 2, events, n - events + 1))
+    hi = 1.0 if events == n else float(stats.beta.ppf(1 - alpha / 2, events + 1, n - events))
+    return lo, hi
 
 
 def _cells_of(c: dict, baseline: str | None) -> list[tuple[float, tuple[str, str]]]:

@@ -59,7 +59,13 @@ class OutcomeSpec(BaseModel):
     label: Labels | None = None
     role: str | None = Field(default=None, description="informant role to select; default all rows")
     family: Family = "gaussian"
-    response: Literal["score", "above_cutoff"] = "score"
+    response: Literal["score", "above_cutoff", "stopped"] = Field(
+        default="score",
+        description="score: the scale score; above_cutoff: the cut-off flag; stopped: 1 when the score was > 0 at "
+                    "baseline and is 0 at the follow-up wave (persons with a score > 0 at baseline only; a binary "
+                    "'any' scale gives 'violence stopped')")
+    working_correlation: Literal["exchangeable", "independence"] = Field(
+        default="exchangeable", description="GEE working correlation within households (binary and count outcomes)")
     primary: bool = False
     direction: Literal["higher_worse", "higher_better", "neutral"] | None = None
     fixed_effects: FixedEffects | None = None
@@ -70,6 +76,13 @@ class OutcomeSpec(BaseModel):
     @property
     def id(self) -> str:
         return self.key or self.name
+
+    @model_validator(mode="after")
+    def _binary_response(self) -> OutcomeSpec:
+        if self.response in ("above_cutoff", "stopped") and self.family != "binomial":
+            raise ValueError(f"outcome {self.id!r}: response {self.response!r} is 0/1 and needs family: binomial "
+                             f"(not {self.family!r})")
+        return self
 
 
 class Family_(BaseModel):
@@ -101,6 +114,8 @@ class MiSpec(BaseModel):
     imputations: int = Field(default=20, ge=2)
     iterations: int = Field(default=10, ge=1)
     seed: int = 20241
+    household: bool = Field(default=True, description="impute with the other household members' mean scores "
+                                                      "(cluster-means approach); false = persons independent")
 
 
 class BootstrapSpec(BaseModel):
@@ -156,6 +171,8 @@ class AnalysisPlan(BaseModel):
     small_cell_threshold: int = Field(default=10, ge=1)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     report_languages: list[Literal["nl", "en"]] = Field(default_factory=lambda: ["nl", "en"])
+    covariate_labels: dict[str, Labels] = Field(
+        default_factory=dict, description="label per covariate column in the report languages (footer, notes)")
 
     @model_validator(mode="after")
     def _consistent(self) -> AnalysisPlan:
@@ -193,6 +210,11 @@ class AnalysisPlan(BaseModel):
 
     def random_effects_of(self, spec: OutcomeSpec) -> RandomEffects:
         return spec.random_effects or self.defaults.random_effects
+
+    def covariate_label(self, column: str, lang: str) -> str:
+        """The covariate's label in `lang` (config `covariate_labels`), else the column name."""
+        lab = self.covariate_labels.get(column)
+        return lab.get(lang) if lab is not None else column
 
     def bootstrap_outcomes(self) -> list[str]:
         """Outcome keys to bootstrap when `sensitivity.bootstrap` is enabled (default: primary gaussian ones)."""

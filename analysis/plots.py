@@ -140,3 +140,48 @@ def save_png(fig: Figure, path: Path) -> bytes:
     data = buf.getvalue()
     Path(path).write_bytes(data)
     return data
+
+
+def plot_residual_diagnostics(res, title: str) -> Figure:
+    """Three panels for a mixed model (`diagnostics.LmmResiduals`): conditional residuals against fitted values,
+    a normal QQ plot of the standardised residuals (resid / sigma) and one of the person BLUPs (standardised by
+    their SD; the household BLUPs when persons have no intercept). English: the technical appendix."""
+    import numpy as np
+    from scipy import stats
+
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    ax = axes[0]
+    ax.scatter(res.fitted, res.resid, s=6, alpha=0.35, color=OKABE_ITO[0], edgecolors="none")
+    ax.axhline(0, color="#555555", lw=0.8)
+    if len(res.fitted) > 10:
+        from statsmodels.nonparametric.smoothers_lowess import lowess
+
+        sm = lowess(res.resid, res.fitted, frac=0.3, it=1, return_sorted=True)
+        ax.plot(sm[:, 0], sm[:, 1], color="#D55E00", lw=1.2, label="lowess")
+        ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.set_xlabel("fitted value (conditional on the BLUPs)")
+    ax.set_ylabel("conditional residual")
+    ax.set_title("Residuals vs fitted", fontsize=10)
+
+    def qq(ax, x: np.ndarray, what: str) -> None:
+        x = np.sort(np.asarray(x, float))
+        n = len(x)
+        theo = stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n)
+        ax.scatter(theo, x, s=6, alpha=0.5, color=OKABE_ITO[0], edgecolors="none")
+        lim = [min(theo.min(), x.min()), max(theo.max(), x.max())]
+        ax.plot(lim, lim, color="#D55E00", lw=0.9)
+        ax.set_xlabel("normal quantile")
+        ax.set_ylabel(f"standardised {what}")
+        ax.set_title(f"Normal QQ: {what} (n={n})", fontsize=10)
+
+    qq(axes[1], res.resid / res.sigma if res.sigma > 0 else res.resid, "residuals")
+    blup_name = next((k for k in ("person", "person:(Intercept)") if k in res.blups), next(iter(res.blups), None))
+    if blup_name is not None:
+        b = res.blups[blup_name].to_numpy()
+        sd = b.std(ddof=1)
+        qq(axes[2], b / sd if sd > 0 else b, f"BLUPs ({blup_name})")
+    else:
+        axes[2].set_axis_off()
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig

@@ -107,15 +107,46 @@ def _summary_counts(shown: pd.DataFrame, result, plan: AnalysisPlan, study: Stud
             "n_households": hh, "n_persons": persons}
 
 
-def _footer(result, plan: AnalysisPlan, run_info: dict, software: dict[str, str], lang: str) -> list[tuple[str, str]]:
-    covs = ", ".join(plan.defaults.fixed_effects.covariates) or "-"
+METHOD_NAMES = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg (FDR)", "bonferroni": "Bonferroni"}
+
+
+def _multiplicity_text(plan: AnalysisPlan, instruments: dict[str, Instrument], lang: str) -> str:
+    """The multiplicity rule in `lang`, the families named with their outcomes' labels."""
+    m = plan.multiplicity
+    if m.method == "none":
+        return text(lang, "multiplicity_none")
+    name = METHOD_NAMES.get(m.method, m.method)
+    if not m.families:
+        return text(lang, "multiplicity_per_outcome", method=name)
+    fams = "; ".join(f"{f.name} ({', '.join(T.outcome_label(k, plan, instruments, lang) for k in f.outcomes)})"
+                     for f in m.families)
+    return text(lang, "multiplicity_families", method=name, families=fams)
+
+
+def _footer(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Instrument], run_info: dict,
+            software: dict[str, str], lang: str) -> list[tuple[str, str]]:
+    """The footer lines (label, text) in `lang`: model, definitions, multiplicity, small cells, software, run."""
+    covs = join_words([plan.covariate_label(c, lang) for c in plan.defaults.fixed_effects.covariates], lang) or "-"
     model = text(lang, "model_lmm", covariates=covs)
     if any(r.family != "gaussian" for r in result.outcomes.values()):
         model += " " + text(lang, "model_gee")
+    extra = []
+    for key in result.outcomes:
+        try:
+            spec = plan.outcome(key)
+        except KeyError:
+            continue
+        if spec.response == "stopped":
+            extra.append((text(lang, "footer_definition", outcome=T.outcome_label(key, plan, instruments, lang)),
+                          text(lang, "stopped_definition", baseline=T.wave_label(study, study.baseline_wave, lang))))
+    mi = plan.sensitivity.multiple_imputation
+    if mi.enabled and any(r.family == "gaussian" for r in result.outcomes.values()):
+        extra.append((text(lang, "footer_mi"), text(lang, "footer_mi_text", m=mi.imputations)))
     return [
         (text(lang, "footer_model"), model),
         (text(lang, "footer_d"), text(lang, "footer_d_text")),
-        (text(lang, "footer_multiplicity"), result.multiplicity or plan.multiplicity.method),
+        *extra,
+        (text(lang, "footer_multiplicity"), _multiplicity_text(plan, instruments, lang)),
         (text(lang, "footer_small_label"), text(lang, "footer_small_cells", threshold=plan.small_cell_threshold)),
         (text(lang, "footer_software"), ", ".join(f"{k} {v}" for k, v in software.items())),
         (text(lang, "footer_snapshot"), str(run_info.get("snapshot_hash", "-"))),
@@ -163,6 +194,31 @@ def _suppress_emms(emms: pd.DataFrame, counts: pd.DataFrame, threshold: int) -> 
     return out
 
 
+def _residual_html(r, key: str, plots_dir: Path) -> str:
+    """The appendix block of residual diagnostics: the summary table and the three-panel plot (inline PNG)."""
+    diag = getattr(r, "residual_diagnostics", None)
+    if diag is None or (isinstance(diag, pd.DataFrame) and diag.empty):
+        if r.family != "gaussian":
+            return ("<p>Not applicable: GEE is a marginal model without random effects (no BLUPs); robust standard "
+                    "errors do not rest on a residual distribution.</p>")
+        return "<p>Not computed for this outcome (see the warnings above).</p>"
+    note = ("<p>Conditional residuals = observed minus fitted (fixed part plus BLUPs), as lme4's <code>resid()</code>; "
+            "standardised by the residual SD (sigma). BLUPs standardised by their own SD. Skewness m3/m2^1.5 and "
+            "excess kurtosis m4/m2^2 - 3 are 0 for a normal distribution; under normality about 0.27% of "
+            "standardised values exceed 3 in absolute value. BLUPs shrink towards 0, so their SD is below the "
+            "estimated random-effect SD.</p>")
+    html_out = note + _frame_html(diag)
+    res = getattr(r, "residuals", None)
+    if res is not None:
+        from .plots import plot_residual_diagnostics
+
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        png = save_png(plot_residual_diagnostics(res, key), plots_dir / f"residuals_{_slug(key)}.png")
+        html_out += (f'<img class="plot" alt="Residual diagnostics of {html.escape(key)}" '
+                     f'src="data:image/png;base64,{_b64(png)}">')
+    return html_out
+
+
 def write_appendix(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Instrument], path: Path,
                    css: str, footer: list[tuple[str, str]]) -> Path:
     """The technical appendix (English): per outcome the full model, then the sensitivity analyses."""
@@ -187,9 +243,7 @@ def write_appendix(result, plan: AnalysisPlan, study: Study, instruments: dict[s
                 ("Contrasts (within-arm change and difference in change)",
                  _frame_html(r.contrasts.drop(columns=["outcome"], errors="ignore"))),
                 ("Growth model (Feingold d)", _frame_html(r.growth)),
-                ("Residual diagnostics", _frame_html(getattr(r, "residual_diagnostics", None))
-                 if getattr(r, "residual_diagnostics", None) is not None
-                 else "<p>Not provided by the model stage for this outcome.</p>")]
+                ("Residual diagnostics", _residual_html(r, key, path.parent / "plots"))]
         outcomes.append({"key": key, "anchor": _slug(key), "label": T.outcome_label(key, plan, instruments, "en"),
                          "method": r.method, "facts": facts, "tables": tabs})
     sens_methods = [(k, v) for k, v in result.methods.items() if ":" in k]
@@ -221,7 +275,7 @@ def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str
     rows = T.effect_rows(result, plan, study)
     shown = T.suppress_small_cells(rows, plan)
     displays = {lang: T.display_table(shown, plan, study, instruments, lang) for lang in langs}
-    footers = {lang: _footer(result, plan, run_info, software, lang) for lang in langs}
+    footers = {lang: _footer(result, plan, study, instruments, run_info, software, lang) for lang in langs}
     titles = {lang: text(lang, "title", study=study.name) for lang in langs}
 
     csv = T.write_csv(shown, out_dir / "effect_table.csv")

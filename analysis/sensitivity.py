@@ -9,9 +9,10 @@
 * `mi_analysis`: multiple imputation by chained equations on the wide (person x wave) data, within each arm
   (so arm-specific change is preserved): each wave's score is drawn from a Bayesian linear regression on the
   other waves and the covariates (proper imputation: coefficients and residual variance drawn from their
-  posterior). Every imputed data set is analysed with the main mixed model; estimates are pooled by Rubin's
-  rules with Barnard-Rubin degrees of freedom (complete-data df = the Satterthwaite df). Households are not
-  modelled in the imputation step.
+  posterior). Households enter by the cluster-means approach: each person's imputation model also has the mean
+  of the other household members' current scores at every wave and an 'alone in the household' indicator
+  (`household_means`). Every imputed data set is analysed with the main mixed model; estimates are pooled by
+  Rubin's rules with Barnard-Rubin degrees of freedom (complete-data df = the Satterthwaite df).
 * `pool_rubin`: Rubin's rules for one scalar estimand.
 """
 
@@ -127,13 +128,32 @@ def _bayes_draw(y: np.ndarray, X: np.ndarray, Xnew: np.ndarray, rng: np.random.G
     return Xnew @ b + rng.normal(0, np.sqrt(s2), len(Xnew))
 
 
+def household_means(vals: np.ndarray, households: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-out household means per column and an 'alone' indicator.
+
+    In: values (persons x columns, no NaN), household codes 0..H-1 per person. Out: the mean of the *other*
+    members of each person's household per column (the column mean for persons alone in their household), and
+    a (persons x 1) indicator of being alone. The manifest-cluster-mean predictors of two-level chained
+    equations (Enders, Mistler & Keller 2016).
+    """
+    hh = np.asarray(households, int)
+    cnt = np.bincount(hh)[hh].astype(float)
+    sums = np.stack([np.bincount(hh, weights=vals[:, j])[hh] for j in range(vals.shape[1])], axis=1)
+    alone = cnt == 1
+    loo = np.where(alone[:, None], vals.mean(axis=0)[None, :],
+                   (sums - vals) / np.maximum(cnt - 1, 1)[:, None])
+    return loo, alone[:, None].astype(float)
+
+
 def impute_wide(wide: pd.DataFrame, score_cols: list[str], cov_matrix: np.ndarray, iterations: int,
-                rng: np.random.Generator) -> pd.DataFrame:
+                rng: np.random.Generator, households: np.ndarray | None = None) -> pd.DataFrame:
     """One chained-equations imputation of the score columns of `wide` (persons of one arm).
 
     Starts from each column's observed mean, then `iterations` rounds of Bayesian linear regression draws per
-    incompletely observed column (on the other columns and the covariates). numpy arrays throughout; the
-    random draws come in the same order as ever, so a seed gives the same imputations.
+    incompletely observed column on the other columns, the covariates and, with `households` (one code per
+    row), the other household members' current mean score at every wave plus an 'alone in the household'
+    indicator (so household similarity carries into the imputations). numpy arrays throughout; a seed gives
+    the same imputations.
     """
     vals = wide[score_cols].to_numpy(float, copy=True)
     miss = np.isnan(vals)
@@ -143,13 +163,22 @@ def impute_wide(wide: pd.DataFrame, score_cols: list[str], cov_matrix: np.ndarra
         vals[miss[:, j], j] = vals[~miss[:, j], j].mean()
     ones = np.ones((len(vals), 1))
     cov_matrix = np.asarray(cov_matrix, float).reshape(len(vals), -1)
+    hh = None
+    if households is not None:
+        hh = pd.factorize(np.asarray(households))[0]
+        if np.bincount(hh).max() < 2:
+            hh = None  # nobody shares a household: the household terms would be constant
     for _ in range(iterations):
         for j in range(len(score_cols)):
             m = miss[:, j]
             if not m.any():
                 continue
             others = np.delete(vals, j, axis=1)
-            X = np.hstack([ones, others, cov_matrix])
+            parts = [ones, others, cov_matrix]
+            if hh is not None:
+                loo, alone = household_means(vals, hh)
+                parts += [loo, alone] if alone.any() else [loo]
+            X = np.hstack(parts)
             yv = vals[:, j]
             vals[m, j] = _bayes_draw(yv[~m], X[~m], X[m], rng)
     out = wide.copy()
@@ -168,6 +197,7 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
     Satterthwaite computation. Without it each imputed fit's own Satterthwaite df is used (median over sets).
     """
     spec = plan.sensitivity.multiple_imputation
+    household = spec.household
     m = imputations or spec.imputations
     rng = np.random.default_rng(spec.seed if seed is None else seed)
     time_col = re.slope
@@ -188,7 +218,9 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
         parts = []
         for a in arms:
             idx = person.loc[wide.index, "arm"].to_numpy() == a
-            parts.append(impute_wide(wide[idx], score_cols, Xcov[idx], spec.iterations, rng))
+            parts.append(impute_wide(wide[idx], score_cols, Xcov[idx], spec.iterations, rng,
+                                     households=person.loc[wide.index[idx], "household_id"].to_numpy()
+                                     if household else None))
         imp = pd.concat(parts)
         if design is None:
             # The long frame, design matrix and random structure are the same for every imputation (all
@@ -239,8 +271,11 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
         rows.append({"contrast": name, **meta[name], "estimate": pooled["estimate"], "se": pooled["se"],
                      "df": pooled["df"], "lower": lo, "upper": hi, "p": p, "fmi": pooled["fmi"]})
     method = (f"Multiple imputation: {m} imputations by chained equations within each arm (Bayesian linear "
-              f"regression of each wave's score on the other waves and {', '.join(covariates) or 'no covariates'}, "
-              f"{spec.iterations} iterations; households not modelled), each analysed with the main mixed model "
+              f"regression of each wave's score on the other waves and {', '.join(covariates) or 'no covariates'}"
+              + ("; households by the cluster-means approach: the mean score of the other members of the "
+                 "household at every wave (current imputations) and an indicator of being alone in the household "
+                 "as predictors" if household else "; households not modelled")
+              + f", {spec.iterations} iterations), each analysed with the main mixed model "
               "(lme4's profiled REML criterion), pooled by Rubin's rules with Barnard-Rubin df"
               + (" (complete-data df: the main model's Satterthwaite df)." if df_complete is not None else "."))
     return SensitivityResult("mi", pd.DataFrame(rows), None, method)

@@ -101,8 +101,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
                 b = _lookup(res.baseline, arm=a)
                 r[col("base_n", a)] = _get(b, "n")
                 if binary:
-                    ab = _lookup(res.above_cutoff, arm=a, wave=base_wave)
-                    r[col("base_mean", a)] = _get(ab, "pct")
+                    # % at baseline: of the cut-off flag, else of the binary response itself (baseline mean)
+                    ab = _get(_lookup(res.above_cutoff, arm=a, wave=base_wave), "pct")
+                    r[col("base_mean", a)] = ab if math.isfinite(ab) else 100.0 * _get(b, "mean")
                     r[col("base_sd", a)] = float("nan")
                 else:
                     r[col("base_mean", a)] = _get(b, "mean")
@@ -135,7 +136,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
                                  ("ipw_upper", "ipw_upper"), ("ipw_p", "ipw_p")]:
                     r[col(dst, *pair)] = _get(s, src) * (scale if dst in ("mi", "mi_lower", "mi_upper", "ipw",
                                                                           "ipw_lower", "ipw_upper") else 1.0)
-                flag = None if s is None or "conclusion_changes" not in s.index else s["conclusion_changes"]
+                # the table's sensitivity column is the imputation result: its own flag (not IPW's)
+                flag_col = "mi_changes" if s is not None and "mi_changes" in s.index else "conclusion_changes"
+                flag = None if s is None or flag_col not in s.index else s[flag_col]
                 r[col("sens_changed", *pair)] = None if flag is None or pd.isna(flag) else bool(flag)
             rows.append(r)
     base_cols = ["outcome", "name", "family", "outcome_family", "direction", "wave", "baseline_wave", "contrast_kind"]
@@ -162,12 +165,13 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
     for comp in plan.comparison_arms:
         out[col("suppressed", plan.intervention_arm, comp)] = False
 
-    def small(v: object) -> bool:
+    def small(v: object, zero: bool = True) -> bool:
+        """v < threshold; with zero=False a count of 0 is 'not measured' (e.g. no cut-off), not a small cell."""
         try:
             v = float(v)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return False
-        return math.isfinite(v) and v < thr
+        return math.isfinite(v) and v < thr and (zero or v > 0)
 
     def hide(i: int, cols: list[str]) -> None:
         for c in cols:
@@ -180,9 +184,9 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
                 hide(i, [col(k, a) for k in ("n", "retained", "emm", "emm_lower", "emm_upper")])
             if small(rows.at[i, col("base_n", a)]):
                 hide(i, [col(k, a) for k in ("base_n", "base_mean", "base_sd")])
-            if small(rows.at[i, col("above_n", a)]):
+            if small(rows.at[i, col("above_n", a)], zero=False):
                 hide(i, [col(k, a) for k in ("above_n", "above_pct")])
-            if small(rows.at[i, col("paired_n", a)]):
+            if small(rows.at[i, col("paired_n", a)], zero=False):
                 hide(i, [col(k, a) for k in ("paired_n", "improved_pct", "deteriorated_pct")])
         for comp in plan.comparison_arms:
             pair = (plan.intervention_arm, comp)
@@ -292,14 +296,18 @@ def reading(row: pd.Series, comp: str, plan: AnalysisPlan, study: Study, instrum
         key = "higher" if est > 0 else "lower"
     if between:
         key = f"between_{key}"
-    unit = text(lang, "unit_pp" if row["family"] == "binomial" else "unit_points")
+    unit = text(lang, {"binomial": "unit_pp", "negative_binomial": "unit_count", "poisson": "unit_count"}.get(
+        str(row["family"]), "unit_points"))
     sentence = text(lang, f"reading_{key}", est=fmt_number(est, lang), lo=fmt_number(lo, lang),
                     hi=fmt_number(hi, lang), unit=unit, ci=text(lang, "ci"), to=text(lang, "to"), **words)
     p_adj, p = row.get(col("p_adj", *pair)), row.get(col("p", *pair))
     use_adj = p_adj is not None and isinstance(p_adj, float) and math.isfinite(p_adj)
     pv = float(p_adj) if use_adj else float(p)
     pname = text(lang, "p_adjusted" if use_adj else "p_plain")
-    tail = "reading_chance_unlikely" if pv < plan.alpha else "reading_chance_possible"
+    # the CI is not adjusted for multiplicity: a CI that excludes 0 with an adjusted p above alpha is said so,
+    # rather than 'improved more ... may well be chance'
+    tail = ("reading_chance_unlikely" if pv < plan.alpha else
+            "reading_chance_after_correction" if clear and use_adj else "reading_chance_possible")
     return sentence + text(lang, tail, pname=pname, p=fmt_p(pv, lang))
 
 
@@ -323,20 +331,27 @@ def display_table(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, instrum
             n, ret = r[col("n", a)], r[col("retained", a)]
             d[text(lang, "col_n", arm=al, baseline=base)] = (
                 _int(n) if _is_marker(n) or not _num(ret, lang, 0) else f"{_int(n)} ({_num(ret, lang, 0)}%)")
-        for a in plan.cohort_arms:
-            al = arm_label(study, a, lang)
-            m, s = r[col("base_mean", a)], r[col("base_sd", a)]
-            d[text(lang, "col_baseline", arm=al)] = (
-                _num(m, lang) if _is_marker(m) or not _num(s, lang) else f"{_num(m, lang)} ({_num(s, lang)})")
-        for a in plan.cohort_arms:
-            al = arm_label(study, a, lang)
-            d[text(lang, "col_emm", arm=al)] = _ci(r[col("emm", a)], r[col("emm_lower", a)], r[col("emm_upper", a)],
-                                                   lang)
+        # continuous outcomes: means (SD); yes/no outcomes: % (their own columns, so a header never says
+        # 'mean (SD)' over a percentage)
+        for pct in (False, True):
+            for a in plan.cohort_arms:
+                al = arm_label(study, a, lang)
+                m, s = r[col("base_mean", a)], r[col("base_sd", a)]
+                v = _num(m, lang) if _is_marker(m) or not _num(s, lang) else f"{_num(m, lang)} ({_num(s, lang)})"
+                d[text(lang, "col_baseline_pct" if pct else "col_baseline", arm=al)] = v if pct == binary else ""
+        for pct in (False, True):
+            for a in plan.cohort_arms:
+                al = arm_label(study, a, lang)
+                v = _ci(r[col("emm", a)], r[col("emm_lower", a)], r[col("emm_upper", a)], lang)
+                d[text(lang, "col_emm_pct" if pct else "col_emm", arm=al)] = v if pct == binary else ""
         for comp in plan.comparison_arms:
             pair = (I, comp)
             names = {"arm": arm_label(study, I, lang), "arm2": arm_label(study, comp, lang)}
-            d[text(lang, "col_diff", **names)] = _ci(r[col("diff", *pair)], r[col("diff_lower", *pair)],
-                                                      r[col("diff_upper", *pair)], lang)
+            # a difference in change, or (outcomes without a baseline value) a difference at the follow-up
+            diff = _ci(r[col("diff", *pair)], r[col("diff_lower", *pair)], r[col("diff_upper", *pair)], lang)
+            between = r["contrast_kind"] == "between_arm"
+            d[text(lang, "col_diff", **names)] = "" if between else diff
+            d[text(lang, "col_diff_between", **names)] = diff if between else ""
             p, pa = r[col("p", *pair)], r[col("p_adj", *pair)]
             if _is_marker(p):
                 ptxt = str(p)

@@ -1,20 +1,190 @@
 """The `cohortflow` command line: one command per step, plus the demo.
 
-Kept light at import: heavy libraries (prefect, great_expectations, statsmodels) load inside commands.
-Exit codes: 0 ok, 1 the work ran but found problems (e.g. refused files), 2 bad usage or configuration.
+Start-up is kept short: the command groups of the stages (`flows/commands_*.py`, `synth/cli.py`) are imported
+only when one of their commands runs (`LazyGroup`), and heavy libraries (pandas, prefect, great_expectations,
+statsmodels) load inside commands. `cohortflow --help` lists every command from the static `LAZY` table.
+
+Exit codes (the same for every command; `EXIT_CODES`): 0 ok, 1 the work ran but found a data problem (a file
+refused, a row not released, a failing batch), 2 bad usage or configuration (unknown option, bad config file,
+missing or malformed pseudonym key), 3 a service could not be reached (database, Prefect server): try again.
+Expected problems print one message naming what is wrong and what to do, never a traceback.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+from importlib import import_module
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_CODES = {
+    EXIT_OK: "ok",
+    EXIT_DATA: "the work ran but found a data problem (a refused file, a row not released, a failing batch)",
+    EXIT_USAGE: "bad usage or configuration (unknown option, bad config file, missing pseudonym key)",
+    EXIT_UNAVAILABLE: "a service could not be reached (database, Prefect server): check it and try again",
+}
+EPILOG = ("Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + ". "
+          "Add --json to status, quarantine, ingest, version and analysis run for machine-readable output. "
+          "Documentation per role: docs/data-manager.md, docs/statistician.md, docs/programme-lead.en.md "
+          "(nl: docs/programme-lead.nl.md), docs/operations.md.")
+
+# name -> ("module:attribute", short help). A Typer attribute becomes a command group, a function a command.
+# The help text is what `cohortflow --help` shows without importing the module (a test keeps them in step).
+LAZY: dict[str, tuple[str, str]] = {
+    "status": ("cohortflow.flows.commands_ingest:status",
+               "List import batches per arm/site/wave/role: status, rows in = loaded + quarantined + duplicate."),
+    "quarantine": ("cohortflow.flows.commands_ingest:quarantine",
+                   "Show quarantined rows with every reason, or release one (`--release ID --set item=value`)."),
+    "export": ("cohortflow.flows.commands_export:export",
+               "Link every current response across waves and write long/wide datasets with labels and a "
+               "codebook."),
+    "instruments": ("cohortflow.flows.commands_instruments:instruments_app",
+                    "List and show instrument definitions (shipped and user-supplied)."),
+    "codebook": ("cohortflow.flows.commands_instruments:codebook",
+                 "Write a codebook of all instruments, items and scales (markdown and xlsx)."),
+    "validation": ("cohortflow.flows.commands_validation:app",
+                   "Validate exports, show generated suites and stored validation results."),
+    "analysis": ("cohortflow.flows.commands_analysis:app",
+                 "Mixed models, marginal means, contrasts and sensitivity analyses per the analysis plan."),
+    "report": ("cohortflow.flows.commands_report:app",
+               "Effect tables, plots and the HTML report for programme leads and statisticians."),
+    "synth": ("cohortflow.synth.cli:app", "Generate realistic synthetic studies (demo data, tests)."),
+    "ops": ("cohortflow.flows.commands_ops:app",
+            "Operations: a Prefect server, deployments and schedules, recorded runs"),
+}
+
+
+def load_lazy_command(name: str) -> click.Command:
+    """Import the module behind LAZY[name] and return its click command (a group for a Typer app)."""
+    target, _ = LAZY[name]
+    module, attr = target.split(":")
+    obj = getattr(import_module(module), attr)
+    if isinstance(obj, typer.Typer):
+        cmd = typer.main.get_command(obj)
+    else:
+        holder = typer.Typer()
+        holder.command(name)(obj)
+        cmd = typer.main.get_command(holder)
+    cmd.name = name
+    return cmd
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: stage commands are imported when run (or completed), listed from `LAZY` in help.
+
+    It also turns the expected problems of any command into one clear message and an exit code
+    (`friendly_error`), so no command shows a traceback for a bad configuration, a missing key or a database
+    that cannot be reached.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*self.commands, *(n for n in LAZY if n not in self.commands)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            return self.commands[cmd_name]
+        if cmd_name not in LAZY:
+            return None
+        if ctx.resilient_parsing or _listing_help(ctx):  # help listing / completion of names: no import
+            return click.Command(cmd_name, help=LAZY[cmd_name][1], short_help=LAZY[cmd_name][1])
+        self.commands[cmd_name] = load_lazy_command(cmd_name)
+        return self.commands[cmd_name]
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # noqa: ANN201 - click's triple
+        name = click.utils.make_str(args[0]) if args else None
+        if name in LAZY and name not in self.commands:
+            self.commands[name] = load_lazy_command(name)
+        return super().resolve_command(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        ctx.meta["cohortflow.args"] = [*getattr(ctx, "_protected_args", []), *ctx.args]  # click empties them
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            handled = friendly_error(exc, ctx)
+            if handled is None:
+                raise
+            message, code = handled
+            Console(stderr=True).print(message, highlight=False)
+            raise typer.Exit(code) from None
+
+
+def _listing_help(ctx: click.Context) -> bool:
+    """True while the group's own --help is being formatted (commands are listed, not run)."""
+    return bool(ctx.meta.get("cohortflow.listing"))
+
+
+def _database_url_of(ctx: click.Context) -> str:
+    """The warehouse URL a command used: its --database-url, else COHORTFLOW_DATABASE_URL, else the default."""
+    args = ctx.meta.get("cohortflow.args") or [*getattr(ctx, "_protected_args", []), *ctx.args]
+    for i, a in enumerate(args):
+        if a == "--database-url" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--database-url="):
+            return a.split("=", 1)[1]
+    return os.environ.get("COHORTFLOW_DATABASE_URL") or "the default SQLite file data/cohortflow.sqlite"
+
+
+def _redacted(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL (e.g. the default's description)
+        return url
+
+
+def friendly_error(exc: BaseException, ctx: click.Context | None = None) -> tuple[str, int] | None:
+    """(message, exit code) for an expected problem, or None for a bug (which keeps its traceback).
+
+    Recognised: configuration errors (ConfigError: file and field named), a missing or malformed pseudonym
+    key, a database that cannot be reached or is not a cohortflow warehouse, and a Prefect server that does
+    not answer.
+    """
+    names = {f"{k.__module__}.{k.__qualname__}" for k in type(exc).__mro__}
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "cohortflow.config.loading.ConfigError" in names:
+        return f"[red]Configuration problem:[/] {exc}\nFix the file named above and run the command again.", EXIT_USAGE
+    if "cohortflow.flows.operations.MissingKeyError" in names:
+        return f"[red]Pseudonymisation key problem:[/] {exc}", EXIT_USAGE
+    if "sqlalchemy.exc.OperationalError" in names or "sqlalchemy.exc.InterfaceError" in names:
+        url = _redacted(_database_url_of(ctx)) if ctx is not None else "the warehouse"
+        orig = str(getattr(exc, "orig", None) or first).strip().splitlines()[0]
+        return (f"[red]Cannot use the warehouse database[/] ({url}): {orig}\n"
+                "Check COHORTFLOW_DATABASE_URL (or --database-url), that the database server is running and "
+                "reachable from this machine, and the user's rights; then run the command again.",
+                EXIT_UNAVAILABLE)
+    if "sqlalchemy.exc.ArgumentError" in names or "sqlalchemy.exc.NoSuchModuleError" in names:
+        return (f"[red]Bad database URL:[/] {first}\nExpected e.g. sqlite:///data/cohortflow.sqlite or "
+                "postgresql+psycopg://user@host/cohortflow (COHORTFLOW_DATABASE_URL or --database-url).",
+                EXIT_USAGE)
+    if "httpx.ConnectError" in names or "prefect.exceptions.PrefectHTTPStatusError" in names:
+        return (f"[red]Cannot reach the Prefect server[/] ({os.environ.get('PREFECT_API_URL', 'not set')}): "
+                f"{first}\nStart it with `cohortflow ops server` (or `make server`) and set PREFECT_API_URL.",
+                EXIT_UNAVAILABLE)
+    return None
+
+
+class _HelpAwareGroup(LazyGroup):
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        ctx.meta["cohortflow.listing"] = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            ctx.meta["cohortflow.listing"] = False
+
 
 app = typer.Typer(help="cohortflow: the cohort study pipeline (ingest, validate, score, link, model, report)",
-                  no_args_is_help=True, pretty_exceptions_show_locals=False)
+                  epilog=EPILOG, cls=_HelpAwareGroup, no_args_is_help=True, pretty_exceptions_show_locals=False)
 console = Console()
 
 
@@ -37,31 +207,39 @@ def demo_key(data_dir: Path) -> bytes:
 
 
 def environment_key() -> bytes:
-    """The pseudonymisation key from COHORTFLOW_PSEUDONYM_KEY (hex, at least 32 bytes)."""
+    """The pseudonymisation key from COHORTFLOW_PSEUDONYM_KEY (hex, at least 32 bytes); exit 2 with advice."""
+    err = Console(stderr=True)
     raw = os.environ.get("COHORTFLOW_PSEUDONYM_KEY", "").strip()
     if not raw:
-        console.print("[red]COHORTFLOW_PSEUDONYM_KEY is not set.[/] Identifiers are pseudonymised with a secret key "
-                      "kept outside the repository and the database. Create one once with "
-                      "`python -c \"import secrets; print(secrets.token_hex(32))\"`, store it in your secrets "
-                      "manager and export it before running. (`cohortflow demo` makes its own.)")
-        raise typer.Exit(2)
+        err.print("[red]COHORTFLOW_PSEUDONYM_KEY is not set.[/] Identifiers are pseudonymised with a secret key "
+                  "kept outside the repository and the database. Create one once with "
+                  "`python -c \"import secrets; print(secrets.token_hex(32))\"`, store it in your secrets "
+                  "manager and export it before running. (`cohortflow demo` makes its own.)")
+        raise typer.Exit(EXIT_USAGE)
     try:
         key = bytes.fromhex(raw)
     except ValueError:
-        console.print("[red]COHORTFLOW_PSEUDONYM_KEY must be hexadecimal[/] (64 hex characters for 32 bytes).")
-        raise typer.Exit(2) from None
+        err.print("[red]COHORTFLOW_PSEUDONYM_KEY must be hexadecimal[/] (64 hex characters for 32 bytes).")
+        raise typer.Exit(EXIT_USAGE) from None
     if len(key) < 32:
-        console.print("[red]COHORTFLOW_PSEUDONYM_KEY is too short:[/] use at least 32 bytes (64 hex characters).")
-        raise typer.Exit(2)
+        err.print("[red]COHORTFLOW_PSEUDONYM_KEY is too short:[/] use at least 32 bytes (64 hex characters).")
+        raise typer.Exit(EXIT_USAGE)
     return key
 
 
+def show_progress(as_json: bool = False) -> bool:
+    """Progress bars (drawn on stderr) only for a person at a terminal: never with --json or when redirected."""
+    return not as_json and Console(stderr=True).is_terminal
+
+
 @app.command()
-def version() -> None:
+def version(as_json: bool = typer.Option(False, "--json", help='print {"version": ...} as JSON')) -> None:
     """Print the cohortflow version."""
+    import json
+
     from cohortflow import __version__
 
-    typer.echo(__version__)
+    typer.echo(json.dumps({"version": __version__}) if as_json else __version__)
 
 
 @app.command()
@@ -86,10 +264,10 @@ def run(
 ) -> None:
     """Run the whole pipeline on an inbox of exports (key from COHORTFLOW_PSEUDONYM_KEY)."""
     _project_env()
+    key = environment_key()
     from cohortflow.flows.pipeline import pipeline_flow
     from cohortflow.warehouse.db import default_url, get_engine, init_warehouse
 
-    key = environment_key()
     url = database_url or default_url()
     init_warehouse(get_engine(url))
     res = pipeline_flow(inbox=str(inbox), database_url=url, outputs_dir=str(outputs), key_hex=key.hex(),
@@ -109,8 +287,11 @@ def ingest(
     Exit status 1 when a file was refused: the message says which file, what is wrong and what to do.
     """
     _project_env()
+    key = environment_key()
     import json as _json
     from dataclasses import asdict
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cohortflow.config.study import load_study
     from cohortflow.ingest import load_sources
@@ -119,11 +300,19 @@ def ingest(
     from cohortflow.warehouse.db import default_url, get_engine, init_warehouse
     from cohortflow.warehouse.load import inbox_files
 
-    key = environment_key()
     engine = init_warehouse(get_engine(database_url or default_url()))
     files = [inbox] if inbox.is_file() else inbox_files(inbox)
-    reports = ingest_files(files, engine, load_sources(), load_study(), load_instruments(), key,
-                           docs_dir=docs_dir, data_docs="failures")
+    sources, study, instruments = load_sources(), load_study(), load_instruments()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True, disable=not show_progress(as_json), console=Console(stderr=True)) as bar:
+        task = bar.add_task("reading and validating", total=len(files))
+
+        def loading(name: str, _outcome: object) -> None:
+            bar.update(task, advance=1, description=f"loading {name}")
+
+        reports = ingest_files(files, engine, sources, study, instruments, key, docs_dir=docs_dir,
+                               data_docs="failures", on_outcome=loading)
+        bar.update(task, completed=len(files))
     if as_json:
         typer.echo(_json.dumps([asdict(r) for r in reports], default=str, indent=2))
     else:
@@ -131,33 +320,6 @@ def ingest(
             colour = {"loaded": "green", "skipped": "dim", "refused": "red"}.get(r.status, "yellow")
             console.print(f"[{colour}]{r.status:8}[/] {r.file_name}: {r.rows_in} in, {r.rows_loaded} loaded, "
                           f"{r.rows_quarantined} quarantined, {r.rows_duplicate} duplicates"
-                          + (f"\n         {r.message}" if r.status == "refused" else ""))
+                          + (f"\n         {r.message}" if r.status == "refused" else ""), highlight=False)
     if any(r.status == "refused" for r in reports):
-        raise typer.Exit(1)
-
-
-def _register_commands() -> None:
-    """Attach the command groups of every stage (each kept in its own module)."""
-    from cohortflow.flows import (
-        commands_analysis,
-        commands_export,
-        commands_ingest,
-        commands_instruments,
-        commands_ops,
-        commands_report,
-        commands_validation,
-    )
-    from cohortflow.synth import cli as synth_cli
-
-    app.command("status")(commands_ingest.status)
-    app.command("quarantine")(commands_ingest.quarantine)
-    app.command("export")(commands_export.export)
-    commands_instruments.register(app)
-    app.add_typer(commands_validation.app, name="validation")
-    app.add_typer(commands_analysis.app, name="analysis")
-    app.add_typer(commands_report.app, name="report")
-    app.add_typer(synth_cli.app, name="synth")
-    app.add_typer(commands_ops.app, name="ops")
-
-
-_register_commands()
+        raise typer.Exit(EXIT_DATA)

@@ -16,19 +16,45 @@ app = typer.Typer(help="Mixed models, marginal means, contrasts and sensitivity 
                   no_args_is_help=True)
 
 
-def fit_dataset(data: Path, plan_path: Path | None, imputations: int | None, no_sensitivity: bool):
-    """Read an analysis dataset (Parquet or CSV) and fit the plan: (frame, plan, study, AnalysisResult)."""
+def fit_dataset(data: Path, plan_path: Path | None, imputations: int | None, no_sensitivity: bool,
+                progress: bool = False):
+    """Read an analysis dataset (Parquet or CSV) and fit the plan: (frame, plan, study, AnalysisResult).
+
+    With `progress` a person at a terminal sees a bar per outcome (when run_analysis reports progress) or a
+    spinner.
+    """
+    import inspect
+
     import pandas as pd
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from cohortflow.analysis.models import run_analysis
     from cohortflow.analysis.plan import load_analysis_plan
     from cohortflow.config.study import load_study
 
     if not data.is_file():
-        raise typer.BadParameter(f"{data}: file not found; give the analysis dataset (Parquet or CSV).")
+        raise typer.BadParameter(f"{data}: file not found; give the analysis dataset (Parquet or CSV), "
+                                 "e.g. the analysis_long.parquet written by `cohortflow export`.")
     frame = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
     study, plan = load_study(), load_analysis_plan(plan_path)
-    res = run_analysis(frame, plan, study, sensitivity=not no_sensitivity, imputations=imputations)
+    kwargs: dict = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True, disable=not progress,
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"fitting {len(plan.outcomes)} outcome(s)", total=len(plan.outcomes))
+        if "progress" in inspect.signature(run_analysis).parameters:  # per-outcome progress when offered
+            kwargs["progress"] = lambda outcome_id, *_: bar.update(task, advance=1,
+                                                                   description=f"fitted {outcome_id}")
+        res = run_analysis(frame, plan, study, sensitivity=not no_sensitivity, imputations=imputations, **kwargs)
+        bar.update(task, completed=len(plan.outcomes))
     return frame, plan, study, res
 
 
@@ -39,22 +65,41 @@ def run(
     plan_path: Path | None = typer.Option(None, "--plan", help="analysis.yaml (default: the configured one)"),
     imputations: int | None = typer.Option(None, help="override the plan's number of imputations"),
     no_sensitivity: bool = typer.Option(False, help="skip IPW and multiple imputation"),
+    as_json: bool = typer.Option(False, "--json", help="print a run summary as JSON (outcomes, failures, files)"),
 ) -> None:
-    """Fit all outcomes of the plan and write CSV tables plus methods.json to OUT."""
-    import pandas as pd
+    """Fit all outcomes of the plan and write CSV tables plus methods.json to OUT.
 
-    _, _, _, res = fit_dataset(data, plan_path, imputations, no_sensitivity)
+    Exit status 1 when an outcome could not be fitted (the others are still written).
+    """
+    import pandas as pd
+    from rich.console import Console
+
+    from cohortflow.warehouse.snapshot import snapshot_hash
+
+    frame, _, _, res = fit_dataset(data, plan_path, imputations, no_sensitivity,
+                                   progress=not as_json and Console(stderr=True).is_terminal)
     out.mkdir(parents=True, exist_ok=True)
-    res.contrasts.to_csv(out / "contrasts.csv", index=False)
-    pd.concat([r.emms.assign(outcome=k) for k, r in res.outcomes.items()]).to_csv(out / "emmeans.csv", index=False)
-    pd.concat([r.counts.assign(outcome=k) for k, r in res.outcomes.items()]).to_csv(out / "counts.csv", index=False)
-    res.sensitivity.to_csv(out / "sensitivity.csv", index=False)
-    res.balance.to_csv(out / "balance.csv", index=False)
-    (out / "methods.json").write_text(json.dumps({"methods": res.methods, "multiplicity": res.multiplicity,
-                                                  "failures": res.failures}, indent=2), encoding="utf-8")
-    typer.echo(f"{len(res.outcomes)} outcome(s) fitted, {len(res.failures)} failure(s); tables in {out}")
-    for k, v in res.failures.items():
-        typer.echo(f"  failed: {k}: {v}", err=True)
+    files = {"contrasts": out / "contrasts.csv", "emmeans": out / "emmeans.csv", "counts": out / "counts.csv",
+             "sensitivity": out / "sensitivity.csv", "balance": out / "balance.csv",
+             "methods": out / "methods.json"}
+    res.contrasts.to_csv(files["contrasts"], index=False)
+    pd.concat([r.emms.assign(outcome=k) for k, r in res.outcomes.items()]).to_csv(files["emmeans"], index=False)
+    pd.concat([r.counts.assign(outcome=k) for k, r in res.outcomes.items()]).to_csv(files["counts"], index=False)
+    res.sensitivity.to_csv(files["sensitivity"], index=False)
+    res.balance.to_csv(files["balance"], index=False)
+    files["methods"].write_text(json.dumps({"methods": res.methods, "multiplicity": res.multiplicity,
+                                            "failures": res.failures}, indent=2), encoding="utf-8")
+    if as_json:
+        typer.echo(json.dumps({"data": str(data), "snapshot_hash": snapshot_hash(frame),
+                               "outcomes": sorted(res.outcomes), "failures": res.failures,
+                               "methods": res.methods, "files": {k: str(v) for k, v in files.items()}},
+                              indent=1, default=str))
+    else:
+        typer.echo(f"{len(res.outcomes)} outcome(s) fitted, {len(res.failures)} failure(s); tables in {out}")
+        for k, v in res.failures.items():
+            typer.echo(f"  failed: {k}: {v}", err=True)
+    if res.failures:
+        raise typer.Exit(1)
 
 
 @app.command("calibrate")

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -19,43 +20,91 @@ def _engine(url: str | None):  # noqa: ANN202
     return init_warehouse(get_engine(url))
 
 
+STATUS_COLUMNS = ("id", "file_name", "status", "arm", "site", "wave", "role", "source_name", "source_version",
+                  "rows_in", "rows_loaded", "rows_quarantined", "rows_duplicate", "item_values", "superseded_by",
+                  "message", "problems", "sha256", "size_bytes")
+
+
+def batch_rows(database_url: str | None) -> list[dict] | None:
+    """Every batch as a dict (STATUS_COLUMNS), ordered by arm, site, wave, role and id; None without a warehouse.
+
+    Read-only and light (SQLAlchemy core, no pandas, no migrations), so `cohortflow status` starts fast and
+    never changes the database it looks at.
+    """
+    from sqlalchemy import inspect, text
+
+    from cohortflow.warehouse.db import get_engine
+
+    engine = get_engine(database_url)
+    try:
+        if engine.dialect.name == "sqlite" and engine.url.database and not Path(engine.url.database).exists():
+            return None
+        if not inspect(engine).has_table("batch"):
+            return None
+        # plain SQL on purpose: the ORM models would add ~0.4 s of imports to a command people run often
+        sql = text(f"SELECT {', '.join(STATUS_COLUMNS)} FROM batch ORDER BY arm, site, wave, role, id")
+        with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(sql)]
+    finally:
+        engine.dispose()
+    for r in rows:  # JSON columns come back as text from SQLite
+        if isinstance(r["problems"], str):
+            r["problems"] = json.loads(r["problems"])
+    return rows
+
+
+def _accounted(r: dict) -> bool:
+    return r["status"] == "refused" or r["rows_in"] == r["rows_loaded"] + r["rows_quarantined"] + r["rows_duplicate"]
+
+
 @app.command()
 def status(
     database_url: str = typer.Option(None, "--database-url", envvar="COHORTFLOW_DATABASE_URL",
                                      help="warehouse URL (default the project's SQLite file)"),
     problems: bool = typer.Option(True, help="list column problems and refusal messages under the table"),
-    as_json: bool = typer.Option(False, "--json", help="print the batches as JSON"),
+    as_json: bool = typer.Option(False, "--json", help="print the batches as a JSON list of objects"),
 ) -> None:
-    """List import batches per arm/site/wave/role: status, rows in = loaded + quarantined + duplicate."""
-    from cohortflow.warehouse.read import batches_frame
+    """List import batches per arm/site/wave/role: status, rows in = loaded + quarantined + duplicate.
 
-    df = batches_frame(_engine(database_url))
-    if as_json:
-        typer.echo(df.drop(columns=["started_at", "finished_at"]).to_json(orient="records", indent=1))
+    Exit status 1 when a batch's rows do not add up (rows in != loaded + quarantined + duplicate).
+    """
+    rows = batch_rows(database_url)
+    if rows is None:
+        if as_json:
+            typer.echo("[]")
+            return
+        typer.echo("No warehouse yet at this address: nothing has been ingested. "
+                   "Load exports with `cohortflow ingest INBOX`.")
         return
-    df = df.astype(object).where(df.notna(), None)
+    bad = sum(not _accounted(r) for r in rows)
+    if as_json:
+        typer.echo(json.dumps([{**r, "accounted": _accounted(r)} for r in rows], indent=1, default=str))
+        if bad:
+            raise typer.Exit(1)
+        return
     console = Console(width=200)
-    table = Table(title=f"Import batches ({len(df)})")
+    table = Table(title=f"Import batches ({len(rows)})")
     for col in ("id", "arm", "site", "wave", "role", "file", "status", "in", "loaded", "quarantined", "duplicate",
                 "check", "source"):
         table.add_column(col, justify="right" if col in ("id", "in", "loaded", "quarantined", "duplicate") else "left")
-    bad = 0
-    for r in df.itertuples(index=False):
-        ok = r.status == "refused" or r.rows_in == r.rows_loaded + r.rows_quarantined + r.rows_duplicate
-        bad += not ok
-        style = {"refused": "red", "superseded": "dim"}.get(r.status, "yellow" if r.rows_quarantined else "")
-        status_txt = r.status + (f" by {int(r.superseded_by)}" if r.superseded_by is not None else "")
-        table.add_row(str(r.id), r.arm or "?", r.site or "?", r.wave or "*", r.role or "*", r.file_name, status_txt,
-                      str(r.rows_in), str(r.rows_loaded), str(r.rows_quarantined), str(r.rows_duplicate),
-                      ("refused whole" if r.status == "refused" else "ok") if ok else "MISMATCH", f"{r.source_name or '?'} v{r.source_version or '?'}", style=style)
+    for r in rows:
+        ok = _accounted(r)
+        style = {"refused": "red", "superseded": "dim"}.get(r["status"], "yellow" if r["rows_quarantined"] else "")
+        status_txt = r["status"] + (f" by {int(r['superseded_by'])}" if r["superseded_by"] is not None else "")
+        table.add_row(str(r["id"]), r["arm"] or "?", r["site"] or "?", r["wave"] or "*", r["role"] or "*",
+                      r["file_name"], status_txt, str(r["rows_in"]), str(r["rows_loaded"]),
+                      str(r["rows_quarantined"]), str(r["rows_duplicate"]),
+                      ("refused whole" if r["status"] == "refused" else "ok") if ok else "MISMATCH",
+                      f"{r['source_name'] or '?'} v{r['source_version'] or '?'}", style=style)
     console.print(table)
     if problems:
-        for r in df.itertuples(index=False):
-            if r.status == "refused" and r.message:
-                console.print(f"[red]batch {r.id} refused[/red]: {r.message}")
-            for p in r.problems or []:
+        for r in rows:
+            if r["status"] == "refused" and r["message"]:
+                console.print(f"[red]batch {r['id']} refused[/red]: {r['message']}", highlight=False)
+            for p in r["problems"] or []:
                 near = f" (closest known: {p['closest']})" if p.get("closest") else ""
-                console.print(f"[yellow]batch {r.id} {r.file_name}[/yellow]: {p['message']}{near}")
+                console.print(f"[yellow]batch {r['id']} {r['file_name']}[/yellow]: {p['message']}{near}",
+                              highlight=False)
     if bad:
         console.print(f"[red]{bad} batch(es) where rows in != loaded + quarantined + duplicate[/red]")
         raise typer.Exit(1)
@@ -68,9 +117,14 @@ def quarantine(
     note: str = typer.Option(None, "--note", help="why the row is released"),
     batch: int = typer.Option(None, "--batch", help="only rows of this batch"),
     include_released: bool = typer.Option(False, "--all", help="also rows released earlier"),
-    database_url: str = typer.Option(None, "--database-url", envvar="COHORTFLOW_DATABASE_URL"),
+    database_url: str = typer.Option(None, "--database-url", envvar="COHORTFLOW_DATABASE_URL",
+                                     help="warehouse URL (default the project's SQLite file)"),
+    as_json: bool = typer.Option(False, "--json", help="print the rows (or the release) as JSON"),
 ) -> None:
-    """Show quarantined rows with every reason, or release one (`--release ID --set item=value`)."""
+    """Show quarantined rows with every reason, or release one (`--release ID --set item=value`).
+
+    Exit status 1 when a row cannot be released (the message says why: unknown id, still invalid values).
+    """
     from cohortflow.instruments.registry import load_instruments
     from cohortflow.warehouse.quarantine import ReleaseError, release_quarantined
     from cohortflow.warehouse.read import quarantine_frame
@@ -90,13 +144,28 @@ def quarantine(
         try:
             rid = release_quarantined(engine, release, load_instruments(), corrections or None, note)
         except ReleaseError as exc:
-            console.print(f"[red]not released[/red]: {exc}")
+            if as_json:
+                typer.echo(json.dumps({"released": None, "quarantine_id": release, "error": str(exc)}))
+            else:
+                Console(stderr=True, width=200).print(f"[red]not released[/red]: {exc}", highlight=False)
             raise typer.Exit(1) from None
-        console.print(f"released quarantined row {release} as response {rid}")
+        if as_json:
+            typer.echo(json.dumps({"released": True, "quarantine_id": release, "response_id": rid}))
+        else:
+            console.print(f"released quarantined row {release} as response {rid}")
         return
     df = quarantine_frame(engine, include_released=include_released)
     if batch is not None:
         df = df[df["batch_id"] == batch]
+    if as_json:
+        out = []
+        for r in df.itertuples(index=False):
+            reasons = r.reasons if isinstance(r.reasons, list) else json.loads(r.reasons)
+            released = None if r.released_at is None or r.released_at != r.released_at else str(r.released_at)
+            out.append({"id": int(r.id), "batch_id": int(r.batch_id), "file_name": r.file_name,
+                        "row_number": int(r.row_number), "reasons": reasons, "released_at": released})
+        typer.echo(json.dumps(out, indent=1, default=str))
+        return
     table = Table(title=f"Quarantined rows ({len(df)})")
     for col in ("id", "batch", "file", "row", "reasons", "released"):
         table.add_column(col)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Operations: a Prefect server, deployments and schedules", no_args_is_help=True)
+app = typer.Typer(help="Operations: a Prefect server, deployments and schedules, recorded runs",
+                  no_args_is_help=True)
 
 
 def server_command(host: str = "127.0.0.1", port: int = 4200) -> list[str]:
@@ -69,3 +70,44 @@ def serve(
     except MissingKeyError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+
+
+@app.command()
+def runs(
+    run_id: str = typer.Option(None, "--run-id", help="show only this run (as printed in a report's footer)"),
+    database_url: str = typer.Option(None, "--database-url", envvar="COHORTFLOW_DATABASE_URL",
+                                     help="warehouse URL (default the project's SQLite file)"),
+    as_json: bool = typer.Option(False, "--json", help="print the runs as a JSON list"),
+) -> None:
+    """Recorded runs (scoring, model): run id, data snapshot hash, analysis-plan hash, code version.
+
+    Exit status 1 when --run-id names no recorded run.
+    """
+    import json
+
+    from sqlalchemy import inspect, select
+
+    from cohortflow.warehouse.db import get_engine
+    from cohortflow.warehouse.models import Run
+
+    engine = get_engine(database_url)
+    cols = ("run_id", "kind", "started_at", "finished_at", "status", "data_snapshot", "config_hash", "code_version",
+            "details")
+    rows: list[dict] = []
+    if inspect(engine).has_table("run"):
+        stmt = select(*(getattr(Run, c) for c in cols)).order_by(Run.started_at)
+        if run_id:
+            stmt = stmt.where(Run.run_id == run_id)
+        with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(stmt)]
+    engine.dispose()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, default=str))
+    else:
+        for r in rows:
+            typer.echo(f"{r['run_id']}  {r['kind']:8s} {r['status']:10s} snapshot {str(r['data_snapshot'])[:16]}  "
+                       f"plan {str(r['config_hash'] or '-')[:12]}  code {r['code_version']}  {r['details'] or ''}")
+        if not rows:
+            typer.echo("No recorded run" + (f" with id {run_id}" if run_id else "") + ".")
+    if run_id and not rows:
+        raise typer.Exit(1)

@@ -25,8 +25,9 @@ from cohortflow.flows.pipeline import (
     _batches_markdown,
     _redact,
     analyse_task,
-    ingest_file_task,
+    ingest_files_task,
     link_task,
+    record_model_run,
     report_task,
     score_task,
 )
@@ -91,6 +92,33 @@ def _files_for(inbox: Path, sources: list[str] | None) -> list[Path]:
     return keep
 
 
+def source_version_groups(paths: list[Path], sources: list | None = None) -> list[list[Path]]:
+    """The files cut into consecutive runs that share a source definition and version, in the given order.
+
+    Each run becomes one batch-ingestion task (one GX validation run per source version, one transaction per
+    file). Runs stay in name order and are loaded one after another, because load order decides duplicates
+    and superseding: the warehouse is the same as file by file, whichever worker runs which group. A file no
+    source matches forms its own group (it comes back refused, with the patterns known).
+    """
+    from cohortflow.ingest import load_sources, match_source
+
+    defs = load_sources() if sources is None else sources
+    groups: list[list[Path]] = []
+    last: object = object()
+    for p in paths:
+        try:
+            src = match_source(p, defs)
+            tag: object = (src.name, src.version)
+        except Exception:  # noqa: BLE001 - unmatched or unreadable: refused by the ingestion itself
+            tag = ("unmatched", p.name)
+        if groups and tag == last:
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+        last = tag
+    return groups
+
+
 def batch_validation_rows(database_url: str, batch_id: int | None) -> list[dict]:
     """The validation results stored for one batch: rule, severity, n_checked, n_failed."""
     if batch_id is None:
@@ -148,15 +176,26 @@ def ingest_flow(
 ) -> IngestRun:
     """Ingest the inbox's exports (only those of `sources` when given) into the warehouse at `database_url`.
 
-    Files go one at a time in name order (load order decides duplicates and superseding), each as a task on
-    the flow's task runner (a Dask worker under DaskTaskRunner). When a file was loaded and `score_after`,
-    the warehouse is scored and, with `outputs_dir`, the linked analysis dataset is rebuilt there.
+    The files (name order) are cut into consecutive groups of one source version (`source_version_groups`);
+    each group is one `ingest-inbox` task: read, one validation run for the group, then one transaction per
+    file. Groups run one after another (load order decides duplicates and superseding) on the flow's task
+    runner, so under the DaskTaskRunner each group goes to a free worker. A group is retried only for failures
+    that can pass (database connection, file still being written); files it loaded before the failure are
+    skipped on the retry by their SHA-256. A broken file never raises: it comes back refused.
+    When a file was loaded and `score_after`, the warehouse is scored and, with `outputs_dir`, the linked
+    analysis dataset is rebuilt there.
     """
     logger = get_run_logger()
     key = pseudonym_key()
     run = IngestRun()
-    for path in _files_for(Path(inbox), sources):
-        run.batches.append(ingest_file_task.submit(str(path), database_url, key, docs_dir).result())
+    previous = None
+    futures = []
+    for group in source_version_groups(_files_for(Path(inbox), sources)):
+        previous = ingest_files_task.submit([str(p) for p in group], database_url, key, docs_dir,
+                                            wait_for=[previous] if previous is not None else None)
+        futures.append(previous)
+    for fut in futures:
+        run.batches.extend(fut.result())
     publish_batch_artifacts(run.batches, database_url)
     if not any(b.status == "loaded" for b in run.batches):
         logger.info("No new data in %s (%d file(s) seen).", inbox, len(run.batches))
@@ -177,6 +216,8 @@ class ModelRun:
     snapshot_hash: str
     report_paths: object
     n_failures: int = 0
+    run_id: str = ""
+    flow_run_id: str = ""
 
 
 def effect_table_rows(csv_path: Path, limit: int = 500) -> list[dict]:
@@ -191,22 +232,41 @@ def effect_table_rows(csv_path: Path, limit: int = 500) -> list[dict]:
 def model_flow(database_url: str, outputs_dir: str, plan_path: str | None = None) -> ModelRun:
     """Link the warehouse, fit the analysis plan at `plan_path` (default config/analysis.yaml), write the report.
 
-    Publishes the effect table (`effect-table`) and a link to the HTML report (`effect-report`).
+    Records the run (run id, data snapshot hash, plan hash) in the warehouse's `run` table and publishes the
+    effect table (`effect-table`) and a link to the HTML report (`effect-report`).
     """
     from datetime import UTC, datetime
 
     from prefect.runtime import flow_run
 
     from cohortflow import __version__
+    from cohortflow.warehouse.snapshot import new_run_id
 
-    run_id = str(flow_run.id or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+    run_id = new_run_id("model")
     data, snapshot = link_task.submit(database_url, outputs_dir).result()
     analysis, plan = analyse_task.submit(data, plan_path).result()
     run_info = {"run_id": run_id, "snapshot_hash": snapshot, "database": _redact(database_url),
-                "cohortflow_version": __version__, "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M")}
+                "cohortflow_version": __version__, "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M"),
+                "prefect_flow_run": str(flow_run.id or "")}
     paths = report_task.submit(analysis, plan, outputs_dir, run_info).result()
-    create_table_artifact(key="effect-table", table=effect_table_rows(Path(paths.csv)),
-                          description=f"Effect table, data snapshot {snapshot[:12]}")
-    create_link_artifact(key="effect-report", link=Path(paths.html).resolve().as_uri(),
-                         link_text="Effect report", description=f"Report of run {run_id}")
-    return ModelRun(snapshot_hash=snapshot, report_paths=paths, n_failures=len(getattr(analysis, "failures", {})))
+    record_model_run(database_url, run_id, snapshot, plan_path)
+    publish_model_artifacts(paths, run_id, snapshot)
+    return ModelRun(snapshot_hash=snapshot, report_paths=paths, n_failures=len(getattr(analysis, "failures", {})),
+                    run_id=run_id, flow_run_id=str(flow_run.id or ""))
+
+
+MODEL_ARTIFACT_KEYS = ("effect-table", "effect-report")
+
+
+def publish_model_artifacts(report_paths, run_id: str, snapshot: str) -> dict[str, str]:
+    """Inside a flow run: publish a model run's effect table (table artifact `effect-table`, one row per line
+    of effect_table.csv) and a link to its HTML report (`effect-report`). Returns {key: artifact id}.
+
+    Called by `model_flow`; the pipeline flow can call it the same way after its report task.
+    """
+    table_id = create_table_artifact(key=MODEL_ARTIFACT_KEYS[0], table=effect_table_rows(Path(report_paths.csv)),
+                                     description=f"Effect table of run {run_id}, data snapshot {snapshot[:12]}")
+    link_id = create_link_artifact(key=MODEL_ARTIFACT_KEYS[1], link=Path(report_paths.html).resolve().as_uri(),
+                                   link_text="Effect report",
+                                   description=f"Report of run {run_id}, data snapshot {snapshot[:12]}")
+    return {MODEL_ARTIFACT_KEYS[0]: str(table_id), MODEL_ARTIFACT_KEYS[1]: str(link_id)}

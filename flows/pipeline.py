@@ -7,6 +7,9 @@ respondent (task overhead is ~7 ms).
 
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,61 @@ class PipelineResult:
     snapshot_hash: str | None = None
     report_paths: object = None
     outputs_dir: Path | None = None
+    stages: dict = field(default_factory=dict)
+    flow_started: float | None = None
+
+
+def _rss_mib() -> float:
+    """Resident memory of this process in MiB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE / 2**20
+    except OSError:
+        return 0.0
+
+
+try:
+    import os as _os
+
+    _PAGE = _os.sysconf("SC_PAGE_SIZE")
+except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+    _PAGE = 4096
+
+
+class StageMeter:
+    """Wall seconds and peak resident memory of each pipeline stage.
+
+    A daemon thread samples the process's RSS every `interval` seconds; `stage(name)` is a context manager
+    that records `{seconds, peak_rss_mib, rss_before_mib}` under `name` in `self.stages`.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.stages: dict[str, dict[str, float]] = {}
+        self._peak = _rss_mib()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True, name="stage-meter")
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._peak = max(self._peak, _rss_mib())
+
+    @contextmanager
+    def stage(self, name: str):
+        """Measure the enclosed block as stage `name`."""
+        before = _rss_mib()
+        self._peak = before
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._peak = max(self._peak, _rss_mib())
+            self.stages[name] = {"seconds": round(time.perf_counter() - t0, 3),
+                                 "peak_rss_mib": round(self._peak, 1), "rss_before_mib": round(before, 1)}
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _artifact_key(text: str) -> str:
@@ -159,25 +217,40 @@ def pipeline_flow(
     from cohortflow.warehouse.load import inbox_files
     from cohortflow.warehouse.snapshot import new_run_id
 
+    flow_started = time.time()
+    meter = StageMeter()
     run_id = new_run_id()
     key = bytes.fromhex(key_hex)
-    result = PipelineResult(run_id=run_id, database_url=database_url, outputs_dir=Path(outputs_dir))
-
-    docs_dir = str(Path(outputs_dir).parent / "validation")
-    result.batches = ingest_files_task([str(p) for p in inbox_files(Path(inbox))], database_url, key, docs_dir)
-    create_markdown_artifact(key="ingestion-summary", markdown=_batches_markdown(result.batches),
-                             description="Row accounting per file")
-
-    result.n_scores = score_task(database_url, run_id)
-    data, result.snapshot_hash = link_task(database_url, outputs_dir)
-    analysis, plan = analyse_task(data, plan_path)
-    run_info = {"run_id": run_id, "snapshot_hash": result.snapshot_hash, "database": _redact(database_url),
-                "cohortflow_version": __version__, "started": run_id[:16]}
-    result.report_paths = report_task(analysis, plan, outputs_dir, run_info)
-    record_model_run(database_url, run_id, result.snapshot_hash, plan_path)
-    html = getattr(result.report_paths, "html", None)
-    if html:
-        create_link_artifact(key="effect-report", link=Path(html).resolve().as_uri(), link_text="Effect report")
+    result = PipelineResult(run_id=run_id, database_url=database_url, outputs_dir=Path(outputs_dir),
+                            stages=meter.stages, flow_started=flow_started)
+    logger = get_run_logger()
+    try:
+        docs_dir = str(Path(outputs_dir).parent / "validation")
+        with meter.stage("ingest"):
+            result.batches = ingest_files_task([str(p) for p in inbox_files(Path(inbox))], database_url, key,
+                                               docs_dir)
+            create_markdown_artifact(key="ingestion-summary", markdown=_batches_markdown(result.batches),
+                                     description="Row accounting per file")
+        with meter.stage("score"):
+            result.n_scores = score_task(database_url, run_id)
+        with meter.stage("link"):
+            data, result.snapshot_hash = link_task(database_url, outputs_dir)
+        with meter.stage("analyse"):
+            analysis, plan = analyse_task(data, plan_path)
+        del data
+        run_info = {"run_id": run_id, "snapshot_hash": result.snapshot_hash, "database": _redact(database_url),
+                    "cohortflow_version": __version__, "started": run_id[:16]}
+        with meter.stage("report"):
+            result.report_paths = report_task(analysis, plan, outputs_dir, run_info)
+            record_model_run(database_url, run_id, result.snapshot_hash, plan_path)
+            html = getattr(result.report_paths, "html", None)
+            if html:
+                create_link_artifact(key="effect-report", link=Path(html).resolve().as_uri(),
+                                     link_text="Effect report")
+    finally:
+        meter.close()
+    logger.info("stages: %s", ", ".join(f"{k} {v['seconds']:.1f} s (peak {v['peak_rss_mib']:.0f} MiB)"
+                                         for k, v in meter.stages.items()))
     return result
 
 

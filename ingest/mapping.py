@@ -141,17 +141,21 @@ def _parse_dates(s: pd.Series, fmt: str | None) -> tuple[pd.Series, pd.Series]:
         return out, s.notna() & out.isna()
     if kind.startswith("mixed"):  # dates and text
         s = s.map(lambda v: pd.Timestamp(v).strftime("%Y-%m-%d") if hasattr(v, "year") else v)
-    txt = s.astype("str").str.strip()
-    blank = (s.isna() | (txt == "")).to_numpy()
+    vals = s.to_numpy(dtype=object)  # plain Python strings: pandas string ops cost ~ms per small column
+    na = pd.isna(vals)
+    txt = np.array([None if m else str(v).strip() or None for v, m in zip(vals.tolist(), na.tolist(), strict=True)],
+                   dtype=object)
+    blank = np.array([t is None for t in txt.tolist()], dtype=bool)
     if fmt:
-        out = pd.to_datetime(txt, format=fmt, errors="coerce")
-        retry = out.isna() & ~blank
+        out = np.asarray(pd.to_datetime(txt, format=fmt, errors="coerce"), dtype="datetime64[ns]")
+        retry = np.isnat(out) & ~blank
         if retry.any():  # ISO dates are always accepted too
-            out = out.where(~retry, pd.to_datetime(txt.where(retry), format="ISO8601", errors="coerce"))
+            iso = np.asarray(pd.to_datetime(np.where(retry, txt, None), format="ISO8601", errors="coerce"),
+                             dtype="datetime64[ns]")
+            out = np.where(retry, iso, out)
     else:
-        out = pd.to_datetime(txt, format="mixed", dayfirst=True, errors="coerce")
-    out = out.astype("datetime64[ns]")
-    return out, ~blank & out.isna()
+        out = np.asarray(pd.to_datetime(txt, format="mixed", dayfirst=True, errors="coerce"), dtype="datetime64[ns]")
+    return pd.Series(out, index=s.index), pd.Series(~blank & np.isnat(out), index=s.index)
 
 
 def _first_present(cands: list[str], columns: set[str]) -> str | None:
@@ -250,12 +254,12 @@ def read_export(
     # --- identifiers -------------------------------------------------------------------------
     def id_col(col: str) -> pd.Series:
         s = df[col]
-        if pd.api.types.is_float_dtype(s):
-            s = s.map(lambda v: None if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
-        txt = s.astype("str").str.strip()
-        blank = (s.isna() | (txt == "")).to_numpy()
-        out = txt.to_numpy(dtype=object)
-        out[blank] = None
+        as_int = pd.api.types.is_float_dtype(s)  # 123.0 -> '123'
+        vals = s.to_numpy(dtype=object)
+        na = pd.isna(vals)
+        out = np.array([None if miss else ((str(int(v)) if float(v).is_integer() else str(v)) if as_int
+                                           else str(v)).strip() or None
+                        for v, miss in zip(vals.tolist(), na.tolist(), strict=True)], dtype=object)
         return pd.Series(out, index=s.index, dtype=object)
 
     person = id_col(ids.person)
@@ -360,46 +364,17 @@ def read_export(
     string_missing = {k: v for k, v in source.missing_codes.items() if not _is_number(k)}
     numeric_missing = {float(k): v for k, v in source.missing_codes.items() if _is_number(k)}
     key_to_col = {v: k for k, v in col_to_key.items()}
-    reasons: dict[str, np.ndarray] = {}
-    missing_map: dict[str, dict[float, str]] = {}
-    for key in item_keys:
-        inst_code = index[key][0]
-        if key in checkbox_cols:
-            codes, str_reason, bad = _collapse_checkboxes(df, checkbox_cols[key])
-            for rn in row_numbers[bad]:
-                issues.append({"row_number": int(rn), "rule": "checkbox_several_ticked", "column": key,
-                               "value": None, "severity": "quarantine"})
-            bad = np.zeros(n, dtype=bool)
-            src_col = key
-        else:
-            src_col = key_to_col[key]
-            codes, str_reason, bad = _to_codes(df[src_col], string_missing)
-        for rn, v in zip(row_numbers[bad], df[src_col].to_numpy()[bad] if src_col in columns else [], strict=False):
-            issues.append({"row_number": int(rn), "rule": "not_a_number", "column": key,
-                           "value": f"text ({len(str(v))} characters)", "severity": "quarantine"})
-        vmap = source.value_maps.get(key) or source.value_maps.get(inst_code)
-        if vmap:
-            fm = {float(k): float(v) for k, v in vmap.items()}
-            mapped = pd.Series(codes).map(fm).to_numpy(dtype="float64", na_value=np.nan)
-            codes = np.where(np.isnan(mapped), codes, mapped)
-        miss = dict(numeric_missing)
-        for c in raw.user_missing.get(src_col, []):
-            if c not in miss:
-                label = raw.value_labels.get(src_col, {}).get(c) or raw.value_labels.get(src_col, {}).get(int(c))
-                miss[c] = _reason_slug(label) if label else "user_missing"
-        reason = str_reason
-        nan = np.isnan(codes)
-        reason[nan & pd.isna(reason) & ~bad] = SYSTEM_MISSING
-        for c, r in miss.items():
-            reason[codes == c] = r
-        out[key] = codes
-        reasons[key] = reason
-        missing_map[key] = miss
+    codes_m, reasons_m, missing_map = _item_matrix(df, item_keys, key_to_col, checkbox_cols, string_missing,
+                                                   numeric_missing, raw, source, index, row_numbers, issues)
 
-    frame = pd.DataFrame(out)
+    base = pd.DataFrame({c: pd.Series(v, dtype=object, copy=False) if isinstance(v, np.ndarray) and v.dtype == object
+                         else v for c, v in out.items()})  # object arrays stay object (no str inference)
     for c in ("arm", "site", "wave", "role", "household_raw", "person_raw", "subject_raw", "subject_sex",
               "informant_sex"):
-        frame[c] = frame[c].astype(object)
+        if base[c].dtype != object:
+            base[c] = base[c].astype(object)
+    frame = (pd.concat([base, pd.DataFrame(codes_m, columns=item_keys, index=base.index)], axis=1) if item_keys
+             else base)
     meta: dict[str, Any] = {
         "path": str(path), "file_name": path.name, "sha256": sha256, "size": size,
         "source_name": source.name, "source_version": source.version, "format": raw.format,
@@ -412,9 +387,72 @@ def read_export(
         "file_level": file_level, "read_seconds": time.perf_counter() - t0,
         "person_pattern": ids.person_pattern,
     }
-    missing_reasons = pd.DataFrame(reasons, index=frame.index) if reasons else pd.DataFrame(index=frame.index)
+    missing_reasons = (pd.DataFrame(reasons_m, columns=item_keys, index=frame.index, dtype=object) if item_keys
+                       else pd.DataFrame(index=frame.index))
     row_issues = pd.DataFrame(issues, columns=ROW_FAILURE_COLUMNS)
     return MappedFile(frame=frame, meta=meta, missing_reasons=missing_reasons, row_issues=row_issues)
+
+
+def _item_matrix(df: pd.DataFrame, item_keys: list[str], key_to_col: dict[str, str],
+                 checkbox_cols: dict[str, list[tuple[str, str]]], string_missing: dict[str, str],
+                 numeric_missing: dict[float, str], raw: RawExport, source: SourceDefinition,
+                 index: dict[str, tuple[str, str]], row_numbers: np.ndarray,
+                 issues: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, dict[str, dict[float, str]]]:
+    """The item codes (rows x items, float) after value maps, their missing reasons (object, None when
+    answered) and each item's missing-code map; row issues for text in numeric items and multiple ticks.
+
+    Numeric item columns are taken in one block; text columns, checkbox groups and value maps column by column.
+    """
+    n, k = len(df), len(item_keys)
+    codes = np.empty((n, k), dtype="float64")
+    reasons = np.full((n, k), None, dtype=object)
+    bad = np.zeros((n, k), dtype=bool)
+    dtypes = df.dtypes
+    block = [j for j, key in enumerate(item_keys) if key not in checkbox_cols
+             and pd.api.types.is_numeric_dtype(dtypes[key_to_col[key]])
+             and not pd.api.types.is_bool_dtype(dtypes[key_to_col[key]])]
+    if block:
+        codes[:, block] = df[[key_to_col[item_keys[j]] for j in block]].to_numpy(dtype="float64", na_value=np.nan)
+    in_block = set(block)
+    for j, key in enumerate(item_keys):
+        if j in in_block:
+            continue
+        if key in checkbox_cols:
+            codes[:, j], reasons[:, j], several = _collapse_checkboxes(df, checkbox_cols[key])
+            for rn in row_numbers[several]:
+                issues.append({"row_number": int(rn), "rule": "checkbox_several_ticked", "column": key,
+                               "value": None, "severity": "quarantine"})
+            continue
+        src_col = key_to_col[key]
+        codes[:, j], reasons[:, j], bad[:, j] = _to_codes(df[src_col], string_missing)
+        for rn, v in zip(row_numbers[bad[:, j]], df[src_col].to_numpy()[bad[:, j]], strict=True):
+            issues.append({"row_number": int(rn), "rule": "not_a_number", "column": key,
+                           "value": f"text ({len(str(v))} characters)", "severity": "quarantine"})
+    missing_map: dict[str, dict[float, str]] = {}
+    by_miss: dict[tuple, list[int]] = {}
+    for j, key in enumerate(item_keys):
+        vmap = source.value_maps.get(key) or source.value_maps.get(index[key][0])
+        if vmap:
+            fm = {float(a): float(b) for a, b in vmap.items()}
+            mapped = pd.Series(codes[:, j]).map(fm).to_numpy(dtype="float64", na_value=np.nan)
+            codes[:, j] = np.where(np.isnan(mapped), codes[:, j], mapped)
+        src_col = key_to_col.get(key, key)
+        miss = dict(numeric_missing)
+        for c in raw.user_missing.get(src_col, []):
+            if c not in miss:
+                label = raw.value_labels.get(src_col, {}).get(c) or raw.value_labels.get(src_col, {}).get(int(c))
+                miss[c] = _reason_slug(label) if label else "user_missing"
+        missing_map[key] = miss
+        by_miss.setdefault(tuple(miss.items()), []).append(j)
+    reasons[np.isnan(codes) & pd.isna(reasons) & ~bad] = SYSTEM_MISSING
+    for miss_items, cols in by_miss.items():
+        if not miss_items:
+            continue
+        sub_codes, sub = codes[:, cols], reasons[:, cols]
+        for c, r in miss_items:
+            sub[sub_codes == c] = r
+        reasons[:, cols] = sub
+    return codes, reasons, missing_map
 
 
 def _is_number(s: str) -> bool:

@@ -23,7 +23,9 @@ def test_run_writes_tables(tmp_path):
         "outcomes": [{"name": "sim.total"}, {"name": "nope.total"}]}), encoding="utf-8")
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["run", str(data), "--out", str(out), "--plan", str(plan), "--no-sensitivity"])
-    assert r.exit_code == 0, r.output
+    # a failed outcome is a data problem: exit 1, the other outcomes' tables are still written
+    assert r.exit_code == 1, r.output
+    assert "failed: nope.total" in r.output
     c = pd.read_csv(out / "contrasts.csv")
     assert set(c["kind"]) == {"within_change", "diff_in_change"}
     assert len(c[c["kind"] == "diff_in_change"]) == 4
@@ -31,3 +33,26 @@ def test_run_writes_tables(tmp_path):
     meta = json.loads((out / "methods.json").read_text())
     assert "nope.total" in meta["failures"] and "no rows with outcome == 'nope.total'" in meta["failures"]["nope.total"]
     assert "Satterthwaite" in meta["methods"]["sim.total"]
+
+
+def test_run_json_summary_names_outcomes_failures_and_files(tmp_path):
+    """`analysis run --json` prints one JSON object a script can read: outcomes, failures, snapshot, files."""
+    from cohortflow.warehouse.snapshot import snapshot_hash
+
+    df = simulate_study(default_spec(["proeftuin", "vt", "gi"], ["T0", "T1", "T2"], scale=0.3), seed=3)
+    data = tmp_path / "analysis.parquet"
+    df.to_parquet(data, index=False)
+    plan = tmp_path / "analysis.yaml"
+    plan.write_text(yaml.safe_dump({
+        "intervention_arm": "proeftuin", "comparison_arms": ["vt", "gi"],
+        "defaults": {"random_effects": {"slope": None}, "engine": "profiled"},
+        "outcomes": [{"name": "sim.total"}]}), encoding="utf-8")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["run", str(data), "--out", str(out), "--plan", str(plan), "--no-sensitivity",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["outcomes"] == ["sim.total"] and summary["failures"] == {}
+    assert summary["snapshot_hash"] == snapshot_hash(pd.read_parquet(data))
+    assert set(summary["files"]) == {"contrasts", "emmeans", "counts", "sensitivity", "balance", "methods"}
+    assert all((out / p.split("/")[-1]).exists() for p in summary["files"].values())

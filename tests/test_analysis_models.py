@@ -145,6 +145,7 @@ def test_run_analysis_adjusts_families_and_runs_sensitivity(study_data):
     assert len(s) == 4
     for col in ["main_estimate", "ipw_estimate", "mi_estimate", "ipw_changes", "mi_changes", "conclusion_changes"]:
         assert col in s.columns
+    assert "mean score of the other members of the household" in res.methods["sim.total:mi"]
     # under MAR dropout the sensitivity estimates stay near the main estimate
     assert np.all(np.abs(s["mi_estimate"] - s["main_estimate"]) < 2 * s["mi_se"])
     assert np.all(np.abs(s["ipw_estimate"] - s["main_estimate"]) < 2 * s["ipw_se"])
@@ -202,3 +203,44 @@ def test_missing_dates_and_constant_covariates_are_handled_and_noted(study_data)
     assert any("5 row(s) without a response date" in w for w in res.warnings)
     assert any("['site_size'] are constant" in w for w in res.warnings)
     assert "site_size" not in set(res.fixed_effects["term"])
+
+
+def test_violence_stopped_is_the_share_without_violence_among_those_with_violence_at_baseline():
+    """'stopped' at a follow-up wave = any violence at T0 and none at that wave; persons without violence at T0
+    are not in the denominator. With an independence working correlation and no covariates the saturated GEE
+    reproduces the raw shares exactly; arms are compared per wave (no baseline for 'stopped')."""
+    rng = np.random.default_rng(12)
+    rows = []
+    p_stop = {"proeftuin": {"T1": 0.5, "T2": 0.6}, "vt": {"T1": 0.3, "T2": 0.35}}
+    for arm, ps in p_stop.items():
+        for h in range(150):
+            base = float(rng.random() < 0.8)
+            rows.append({"household_id": f"{arm}{h}", "person_id": f"{arm}{h}", "arm": arm, "wave": "T0",
+                         "score": base})
+            for w, p in ps.items():
+                if rng.random() < 0.75:  # attrition
+                    now = float(rng.random() >= p) if base else float(rng.random() < 0.3)
+                    rows.append({"household_id": f"{arm}{h}", "person_id": f"{arm}{h}", "arm": arm, "wave": w,
+                                 "score": now})
+    d = pd.DataFrame(rows).assign(outcome="violence.any", age_years=40.0, sex="female", months_since_t0=0.0)
+    plan = _plan(comparison_arms=["vt"], multiplicity={}, defaults={"fixed_effects": {"covariates": []}},
+                 outcomes=[{"name": "violence.any", "key": "stopped", "family": "binomial", "response": "stopped",
+                            "working_correlation": "independence", "direction": "higher_better"}])
+    res = fit_outcome_model(d, plan.outcomes[0], plan, STUDY)
+    at_risk = set(d.loc[(d.wave == "T0") & (d.score == 1), "person_id"])
+    follow = d[(d.wave != "T0") & d.person_id.isin(at_risk)]
+    raw = (follow.score == 0).groupby([follow.arm, follow.wave]).mean()
+    e = res.emms.set_index(["arm", "wave"])["emmean"]
+    assert set(e.index) == set(raw.index)
+    for k in raw.index:
+        assert e[k] == pytest.approx(raw[k], rel=1e-8)
+    assert set(res.contrasts["kind"]) == {"between_arm"}
+    c = res.contrasts.set_index("contrast").loc["proeftuin - vt at T2"]
+    assert c["estimate"] == pytest.approx(raw["proeftuin", "T2"] - raw["vt", "T2"], rel=1e-8)
+    assert c["lower"] < 0.6 - 0.35 < c["upper"]
+    n = res.counts.set_index(["arm", "wave"])["n_persons"]
+    assert n["vt", "T1"] == follow[(follow.arm == "vt") & (follow.wave == "T1")].person_id.nunique()
+    assert res.rows_dropped["follow-up rows of persons without a score > 0 at baseline"] == int(
+        ((d.wave != "T0") & ~d.person_id.isin(at_risk)).sum())
+    assert res.baseline.set_index("arm").loc["vt", "n"] == len({p for p in at_risk if p.startswith("vt")})
+    assert res.method.startswith("'Stopped' at a follow-up wave = 1 when violence.any was > 0 at T0")

@@ -89,6 +89,7 @@ def test_export_writes_every_format_codebook_and_snapshot(tmp_path):
 def test_unknown_code_refused_with_clear_message(tmp_path):
     ld, _ = linked_with_real_outcome()
     bad = ld.long.copy()
+    bad["arm"] = bad["arm"].astype(str)  # the long frame's arm is categorical (Contract 5): allow a new value
     bad.loc[0, "arm"] = "nowhere"
     with pytest.raises(ValueError, match="arm.*nowhere.*config/study.yaml"):
         write_sav(bad, tmp_path / "bad.sav", STUDY, INST)

@@ -5,7 +5,9 @@
   loaded by a scheduled flow run, and its artifacts are read back from the API.
 * The same ingest and model flows on a local Dask cluster (two worker processes) give the same warehouse and
   the same effect table as the default thread-pool runner.
-* The pipeline's retry condition: a transient database error is retried, a programming error is not.
+* The model run's effect table and report link are read back from the API by the run's id.
+* The batch task's retry condition: a transient database error is retried, a programming error and a broken
+  file are not.
 Every wait is bounded; subprocesses are killed in `finally`.
 """
 
@@ -229,7 +231,7 @@ def test_served_ingestion_loads_a_dropped_file_on_its_schedule(prefect_server, s
 
 
 def _normalised_dump(url: str) -> dict:
-    """The canonical warehouse dump with the run ids (which name each run) replaced by their order."""
+    """The canonical warehouse dump with the run ids (which name each run) replaced by their order, re-sorted."""
     from sqlalchemy import select
 
     from cohortflow.warehouse.db import get_engine
@@ -238,19 +240,25 @@ def _normalised_dump(url: str) -> dict:
 
     eng = get_engine(url)
     with eng.connect() as conn:
-        ids = [r[0] for r in conn.execute(select(Run.run_id).order_by(Run.started_at))]
-    text = repr(canonical_dump(eng))
-    for i, rid in enumerate(ids):
-        text = text.replace(rid, f"<run {i}>")
+        ids = {r[0]: f"<run {i}>" for i, r in enumerate(conn.execute(select(Run.run_id).order_by(Run.started_at)))}
+
+    def norm(v):
+        if isinstance(v, str):
+            for rid, name in ids.items():
+                v = v.replace(rid, name)
+        return v
+
+    dump = {t: sorted((tuple(norm(v) for v in row) for row in rows), key=repr)
+            for t, rows in canonical_dump(eng).items()}
     eng.dispose()
-    return text
+    return dump
 
 
 def test_dask_runner_gives_the_same_warehouse_and_effects(prefect_server, small_study, tmp_path):
     import pandas as pd
     from distributed import LocalCluster
 
-    from cohortflow.flows.operations import ingest_flow, model_flow, task_runner_for
+    from cohortflow.flows.operations import ingest_flow, model_flow, source_version_groups, task_runner_for
     from cohortflow.warehouse.db import get_engine, init_warehouse
 
     results = {}
@@ -265,22 +273,58 @@ def test_dask_runner_gives_the_same_warehouse_and_effects(prefect_server, small_
             mod = model_flow.with_options(task_runner=task_runner_for(address))(
                 database_url=url, outputs_dir=str(tmp_path / name))
             results[name] = {"dump": _normalised_dump(url), "effects": pd.read_csv(mod.report_paths.csv),
-                             "ingest": ing, "model": mod,
+                             "ingest": ing, "model": mod, "url": url,
                              "transitions": cluster.scheduler.transition_counter - before}
     a, b = results["threads"], results["dask"]
+    groups = source_version_groups(sorted(small_study.iterdir()))
+    assert len(groups) >= 2 and sum(map(len, groups)) == len(list(small_study.iterdir()))
     assert a["transitions"] == 0 and b["transitions"] > 0, "the Dask run's tasks went through the scheduler"
     assert sum(r.status == "loaded" for r in a["ingest"].batches) == len(list(small_study.iterdir())) >= 20 and a["ingest"].n_scores > 0
     assert len(a["effects"]) > 0
     assert a["ingest"].snapshot_hash == b["ingest"].snapshot_hash == a["model"].snapshot_hash
     assert a["dump"] == b["dump"]
     pd.testing.assert_frame_equal(a["effects"], b["effects"])
+    _assert_model_artifacts_readable(b["model"], b["effects"], b["url"])
+
+
+def _assert_model_artifacts_readable(model, effects, url: str) -> None:
+    """The model run's effect table and report link, read back from the Prefect API by its flow run id."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from sqlalchemy import select
+
+    from cohortflow.flows.operations import MODEL_ARTIFACT_KEYS
+    from cohortflow.warehouse.db import get_engine
+    from cohortflow.warehouse.models import Run
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=list(MODEL_ARTIFACT_KEYS)),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(model.flow_run_id)])))
+    by_key = {a.key: a for a in arts}
+    assert set(by_key) == set(MODEL_ARTIFACT_KEYS)
+    table, link = by_key["effect-table"], by_key["effect-report"]
+    assert table.type == "table" and link.type == "markdown"  # a link artifact is stored as markdown
+    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    assert len(rows) == len(effects) and list(rows[0]) == list(effects.columns)
+    assert Path(model.report_paths.html).resolve().as_uri() in link.data
+    assert model.run_id in table.description and model.snapshot_hash[:12] in table.description
+    # the run is recorded with its snapshot, so it can be reproduced from its run id
+    eng = get_engine(url)
+    with eng.connect() as conn:
+        rec = conn.execute(select(Run.kind, Run.data_snapshot).where(Run.run_id == model.run_id)).first()
+    eng.dispose()
+    assert rec is not None and rec.kind == "model" and rec.data_snapshot == model.snapshot_hash
 
 
 def test_ingest_retries_transient_database_errors_only(prefect_server, small_study, tmp_path, monkeypatch):
-    """The pipeline's retry condition: OperationalError is retried (and passes), ValueError fails at once."""
+    """The batch task's retry condition: OperationalError is retried (and passes), ValueError fails at once,
+    and a broken file is refused without any retry (read once)."""
     from sqlalchemy.exc import OperationalError
 
-    import cohortflow.warehouse.load as load
+    import cohortflow.warehouse.batch_ingest as batch
     from cohortflow.flows.operations import ingest_flow
     from cohortflow.warehouse.db import get_engine, init_warehouse
 
@@ -288,7 +332,7 @@ def test_ingest_retries_transient_database_errors_only(prefect_server, small_stu
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     shutil.copy(export, inbox / export.name)
-    real = load.ingest_file
+    real = batch.load_validated
     calls = []
 
     def flaky(*args, **kwargs):
@@ -299,7 +343,7 @@ def test_ingest_retries_transient_database_errors_only(prefect_server, small_stu
 
     url = f"sqlite:///{tmp_path / 'w.sqlite'}"
     init_warehouse(get_engine(url))
-    monkeypatch.setattr(load, "ingest_file", flaky)
+    monkeypatch.setattr(batch, "load_validated", flaky)
     run = ingest_flow(inbox=str(inbox), database_url=url, score_after=False)
     assert len(calls) == 2 and run.batches[0].status == "loaded"
 
@@ -309,7 +353,29 @@ def test_ingest_retries_transient_database_errors_only(prefect_server, small_stu
         calls.append(1)
         raise ValueError("a bug, not a passing failure")
 
-    monkeypatch.setattr(load, "ingest_file", broken)
+    monkeypatch.setattr(batch, "load_validated", broken)
+    url2 = f"sqlite:///{tmp_path / 'w2.sqlite'}"
+    init_warehouse(get_engine(url2))
     with pytest.raises(ValueError, match="a bug"):
-        ingest_flow(inbox=str(inbox), database_url=f"sqlite:///{tmp_path / 'w2.sqlite'}", score_after=False)
+        ingest_flow(inbox=str(inbox), database_url=url2, score_after=False)
     assert len(calls) == 1
+
+    # a broken file (cut mid-row) is refused, never retried: read once, the run completes
+    monkeypatch.setattr(batch, "load_validated", real)
+    reads: list[str] = []
+    real_read = batch.read_file
+
+    def counting_read(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "read_file", counting_read)
+    inbox3 = tmp_path / "inbox3"
+    inbox3.mkdir()
+    data = export.read_bytes()
+    (inbox3 / export.name).write_bytes(data[: len(data) // 2 + 7])
+    url3 = f"sqlite:///{tmp_path / 'w3.sqlite'}"
+    init_warehouse(get_engine(url3))
+    run = ingest_flow(inbox=str(inbox3), database_url=url3, score_after=False)
+    assert [b.status for b in run.batches] == ["refused"] and export.name in run.batches[0].message
+    assert reads == [export.name]

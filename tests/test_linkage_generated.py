@@ -63,12 +63,19 @@ def test_structure_equals_truth(study_db):
     answered = truth[truth["waves_responded"] != ""]
     true_home = {pseudonym(KEY, "person", p): pseudonym(KEY, "household", h)
                  for p, h in zip(answered["resp_id"], answered["gezin_id"], strict=True)}
+    every_home = {pseudonym(KEY, "person", p): pseudonym(KEY, "household", h)
+                  for p, h in zip(truth["resp_id"], truth["gezin_id"], strict=True)}
     q = read_quarantine(engine)
     linked_home = dict(zip(ld.persons["person_id"], ld.persons["household_id"], strict=True))
-    only_quarantined = set(q["person_id"]) - set(linked_home)
-    # every linked person sits in their true household; every responding person is linked or quarantined
-    assert {p: true_home.get(p) for p in linked_home} == linked_home
-    assert set(true_home) == set(linked_home) | only_quarantined
+    informants = set(ld.responses["person_id"])
+    # every linked person (informant, or child reported on by a parent) sits in their true household
+    assert {p: every_home.get(p) for p in linked_home} == linked_home
+    # every responding person is a linked informant or only quarantined; the other linked persons are
+    # children reported on by a parent who did not answer themselves
+    assert set(true_home) == informants | set(q["person_id"])
+    member = dict(zip((pseudonym(KEY, "person", p) for p in truth["resp_id"]), truth["member"], strict=True))
+    reported_only = set(linked_home) - informants
+    assert reported_only and {member[p] for p in reported_only} == {"child"}
     # arm and site of each household as generated
     true_arm = {pseudonym(KEY, "household", h): a for h, a in zip(truth["gezin_id"], truth["arm"], strict=True)}
     assert all(true_arm[h] == a for h, a in zip(ld.households["household_id"], ld.households["arm"], strict=True))
@@ -84,15 +91,28 @@ def test_attrition_matches_generator_dropout(study_db):
     status = person_wave_status(ld.responses, read_quarantine(engine), STUDY)
     table = attrition_table(status, STUDY, batches_frame(engine))
     assert check_identities(table) == []
-    # refused rows are self-reports of children (who answer one role only): one person each
+    # the refused files are exactly the 1-row files whose row carries an injected fault
     refused = batches_frame(engine).query("status == 'refused'")
-    child_self = [r.code for r in STUDY.roles if r.informant == "self" and r.subject == "child"]
-    assert set(refused["role"]) <= set(child_self)
+    n_rows = {f.path.split("/")[-1]: f.n_rows for f in manifest.files}
+    assert set(refused["file_name"]) == {f.file.split("/")[-1] for f in manifest.faults
+                                         if n_rows[f.file.split("/")[-1]] == 1}
     got = table.groupby(["arm", "wave"])[["responded", "refused_file_rows"]].sum().sum(axis=1)
+    # a refused row of an informant who also answered another role's questionnaire in that wave (a parent's
+    # report about a child) is counted twice: once as responded, once as a refused row
+    from cohortflow.synth.inspect import read_export
+
+    out = study_db[0]
+    loaded = set(zip(ld.responses["person_id"], ld.responses["arm"], ld.responses["wave"], strict=True))
+    twice: dict[tuple[str, str], int] = {}
+    for f in manifest.files:
+        if f.path.split("/")[-1] in set(refused["file_name"]):
+            for resp_id in read_export(out / f.path, f.format)["resp_id"]:
+                if (pseudonym(KEY, "person", resp_id), f.arm, f.wave) in loaded:
+                    twice[(f.arm, f.wave)] = twice.get((f.arm, f.wave), 0) + 1
     for arm in truth["arm"].unique():
         for w in STUDY.waves_of(arm):
             expected = int(truth.loc[truth["arm"] == arm, f"responded_{w}"].sum())
-            assert got.get((arm, w), 0) == expected, (arm, w)
+            assert got.get((arm, w), 0) - twice.get((arm, w), 0) == expected, (arm, w)
     # nobody of a household that dropped out at wave w responds at w or later
     order = {w: i for i, w in enumerate(STUDY.wave_codes)}
     pid = {pseudonym(KEY, "person", p): d for p, d in zip(truth["resp_id"], truth["dropout_wave"], strict=True)}

@@ -202,3 +202,25 @@ def test_report_when_every_outcome_failed(tmp_path):
     from openpyxl import load_workbook
 
     assert len(load_workbook(paths.xlsx).sheetnames) == 2 * len(PLAN.report_languages)
+
+
+def test_footer_names_covariates_and_definitions_in_the_reports_language(report):
+    """The footer says 'adjusted for leeftijd en geslacht', not the column names; 'stopped' is defined."""
+    from cohortflow.analysis.plan import load_analysis_plan
+    from cohortflow.analysis.report import _footer
+
+    _, result = report
+    plan = load_analysis_plan()
+    assert plan.defaults.fixed_effects.covariates == ["age_years", "sex"]
+    stopped = next(o for o in plan.outcomes if o.response == "stopped")
+    res = dict(result.outcomes)
+    res[stopped.id] = result.outcomes["sim.above"]
+    fake = type(result)(**{**result.__dict__, "outcomes": res})
+    for lang, covs in [("nl", "leeftijd en geslacht"), ("en", "age and sex")]:
+        lines = dict(_footer(fake, plan, STUDY, INSTRUMENTS, RUN_INFO, {"python": "3"}, lang))
+        model = lines[text(lang, "footer_model")]
+        assert covs in model and "age_years" not in model
+        definition = lines[text(lang, "footer_definition", outcome=stopped.label.get(lang))]
+        assert STUDY.wave(STUDY.baseline_wave).label.get(lang) in definition
+        mult = lines[text(lang, "footer_multiplicity")]
+        assert mult.startswith("Holm") and stopped.label.get(lang) in mult and "violence.any" not in mult

@@ -42,3 +42,57 @@ def test_rescoring_follows_definitions_and_data(tmp_path, sqlite_engine):
     # new data makes them stale too, and the new responses get scores
     ingest_files(files[1:2], engine, sources, study, instruments, key)
     assert score_warehouse(engine, instruments, "r4") > n_first
+
+
+def _stored(engine):
+    s = scores_frame(engine).drop(columns=["scoring_run"])
+    return s.sort_values(["response_id", "instrument", "instrument_version", "scale"], ignore_index=True)
+
+
+def test_bulk_store_matches_row_store_and_replaces_keys(tmp_path, any_engine):
+    """store_scores_bulk (COPY on PostgreSQL, executemany elsewhere) stores exactly what the row-by-row
+    store_scores stores; a second store replaces values of the same keys (upsert) and adds new keys."""
+    import numpy as np
+    import pandas as pd
+    from sqlalchemy import text
+
+    from cohortflow.scoring.engine import score_all
+    from cohortflow.scoring.store import store_scores_bulk
+    from cohortflow.synth import generate_study
+    from cohortflow.warehouse.read import item_values_compact, item_values_frame, scoring_context
+    from cohortflow.warehouse.scores import store_scores
+
+    manifest = generate_study(tmp_path / "study", factor=0.05, seed=5)
+    files = [tmp_path / "study" / f.path for f in manifest.files if f.role in ("child", "parent")][:4]
+    engine = init_warehouse(any_engine)
+    study, instruments, sources, key = load_study(), load_instruments(), load_sources(), secrets.token_bytes(32)
+    ingest_files(files, engine, sources, study, instruments, key)
+
+    compact, plain = item_values_compact(engine), item_values_frame(engine)
+    assert len(compact) == len(plain) > 0
+    assert list(compact["instrument"].cat.categories) == sorted(plain["instrument"].unique())
+    from cohortflow.scoring.engine import item_values_fingerprint
+    assert item_values_fingerprint(compact) == item_values_fingerprint(plain)
+
+    scores = score_all(compact, scoring_context(engine), instruments, on_unknown="skip")
+    assert scores["score"].isna().any() and scores["score"].notna().any()
+    store_scores(engine, scores, "row-store")
+    expected = _stored(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM score"))
+    assert store_scores_bulk(engine, scores, "bulk-store") == len(scores)  # empty table: plain bulk insert
+    pd.testing.assert_frame_equal(_stored(engine), expected)
+
+    # second store: half the rows with changed scores, plus rows of the first half unchanged -> upsert
+    changed = scores.copy()
+    changed["score"] = changed["score"] + 1.0
+    store_scores_bulk(engine, changed.iloc[: len(changed) // 2], "bulk-again")
+    after = _stored(engine)
+    assert len(after) == len(expected)
+    first = after.merge(changed.iloc[: len(changed) // 2][["response_id", "instrument", "scale", "score"]]
+                        .astype({"instrument": str, "scale": str}), on=["response_id", "instrument", "scale"],
+                        suffixes=("", "_new"))
+    assert len(first) == len(changed) // 2
+    assert np.allclose(first["score"], first["score_new"], equal_nan=True)
+    runs = scores_frame(engine)["scoring_run"].value_counts()
+    assert runs["bulk-again"] == len(changed) // 2 and runs["bulk-store"] == len(changed) - len(changed) // 2

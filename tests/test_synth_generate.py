@@ -226,9 +226,10 @@ def test_missing_codes_present(small_data):
 
 
 def test_new_instrument_needs_no_code(tmp_path):
-    """A parent-report instrument added as data shows up in parent files, one row per (parent, child)."""
+    """A parent-report instrument added as data (definition + questionnaire entry) shows up in parent files,
+    one row per (parent, child), and in the truth."""
     demo = Instrument.model_validate({
-        "code": "cats", "name": "demo parent report", "version": "0", "construct": "child_ptss",
+        "code": "demo_parent", "name": "demo parent report", "version": "0", "construct": "child_ptss",
         "label": {"nl": "demo", "en": "demo"}, "roles": ["parent"], "age_range_years": [3, 18],
         "licence": "test", "source": "test",
         "response_scales": [{"code": "f4", "options": [
@@ -236,15 +237,19 @@ def test_new_instrument_needs_no_code(tmp_path):
         "items": [{"code": f"{i:02d}", "label": {"nl": "x", "en": "x"}} for i in range(1, 6)],
         "scales": [{"code": "total", "label": {"nl": "t", "en": "t"}, "items": [f"{i:02d}" for i in range(1, 6)]}],
     })
-    insts = dict(INSTRUMENTS, cats=demo)
-    m = generate_study(tmp_path, factor=0.03, seed=3, instruments=insts, truth_persons_per_arm=SMALL_TRUTH)
+    insts = dict(INSTRUMENTS, demo_parent=demo)
+    shipped = load_questionnaires()
+    quest = shipped.model_copy(update={"roles": {**shipped.roles, "parent": ["demo_parent"]}})
+    m = generate_study(tmp_path, factor=0.03, seed=3, instruments=insts, questionnaires=quest,
+                       truth_persons_per_arm=SMALL_TRUTH)
     parent = [f for f in m.files if f.role == "parent"]
     assert parent and all(f.arm != "jongerenpanel" for f in parent)
     first = read_export(tmp_path / parent[0].path, parent[0].format)
-    assert list(first.columns) == _expected_columns("parent", parent[0].arm)[:15] + [f"CATS_0{i}" for i in range(1, 6)]
+    assert list(first.columns) == (_expected_columns("parent", parent[0].arm)[:15]
+                                   + [f"DEMO_PARENT_0{i}" for i in range(1, 6)])
     data = read_study(tmp_path, m)
     p = data[data["role"] == "parent"]
-    assert p["CATS_01"].notna().any() and not p.duplicated(["wave", "resp_id", "kind_id"]).any()
+    assert p["DEMO_PARENT_01"].notna().any() and not p.duplicated(["wave", "resp_id", "kind_id"]).any()
     kid_age = _age(p["kind_geboortedatum"], p["datum_invullen"])
     assert kid_age.between(3, 17).all()
     assert (p["kind_id"].str.rsplit("-", n=1).str[0] == p["gezin_id"]).all()
@@ -252,7 +257,39 @@ def test_new_instrument_needs_no_code(tmp_path):
     per_child = p.groupby(["wave", "kind_id"]).size()
     assert (per_child == 1).mean() > 0.8
     truth = json.loads((tmp_path / "truth" / "truth.json").read_text())
-    assert "cats.total" in truth["outcomes"]
+    assert "demo_parent.total" in truth["outcomes"]
+
+
+def test_shipped_parent_questionnaire_names_defined_instruments():
+    """Every instrument code of synth/questionnaires.yaml has a shipped definition for that role, so no
+    role silently gets no files (the parent role answers the SDQ and the age-specific CATS reports)."""
+    quest = load_questionnaires()
+    for table in (quest.roles, quest.reference.roles):
+        for role, codes in table.items():
+            for code in codes:
+                assert code in INSTRUMENTS, f"questionnaires.yaml: {role} lists {code!r}, which has no definition"
+                assert role in INSTRUMENTS[code].roles, f"{code} is not defined for role {role}"
+
+
+def test_parent_files_carry_parent_instruments(small):
+    """Parent files exist for every cohort arm and carry the SDQ parent items and both CATS caregiver
+    versions; each child gets the CATS version of its age (the other one is empty)."""
+    out, m = small
+    parent = [f for f in m.files if f.role == "parent"]
+    arms = {a.code for a in STUDY.arms if a.role != "reference"}
+    assert {f.arm for f in parent} == arms
+    data = read_study(out, m)
+    p = data[data["role"] == "parent"]
+    assert len(p) > 0
+    cats = {code: [c for c in p.columns if c.startswith(code.upper() + "_")]
+            for code in ("cats_caregiver_3_6", "cats_caregiver_7_17", "sdq_parent")}
+    assert all(cats.values())
+    kid_age = _age(p["kind_geboortedatum"], p["datum_invullen"])
+    young = p[cats["cats_caregiver_3_6"]].notna().any(axis=1)
+    old = p[cats["cats_caregiver_7_17"]].notna().any(axis=1)
+    assert not (young & old).any()
+    assert (kid_age[young] < 7).all() and (kid_age[old] >= 7).all()
+    assert p[cats["sdq_parent"]].notna().any(axis=1).mean() > 0.9
 
 
 def test_other_study_design_needs_no_code(tmp_path):

@@ -116,3 +116,35 @@ def test_batch_validation_gives_the_same_outcomes_as_file_by_file(tmp_path):
         pd.testing.assert_frame_equal(batch_out.row_failures, single.row_failures)
         pd.testing.assert_frame_equal(batch_out.rule_results, single.rule_results)
     assert [sorted(o.row_failures["row_number"]) for o in together[:3]] == [[1, 3], [2, 4], [3, 5]]
+
+
+def test_stacked_checks_compare_rows_only_within_their_file():
+    """Checks run once on the stacked files of a source version: a person repeated in another file is no
+    duplicate, a sex differing between files is no conflict, and each file meets only its own history."""
+    from cohortflow.validation import validate_mapped_files
+    from cohortflow.validation.sample import valid_frame
+
+    study, instruments = load_study(), load_instruments()
+    arm = study.cohort_arms[0].code
+    role = next(r.code for r in study.roles if r.informant == "self")
+    a = valid_frame(study, instruments, arm, study.waves_of(arm)[0], role, n=6, seed=3)
+    a = pd.concat([a, a.iloc[[0]]], ignore_index=True)  # an exact copy inside file a (row 7 of row 1)
+    a["row_number"] = range(1, len(a) + 1)
+    b = valid_frame(study, instruments, arm, study.waves_of(arm)[0], role, n=6, seed=3)  # the same persons
+    other = {"male": "female", "female": "male"}
+    b.loc[1, "subject_sex"] = other[b.loc[1, "subject_sex"]]  # differs from file a, not within file b
+    pseudo = with_pseudonyms(a, KEY)
+    hist_a = pd.DataFrame({"pseudonym": [pseudo.loc[2, "subject_id"]], "sex": [other[a.loc[2, "subject_sex"]]],
+                           "birth_year": [pd.Timestamp(a.loc[2, "subject_birth_date"]).year]})
+    hist_b = hist_a.iloc[0:0]
+    files = [(a, {"file_name": "a.sav"}), (b, {"file_name": "b.sav"})]
+    together = validate_mapped_files(files, study, instruments, histories=[hist_a, hist_b], key=KEY)
+    for single_in, hist, batch_out in zip(files, [hist_a, hist_b], together, strict=True):
+        single = validate_mapped_file(single_in, study, instruments, history=hist, key=KEY)
+        assert batch_out.file_errors == single.file_errors
+        pd.testing.assert_frame_equal(batch_out.row_failures, single.row_failures)
+        pd.testing.assert_frame_equal(batch_out.rule_results, single.rule_results)
+    fa, fb = together[0].row_failures, together[1].row_failures
+    assert set(zip(fa["row_number"], fa["rule"], strict=True)) == {(7, "duplicate_key"), (3, "sex_birth_year_consistency")}
+    assert fa.loc[fa["rule"] == "duplicate_key", "value"].tolist() == ["exact copy of row 1"]
+    assert len(fb) == 0

@@ -25,6 +25,7 @@ from .contract import ID_COLUMNS
 from .policy import Policy
 
 FAIL_COLUMNS = ["pos", "column", "value"]
+FILE_COLUMN = "_file"  # in frames stacked from several files: the file's position; rows compare within a file
 
 
 _NO_FAILURES = pd.DataFrame({"pos": pd.Series(dtype="int64"), "column": pd.Series(dtype="object"),
@@ -229,12 +230,14 @@ def check_duplicate_key(ctx: Context) -> pd.DataFrame:
     """
     key = ["subject_raw", "person_raw", "wave", "role"]
     f = ctx.frame
+    if FILE_COLUMN in f.columns:
+        key = [FILE_COLUMN, *key]
     later = f.duplicated(subset=key, keep="first").to_numpy()
     if not later.any():
         return no_failures()
     groups = [f[k].astype("object").fillna("") for k in key]
     first_pos = pd.Series(np.arange(len(f)), index=f.index).groupby(groups, sort=False).transform("first").to_numpy()
-    content = [c for c in f.columns if c != "row_number"]
+    content = [c for c in f.columns if c not in ("row_number", FILE_COLUMN)]
     texts = []
     bad = np.flatnonzero(later)
     for i in bad:
@@ -346,7 +349,10 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
     f = ctx.frame
     out: list[tuple[int, str, str]] = []
     hist = ctx.history
+    stacked = FILE_COLUMN in f.columns
     if hist is not None and len(hist):
+        if stacked:  # one history per file: look persons up by (file, pseudonym)
+            hist = hist.assign(pseudonym=_per_file(hist[FILE_COLUMN], hist["pseudonym"]))
         hist = hist.drop_duplicates("pseudonym", keep="last").set_index("pseudonym")
     for raw_col, pseudo_col, sex_col, birth_col, label in _person_views(f):
         attrs: dict[str, pd.Series] = {}
@@ -356,6 +362,8 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
             by = pd.to_datetime(f[birth_col], errors="coerce").dt.year
             attrs["birth_year"] = by.astype("object").where(by.notna(), None)
         keys = f[raw_col].astype("object")
+        if stacked:
+            keys = _per_file(f[FILE_COLUMN], keys)
         repeated = keys.notna() & keys.duplicated(keep=False)  # only persons with several rows can disagree
         has_repeats = bool(repeated.any())
         flagged: set[tuple[int, str]] = set()
@@ -380,14 +388,24 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
                         out.append((int(pos), col, why))
                         flagged.add((int(pos), attr))
             if hist is not None and len(hist) and pseudo_col in f.columns and attr in hist.columns:
-                earlier = f[pseudo_col].map(hist[attr])
-                for pos in np.flatnonzero((earlier.notna() & values.notna()).to_numpy()):
-                    now, before = values.iloc[pos], earlier.iloc[pos]
-                    if _differs(now, before) and (int(pos), attr) not in flagged:
-                        out.append((int(pos), col, f"{label} {attr} {now} differs from {before} in an earlier wave"))
+                looked_up = _per_file(f[FILE_COLUMN], f[pseudo_col]) if stacked else f[pseudo_col]
+                earlier = looked_up.map(hist[attr])
+                both = np.flatnonzero((earlier.notna() & values.notna()).to_numpy())
+                now_all, before_all = values.to_numpy(dtype=object), earlier.to_numpy(dtype=object)
+                for pos, now, before in zip(both.tolist(), now_all[both].tolist(), before_all[both].tolist(),
+                                            strict=True):
+                    if _differs(now, before) and (pos, attr) not in flagged:
+                        out.append((pos, col, f"{label} {attr} {now} differs from {before} in an earlier wave"))
     if not out:
         return no_failures()
     return pd.DataFrame(out, columns=FAIL_COLUMNS)
+
+
+def _per_file(file: pd.Series, ids: pd.Series) -> pd.Series:
+    """Identifiers made unique per file of a stacked frame ('<file>:<id>'; missing stays missing)."""
+    ids = ids.astype("object")
+    out = file.astype("int64").astype(str).str.cat(ids.astype(str), sep=":").astype("object")
+    return out.where(ids.notna(), None)
 
 
 def _differs(a: object, b: object) -> bool:

@@ -18,47 +18,97 @@ import pandas as pd
 _MISSING = "\x00NA"
 
 
-def _canonical(s: pd.Series) -> tuple[str, pd.Series]:
-    """(kind, canonical series) of one column."""
+def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """(kind, values, text) of one column in canonical form.
+
+    Kind `f`/`d`: `values` is float64 (datetimes as nanoseconds, one NaN, no negative zero), `text` None.
+    Kind `s`: `values` are int64 codes into `text`, the sorted distinct texts (missing = `_MISSING`), so
+    sorting by the codes sorts by the text.
+    """
     if pd.api.types.is_datetime64_any_dtype(s):
         v = pd.to_datetime(s).dt.tz_localize(None) if getattr(s.dt, "tz", None) else pd.to_datetime(s)
         ns = v.astype("datetime64[ns]")
-        return "d", pd.Series(np.where(ns.isna(), np.nan, ns.astype("int64").astype("float64")), index=s.index)
-    if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+        return "d", np.where(ns.isna(), np.nan, ns.astype("int64").astype("float64")), None
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        codes = np.asarray(s.cat.codes, dtype=np.int64)
+        texts = [str(c) for c in s.cat.categories]
+    elif (pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s)):
         f = pd.to_numeric(s.astype("Float64") if str(s.dtype) == "boolean" else s, errors="coerce")
         arr = np.asarray(f.astype("Float64").to_numpy(dtype="float64", na_value=np.nan), dtype="float64")
-        arr = np.where(arr == 0, 0.0, arr)  # -0.0 -> 0.0
-        return "f", pd.Series(arr, index=s.index)
-    txt = s.astype(object)
-    mask = txt.isna()
-    return "s", txt.where(~mask, _MISSING).astype(str)
+        return "f", np.where(arr == 0, 0.0, arr), None  # -0.0 -> 0.0
+    else:
+        txt = s if pd.api.types.is_string_dtype(s) and not pd.api.types.is_object_dtype(s) else s.astype(object)
+        mask = txt.isna()
+        if pd.api.types.is_object_dtype(txt):
+            txt = txt.where(~mask, _MISSING).astype(str)  # text of mixed objects, as str() gives it
+        codes, uniques = pd.factorize(txt, use_na_sentinel=True)
+        codes = np.asarray(codes, dtype=np.int64)
+        texts = [str(u) for u in uniques]
+    texts.append(_MISSING)
+    codes = np.where(codes < 0, len(texts) - 1, codes)
+    distinct, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    return "s", inverse.astype(np.int64)[codes], distinct
+
+
+def _dense_rank(kind: str, values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense rank (0..n-1, NaN last) of a canonical column and the number of distinct ranks."""
+    if kind == "s":
+        return values, int(values.max(initial=-1)) + 1
+    distinct, inverse = np.unique(values, return_inverse=True)  # NaNs collapse into one, sorted last
+    return inverse.astype(np.int64).ravel(), len(distinct)
+
+
+def _row_order(ranks: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Stable row order by all columns (first column first): dense ranks packed into as few int64 keys as
+    fit, then one lexsort."""
+    keys: list[np.ndarray] = []
+    cur: np.ndarray | None = None
+    bits_used = 0
+    for rank, n in ranks:
+        bits = max(int(n - 1).bit_length(), 1)
+        if cur is None or bits_used + bits > 62:
+            if cur is not None:
+                keys.append(cur)
+            cur, bits_used = rank.astype(np.int64).copy(), bits
+        else:
+            cur <<= bits
+            cur |= rank
+            bits_used += bits
+    if cur is not None:
+        keys.append(cur)
+    return np.lexsort(keys[::-1]) if keys else np.arange(0)
 
 
 def snapshot_hash(frame: pd.DataFrame) -> str:
-    """SHA-256 hex of a frame's content, independent of row/column order and storage dtypes."""
+    """SHA-256 hex of a frame's content, independent of row/column order and storage dtypes.
+
+    Memory is a few int64 per row (text columns become codes into their sorted distinct values), so a
+    24 M-row analysis dataset with categorical text hashes without turning it into Python strings at once.
+    """
     names = [str(c) for c in frame.columns]
     if len(set(names)) != len(names):
         raise ValueError(f"snapshot_hash: column names must be unique, got duplicates in {sorted(names)}")
-    f = frame.reset_index(drop=True)
-    f.columns = names
+    by_name = dict(zip(names, frame.columns, strict=True))
     cols = sorted(names)
-    kinds, canon = {}, {}
-    for c in cols:
-        kinds[c], canon[c] = _canonical(f[c])
-    c_frame = pd.DataFrame(canon, columns=cols)
-    if cols and len(c_frame):
-        c_frame = c_frame.sort_values(cols, kind="mergesort", na_position="last", ignore_index=True)
+    n_rows = len(frame)
+    canon = {c: _canonical(frame[by_name[c]].reset_index(drop=True)) for c in cols}
+    order = _row_order([_dense_rank(k, v) for k, v, _ in canon.values()]) if cols and n_rows else np.arange(n_rows)
     h = hashlib.sha256()
-    h.update(f"rows={len(c_frame)};cols={len(cols)}".encode())
+    h.update(f"rows={n_rows};cols={len(cols)}".encode())
+    step = 1_000_000
     for c in cols:
-        h.update(b"\x1e" + c.encode("utf-8") + b"\x1f" + kinds[c].encode())
-        v = c_frame[c]
-        if kinds[c] == "s":
-            h.update("\x1f".join(v.tolist()).encode("utf-8"))
-        else:
-            arr = v.to_numpy(dtype="float64").copy()
-            arr[np.isnan(arr)] = np.nan  # one NaN bit pattern
-            h.update(arr.astype("<f8").tobytes())
+        kind, values, texts = canon[c]
+        h.update(b"\x1e" + c.encode("utf-8") + b"\x1f" + kind.encode())
+        for lo in range(0, n_rows, step):
+            part = values[order[lo:lo + step]]
+            if kind == "s":
+                if lo:
+                    h.update(b"\x1f")
+                h.update("\x1f".join(texts[part].tolist()).encode("utf-8"))
+            else:
+                arr = np.asarray(part, dtype="float64").copy()
+                arr[np.isnan(arr)] = np.nan  # one NaN bit pattern
+                h.update(arr.astype("<f8").tobytes())
     return h.hexdigest()
 
 def new_run_id(kind: str | None = None) -> str:

@@ -284,3 +284,4 @@ def _batches_markdown(batches) -> str:
             f"{g('rows_quarantined')} | {g('rows_duplicate')} | {str(g('message') or '')[:80]} |"
         )
     return "\n".join(lines)
+

@@ -56,6 +56,10 @@ TEXT: dict[str, dict[str, str]] = {
         "direction_None": "no direction",
         "sens_changed": "conclusion changes",
         "sens_same": "same conclusion",
+        "boot_ci": "[household bootstrap: {ci}]",
+        "footer_bootstrap": "Bootstrap",
+        "footer_bootstrap_text": ("{outcomes}: besides the model-based 95% CI, a percentile interval from {resamples} "
+                                  "refits on households drawn with replacement (in square brackets)."),
         "suppressed": "<{threshold}",
         "not_available": "n/a",
         # units
@@ -188,6 +192,10 @@ TEXT: dict[str, dict[str, str]] = {
         "direction_None": "geen richting",
         "sens_changed": "conclusie verandert",
         "sens_same": "zelfde conclusie",
+        "boot_ci": "[huishoud-bootstrap: {ci}]",
+        "footer_bootstrap": "Bootstrap",
+        "footer_bootstrap_text": ("{outcomes}: naast het modelgebaseerde 95%-BI een percentielinterval uit {resamples} "
+                                  "herschattingen op met teruglegging getrokken huishoudens (tussen rechte haken)."),
         "suppressed": "<{threshold}",
         "not_available": "n.v.t.",
         "unit_points": "punten",

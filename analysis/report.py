@@ -142,6 +142,13 @@ def _footer(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Ins
     mi = plan.sensitivity.multiple_imputation
     if mi.enabled and any(r.family == "gaussian" for r in result.outcomes.values()):
         extra.append((text(lang, "footer_mi"), text(lang, "footer_mi_text", m=mi.imputations)))
+    booted = [k for k, r in result.outcomes.items() if getattr(r, "bootstrap", None) is not None
+              and not r.bootstrap.empty]
+    if booted:
+        boot = plan.sensitivity.bootstrap
+        extra.append((text(lang, "footer_bootstrap"), text(
+            lang, "footer_bootstrap_text", resamples=boot.resamples,
+            outcomes=join_words([T.outcome_label(k, plan, instruments, lang) for k in booted], lang))))
     return [
         (text(lang, "footer_model"), model),
         (text(lang, "footer_d"), text(lang, "footer_d_text")),

@@ -73,8 +73,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
     baseline_wave, contrast_kind, then per cohort arm `n`, `retained`, `base_n`, `base_mean`, `base_sd`, `emm`,
     `emm_lower`, `emm_upper`, `above_n`, `above_pct`, `paired_n`, `improved_pct`, `deteriorated_pct`, and per
     comparison arm (intervention vs it) `diff`, `diff_lower`, `diff_upper`, `p`, `p_adj`, `d`, `d_lower`,
-    `d_upper`, `d_denominator`, `ratio`, `ratio_lower`, `ratio_upper`, `ratio_kind`, `mi`, `mi_lower`,
-    `mi_upper`, `mi_p`, `ipw`, `ipw_lower`, `ipw_upper`, `sens_changed`.
+    `d_upper`, `d_denominator`, `ratio`, `ratio_lower`, `ratio_upper`, `ratio_kind`, `diff_boot_lower`,
+    `diff_boot_upper`, `d_boot_lower`, `d_boot_upper` (household bootstrap, NaN unless the plan's bootstrap ran
+    for the outcome), `mi`, `mi_lower`, `mi_upper`, `mi_p`, `ipw`, `ipw_lower`, `ipw_upper`, `sens_changed`.
     Percentages are 0-100; binary outcomes' means and differences are turned into % and percentage points.
     """
     order = _wave_order(study)
@@ -125,7 +126,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
                                        ("upper", "diff_upper", scale), ("p", "p", 1.0), ("p_adj", "p_adj", 1.0),
                                        ("d", "d", 1.0), ("d_lower", "d_lower", 1.0), ("d_upper", "d_upper", 1.0),
                                        ("ratio", "ratio", 1.0), ("ratio_lower", "ratio_lower", 1.0),
-                                       ("ratio_upper", "ratio_upper", 1.0)]:
+                                       ("ratio_upper", "ratio_upper", 1.0),
+                                       ("boot_lower", "diff_boot_lower", scale), ("boot_upper", "diff_boot_upper", scale),
+                                       ("boot_d_lower", "d_boot_lower", 1.0), ("boot_d_upper", "d_boot_upper", 1.0)]:
                     r[col(dst, *pair)] = _get(ct, src) * mult
                 r[col("d_denominator", *pair)] = None if ct is None else ct.get("d_denominator")
                 r[col("ratio_kind", *pair)] = None if ct is None else ct.get("ratio_kind")
@@ -196,7 +199,8 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
                 hide(i, [col(k, *pair) for k in ("diff", "diff_lower", "diff_upper", "p", "p_adj", "d", "d_lower",
                                                   "d_upper", "ratio", "ratio_lower", "ratio_upper", "mi", "mi_lower",
                                                   "mi_upper", "mi_p", "ipw", "ipw_lower", "ipw_upper", "ipw_p",
-                                                  "sens_changed")])
+                                                  "diff_boot_lower", "diff_boot_upper", "d_boot_lower",
+                                                  "d_boot_upper", "sens_changed")])
     return out
 
 
@@ -252,6 +256,14 @@ def _ci(est: object, lo: object, hi: object, lang: str, digits: int = 1) -> str:
         return ""
     lo_s, hi_s = _num(lo, lang, digits), _num(hi, lang, digits)
     return f"{e} ({lo_s} {text(lang, 'to')} {hi_s})" if lo_s and hi_s else e
+
+
+def _interval(lo: object, hi: object, lang: str, digits: int = 1) -> str:
+    """'lo to hi' (e.g. a bootstrap interval without its own estimate); '' when either end is missing or hidden."""
+    if _is_marker(lo) or _is_marker(hi):
+        return ""
+    lo_s, hi_s = _num(lo, lang, digits), _num(hi, lang, digits)
+    return f"{lo_s} {text(lang, 'to')} {hi_s}" if lo_s and hi_s else ""
 
 
 def _int(v: object) -> str:
@@ -350,6 +362,9 @@ def display_table(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, instrum
             # a difference in change, or (outcomes without a baseline value) a difference at the follow-up
             diff = _ci(r[col("diff", *pair)], r[col("diff_lower", *pair)], r[col("diff_upper", *pair)], lang)
             between = r["contrast_kind"] == "between_arm"
+            boot = _interval(r.get(col("diff_boot_lower", *pair)), r.get(col("diff_boot_upper", *pair)), lang)
+            if diff and boot and not _is_marker(r[col("diff", *pair)]):
+                diff += " " + text(lang, "boot_ci", ci=boot.strip())
             d[text(lang, "col_diff", **names)] = "" if between else diff
             d[text(lang, "col_diff_between", **names)] = diff if between else ""
             p, pa = r[col("p", *pair)], r[col("p_adj", *pair)]
@@ -367,8 +382,11 @@ def display_table(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, instrum
                 d[text(lang, "col_d", **names)] = f"{abbrev} {rt}".strip() if rt and not _is_marker(
                     r[col("ratio", *pair)]) else rt
             else:
-                d[text(lang, "col_d", **names)] = _ci(r[col("d", *pair)], r[col("d_lower", *pair)],
-                                                       r[col("d_upper", *pair)], lang, 2)
+                dtxt = _ci(r[col("d", *pair)], r[col("d_lower", *pair)], r[col("d_upper", *pair)], lang, 2)
+                dboot = _interval(r.get(col("d_boot_lower", *pair)), r.get(col("d_boot_upper", *pair)), lang, 2)
+                if dtxt and dboot and not _is_marker(r[col("d", *pair)]):
+                    dtxt += " " + text(lang, "boot_ci", ci=dboot.strip())
+                d[text(lang, "col_d", **names)] = dtxt
         for a in plan.cohort_arms:
             d[text(lang, "col_above", arm=arm_label(study, a, lang))] = _num(r[col("above_pct", a)], lang, 0)
         for a in plan.cohort_arms:

@@ -39,10 +39,13 @@ TEXT: dict[str, dict[str, str]] = {
         "col_wave": "Follow-up",
         "col_n": "n {arm} (% of {baseline} retained)",
         "col_baseline": "Baseline mean (SD) {arm}",
+        "col_baseline_pct": "Baseline % {arm}",
         "col_emm": "Adjusted mean (95% CI) {arm}",
+        "col_emm_pct": "Adjusted % (95% CI) {arm}",
         "col_diff": "Difference in change {arm} vs {arm2} (95% CI)",
+        "col_diff_between": "Difference at the follow-up {arm} vs {arm2} (95% CI)",
         "col_p": "p (adjusted p) {arm} vs {arm2}",
-        "col_d": "Effect size d / OR (95% CI) {arm} vs {arm2}",
+        "col_d": "Effect size d / OR / RR (95% CI) {arm} vs {arm2}",
         "col_above": "% above cut-off {arm}",
         "col_rci": "% reliably improved / deteriorated {arm}",
         "col_sens": "Multiple imputation: difference (95% CI) {arm} vs {arm2}",
@@ -53,11 +56,16 @@ TEXT: dict[str, dict[str, str]] = {
         "direction_None": "no direction",
         "sens_changed": "conclusion changes",
         "sens_same": "same conclusion",
+        "boot_ci": "[household bootstrap: {ci}]",
+        "footer_bootstrap": "Bootstrap",
+        "footer_bootstrap_text": ("{outcomes}: besides the model-based 95% CI, a percentile interval from {resamples} "
+                                  "refits on households drawn with replacement (in square brackets)."),
         "suppressed": "<{threshold}",
         "not_available": "n/a",
         # units
         "unit_points": "points",
         "unit_pp": "percentage points",
+        "unit_count": "times",
         "ci": "95% CI",
         "to": "to",
         "and": "and",
@@ -84,6 +92,8 @@ TEXT: dict[str, dict[str, str]] = {
                                   "(difference {est} {unit}, {ci} {lo} {to} {hi})"),
         "reading_chance_unlikely": "; the difference is unlikely to be chance ({pname} = {p}).",
         "reading_chance_possible": "; the difference may well be chance ({pname} = {p}).",
+        "reading_chance_after_correction": ("; but after correction for the number of comparisons it may be chance "
+                                            "({pname} = {p})."),
         "reading_suppressed": "{outcome} at {wave}: too few respondents to report (fewer than {threshold}).",
         "p_adjusted": "adjusted p",
         "p_plain": "p",
@@ -112,6 +122,11 @@ TEXT: dict[str, dict[str, str]] = {
                       "numbers, rate ratios (RR). A group with 0% (or 100%) at a wave is shown as observed with an "
                       "exact interval; comparisons involving it are not estimated."),
         "footer_definition": "Definition: {outcome}",
+        "multiplicity_families": ("{method} correction within each family of comparisons: {families}. The "
+                                  "adjusted p is shown in brackets; comparisons outside a family are not adjusted."),
+        "multiplicity_per_outcome": ("{method} correction per outcome over its comparisons of the change; the "
+                                     "adjusted p is shown in brackets."),
+        "multiplicity_none": "No correction for multiple comparisons.",
         "stopped_definition": ("percentage of the respondents who reported violence at {baseline} and report none "
                                "at this follow-up; only respondents with violence at {baseline} are counted, and "
                                "the groups are compared at each follow-up (there is no starting value)."),
@@ -160,10 +175,13 @@ TEXT: dict[str, dict[str, str]] = {
         "col_wave": "Vervolgmeting",
         "col_n": "n {arm} (% van {baseline} behouden)",
         "col_baseline": "Gemiddelde (SD) bij start {arm}",
+        "col_baseline_pct": "% bij start {arm}",
         "col_emm": "Gecorrigeerd gemiddelde (95%-BI) {arm}",
+        "col_emm_pct": "Gecorrigeerd % (95%-BI) {arm}",
         "col_diff": "Verschil in verandering {arm} vs {arm2} (95%-BI)",
+        "col_diff_between": "Verschil bij de vervolgmeting {arm} vs {arm2} (95%-BI)",
         "col_p": "p (gecorrigeerde p) {arm} vs {arm2}",
-        "col_d": "Effectgrootte d / OR (95%-BI) {arm} vs {arm2}",
+        "col_d": "Effectgrootte d / OR / RR (95%-BI) {arm} vs {arm2}",
         "col_above": "% boven afkappunt {arm}",
         "col_rci": "% betrouwbaar verbeterd / verslechterd {arm}",
         "col_sens": "Meervoudige imputatie: verschil (95%-BI) {arm} vs {arm2}",
@@ -174,10 +192,15 @@ TEXT: dict[str, dict[str, str]] = {
         "direction_None": "geen richting",
         "sens_changed": "conclusie verandert",
         "sens_same": "zelfde conclusie",
+        "boot_ci": "[huishoud-bootstrap: {ci}]",
+        "footer_bootstrap": "Bootstrap",
+        "footer_bootstrap_text": ("{outcomes}: naast het modelgebaseerde 95%-BI een percentielinterval uit {resamples} "
+                                  "herschattingen op met teruglegging getrokken huishoudens (tussen rechte haken)."),
         "suppressed": "<{threshold}",
         "not_available": "n.v.t.",
         "unit_points": "punten",
         "unit_pp": "procentpunten",
+        "unit_count": "keer",
         "ci": "95%-BI",
         "to": "tot",
         "and": "en",
@@ -203,6 +226,8 @@ TEXT: dict[str, dict[str, str]] = {
                                   "(verschil {est} {unit}, {ci} {lo} {to} {hi})"),
         "reading_chance_unlikely": "; het verschil berust waarschijnlijk niet op toeval ({pname} = {p}).",
         "reading_chance_possible": "; het verschil kan goed op toeval berusten ({pname} = {p}).",
+        "reading_chance_after_correction": ("; maar na correctie voor het aantal vergelijkingen kan het op toeval "
+                                            "berusten ({pname} = {p})."),
         "reading_suppressed": "{outcome} bij {wave}: te weinig respondenten om te rapporteren (minder dan {threshold}).",
         "p_adjusted": "gecorrigeerde p",
         "p_plain": "p",
@@ -233,6 +258,12 @@ TEXT: dict[str, dict[str, str]] = {
                       "meting staat er zoals waargenomen, met een exact interval; vergelijkingen met die groep "
                       "worden niet geschat."),
         "footer_definition": "Definitie: {outcome}",
+        "multiplicity_families": ("{method}-correctie binnen elke familie van vergelijkingen: {families}. De "
+                                  "gecorrigeerde p staat tussen haakjes; vergelijkingen buiten een familie zijn niet "
+                                  "gecorrigeerd."),
+        "multiplicity_per_outcome": ("{method}-correctie per uitkomst over de vergelijkingen van de verandering; de "
+                                     "gecorrigeerde p staat tussen haakjes."),
+        "multiplicity_none": "Geen correctie voor meervoudig toetsen.",
         "stopped_definition": ("percentage van de respondenten die bij {baseline} geweld meldden en bij deze meting "
                                "geen geweld meer melden; alleen respondenten met geweld bij {baseline} tellen mee, "
                                "en de groepen worden per vervolgmeting vergeleken (er is geen startwaarde)."),

@@ -17,6 +17,7 @@ Input: the analysis dataset of Contract 5 (docs/design.md). Arms come from the p
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
@@ -407,8 +408,8 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
         if time_col in df.columns and baseline is not None:
             growth = fit_growth_model(df, plan, study, arms, comparisons, covariates, re, fallback, base_desc, time_col)
         method = (
-            f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation; random slope uncorrelated with the "
-            "intercepts). "
+            f"Linear mixed model, REML: {fixed} + {re_formula} (lme4 notation"
+            + ("; random slope uncorrelated with the intercepts). " if "(0 +" in re_formula else "). ")
             + ("Fitted with statsmodels MixedLM and refined on lme4's profiled REML criterion (engine: statsmodels). "
                if fit.backend == "statsmodels" else
                "Fitted by minimising lme4's profiled REML criterion with cohortflow's batched mixed-model engine "
@@ -433,6 +434,11 @@ def fit_outcome_model(data: pd.DataFrame, outcome_spec: OutcomeSpec, plan: Analy
     res = _fit_gee_outcome(df, X, info, spec, plan, arms, comparisons, waves, baseline, counts, base_desc, above,
                            clinical, direction, dropped, t0)
     res.warnings = notes + res.warnings
+    if spec.response == "stopped":
+        res.method = (f"'Stopped' at a follow-up wave = 1 when {spec.name} was > 0 at {study.baseline_wave} and is 0 "
+                      f"at that wave, 0 when it is still > 0; only persons with {spec.name} > 0 at "
+                      f"{study.baseline_wave} are in the denominator, and the arms are compared at each follow-up "
+                      "wave (between-arm contrasts: there is no baseline value of 'stopped'). " + res.method)
     return res
 
 
@@ -1020,27 +1026,39 @@ def _analyse_outcome_job(i: int) -> dict:
 
 
 def _analyse_all(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool, imputations: int | None,
-                 workers: int) -> list[dict]:
-    """Every outcome's pieces in plan order: one after the other, or spread over `workers` forked processes."""
+                 workers: int) -> Iterator[tuple[str, dict]]:
+    """(outcome id, pieces) in plan order as each is done: one after the other, or over `workers` forked processes."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     n = len(plan.outcomes)
     if workers <= 1 or n <= 1 or "fork" not in mp.get_all_start_methods():
-        return [_analyse_outcome(data, spec, plan, study, sensitivity, imputations) for spec in plan.outcomes]
-    _instruments()  # read the instrument definitions once, before forking
+        for spec in plan.outcomes:
+            yield spec.id, _analyse_outcome(data, spec, plan, study, sensitivity, imputations)
+        return
+    # Everything the workers need is read and imported once, before forking: the children then share it, and
+    # no child waits on an import lock another thread of the parent (e.g. a Prefect worker) held at the fork.
+    import statsmodels.api  # noqa: F401 - IPW and GEE
+
+    from . import sensitivity  # noqa: F401
+
+    _instruments()
     _RUN_STATE.update(data=data, plan=plan, study=study, sensitivity=sensitivity, imputations=imputations)
     try:
         with ProcessPoolExecutor(max_workers=min(workers, n), mp_context=mp.get_context("fork")) as pool:
-            return list(pool.map(_analyse_outcome_job, range(n)))
+            yield from zip((spec.id for spec in plan.outcomes), pool.map(_analyse_outcome_job, range(n)),
+                           strict=True)
     finally:
         _RUN_STATE.clear()
 
 
 def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool = True,
                  imputations: int | None = None, workers: int | None = None,
-                 bootstrap: bool | None = None) -> AnalysisResult:
+                 bootstrap: bool | None = None,
+                 progress: Callable[[str], object] | None = None) -> AnalysisResult:
     """Fit every outcome of the plan, adjust p per multiplicity family, run IPW and MI side by side.
+
+    `progress(outcome_id)` is called as each outcome's fits (main, IPW, MI) are done (e.g. a progress bar).
 
     `workers` (default the plan's `defaults.workers`) processes fit outcomes side by side (each outcome's
     main model, IPW and MI in one process; same results as one after the other). `bootstrap` (default the
@@ -1057,7 +1075,7 @@ def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivi
     methods: dict[str, str] = {}
     sens_rows: list[pd.DataFrame] = []
     balance: list[pd.DataFrame] = []
-    for piece in _analyse_all(data, plan, study, sensitivity, imputations, workers):
+    for outcome_id, piece in _analyse_all(data, plan, study, sensitivity, imputations, workers):
         failures.update(piece["failures"])
         methods.update(piece["methods"])
         if piece["result"] is not None:
@@ -1065,6 +1083,8 @@ def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivi
         if piece["side"] is not None:
             sens_rows.append(piece["side"])
         balance += piece["balance"]
+        if progress is not None:
+            progress(outcome_id)
     boot_on = plan.sensitivity.bootstrap.enabled if bootstrap is None else bootstrap
     if boot_on:
         keys = plan.bootstrap_outcomes() or [o.id for o in plan.outcomes if o.primary and o.family == "gaussian"]

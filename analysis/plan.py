@@ -77,6 +77,13 @@ class OutcomeSpec(BaseModel):
     def id(self) -> str:
         return self.key or self.name
 
+    @model_validator(mode="after")
+    def _binary_response(self) -> OutcomeSpec:
+        if self.response in ("above_cutoff", "stopped") and self.family != "binomial":
+            raise ValueError(f"outcome {self.id!r}: response {self.response!r} is 0/1 and needs family: binomial "
+                             f"(not {self.family!r})")
+        return self
+
 
 class Family_(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -153,6 +153,12 @@ def plot_residual_diagnostics(res, title: str) -> Figure:
     ax = axes[0]
     ax.scatter(res.fitted, res.resid, s=6, alpha=0.35, color=OKABE_ITO[0], edgecolors="none")
     ax.axhline(0, color="#555555", lw=0.8)
+    if len(res.fitted) > 10:
+        from statsmodels.nonparametric.smoothers_lowess import lowess
+
+        sm = lowess(res.resid, res.fitted, frac=0.3, it=1, return_sorted=True)
+        ax.plot(sm[:, 0], sm[:, 1], color="#D55E00", lw=1.2, label="lowess")
+        ax.legend(fontsize=8, frameon=False, loc="upper left")
     ax.set_xlabel("fitted value (conditional on the BLUPs)")
     ax.set_ylabel("conditional residual")
     ax.set_title("Residuals vs fitted", fontsize=10)

@@ -107,6 +107,22 @@ def _summary_counts(shown: pd.DataFrame, result, plan: AnalysisPlan, study: Stud
             "n_households": hh, "n_persons": persons}
 
 
+METHOD_NAMES = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg (FDR)", "bonferroni": "Bonferroni"}
+
+
+def _multiplicity_text(plan: AnalysisPlan, instruments: dict[str, Instrument], lang: str) -> str:
+    """The multiplicity rule in `lang`, the families named with their outcomes' labels."""
+    m = plan.multiplicity
+    if m.method == "none":
+        return text(lang, "multiplicity_none")
+    name = METHOD_NAMES.get(m.method, m.method)
+    if not m.families:
+        return text(lang, "multiplicity_per_outcome", method=name)
+    fams = "; ".join(f"{f.name} ({', '.join(T.outcome_label(k, plan, instruments, lang) for k in f.outcomes)})"
+                     for f in m.families)
+    return text(lang, "multiplicity_families", method=name, families=fams)
+
+
 def _footer(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Instrument], run_info: dict,
             software: dict[str, str], lang: str) -> list[tuple[str, str]]:
     """The footer lines (label, text) in `lang`: model, definitions, multiplicity, small cells, software, run."""
@@ -126,11 +142,18 @@ def _footer(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Ins
     mi = plan.sensitivity.multiple_imputation
     if mi.enabled and any(r.family == "gaussian" for r in result.outcomes.values()):
         extra.append((text(lang, "footer_mi"), text(lang, "footer_mi_text", m=mi.imputations)))
+    booted = [k for k, r in result.outcomes.items() if getattr(r, "bootstrap", None) is not None
+              and not r.bootstrap.empty]
+    if booted:
+        boot = plan.sensitivity.bootstrap
+        extra.append((text(lang, "footer_bootstrap"), text(
+            lang, "footer_bootstrap_text", resamples=boot.resamples,
+            outcomes=join_words([T.outcome_label(k, plan, instruments, lang) for k in booted], lang))))
     return [
         (text(lang, "footer_model"), model),
         (text(lang, "footer_d"), text(lang, "footer_d_text")),
         *extra,
-        (text(lang, "footer_multiplicity"), result.multiplicity or plan.multiplicity.method),
+        (text(lang, "footer_multiplicity"), _multiplicity_text(plan, instruments, lang)),
         (text(lang, "footer_small_label"), text(lang, "footer_small_cells", threshold=plan.small_cell_threshold)),
         (text(lang, "footer_software"), ", ".join(f"{k} {v}" for k, v in software.items())),
         (text(lang, "footer_snapshot"), str(run_info.get("snapshot_hash", "-"))),

@@ -73,8 +73,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
     baseline_wave, contrast_kind, then per cohort arm `n`, `retained`, `base_n`, `base_mean`, `base_sd`, `emm`,
     `emm_lower`, `emm_upper`, `above_n`, `above_pct`, `paired_n`, `improved_pct`, `deteriorated_pct`, and per
     comparison arm (intervention vs it) `diff`, `diff_lower`, `diff_upper`, `p`, `p_adj`, `d`, `d_lower`,
-    `d_upper`, `d_denominator`, `ratio`, `ratio_lower`, `ratio_upper`, `ratio_kind`, `mi`, `mi_lower`,
-    `mi_upper`, `mi_p`, `ipw`, `ipw_lower`, `ipw_upper`, `sens_changed`.
+    `d_upper`, `d_denominator`, `ratio`, `ratio_lower`, `ratio_upper`, `ratio_kind`, `diff_boot_lower`,
+    `diff_boot_upper`, `d_boot_lower`, `d_boot_upper` (household bootstrap, NaN unless the plan's bootstrap ran
+    for the outcome), `mi`, `mi_lower`, `mi_upper`, `mi_p`, `ipw`, `ipw_lower`, `ipw_upper`, `sens_changed`.
     Percentages are 0-100; binary outcomes' means and differences are turned into % and percentage points.
     """
     order = _wave_order(study)
@@ -125,7 +126,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
                                        ("upper", "diff_upper", scale), ("p", "p", 1.0), ("p_adj", "p_adj", 1.0),
                                        ("d", "d", 1.0), ("d_lower", "d_lower", 1.0), ("d_upper", "d_upper", 1.0),
                                        ("ratio", "ratio", 1.0), ("ratio_lower", "ratio_lower", 1.0),
-                                       ("ratio_upper", "ratio_upper", 1.0)]:
+                                       ("ratio_upper", "ratio_upper", 1.0),
+                                       ("boot_lower", "diff_boot_lower", scale), ("boot_upper", "diff_boot_upper", scale),
+                                       ("boot_d_lower", "d_boot_lower", 1.0), ("boot_d_upper", "d_boot_upper", 1.0)]:
                     r[col(dst, *pair)] = _get(ct, src) * mult
                 r[col("d_denominator", *pair)] = None if ct is None else ct.get("d_denominator")
                 r[col("ratio_kind", *pair)] = None if ct is None else ct.get("ratio_kind")
@@ -136,7 +139,9 @@ def effect_rows(result, plan: AnalysisPlan, study: Study) -> pd.DataFrame:
                                  ("ipw_upper", "ipw_upper"), ("ipw_p", "ipw_p")]:
                     r[col(dst, *pair)] = _get(s, src) * (scale if dst in ("mi", "mi_lower", "mi_upper", "ipw",
                                                                           "ipw_lower", "ipw_upper") else 1.0)
-                flag = None if s is None or "conclusion_changes" not in s.index else s["conclusion_changes"]
+                # the table's sensitivity column is the imputation result: its own flag (not IPW's)
+                flag_col = "mi_changes" if s is not None and "mi_changes" in s.index else "conclusion_changes"
+                flag = None if s is None or flag_col not in s.index else s[flag_col]
                 r[col("sens_changed", *pair)] = None if flag is None or pd.isna(flag) else bool(flag)
             rows.append(r)
     base_cols = ["outcome", "name", "family", "outcome_family", "direction", "wave", "baseline_wave", "contrast_kind"]
@@ -163,12 +168,13 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
     for comp in plan.comparison_arms:
         out[col("suppressed", plan.intervention_arm, comp)] = False
 
-    def small(v: object) -> bool:
+    def small(v: object, zero: bool = True) -> bool:
+        """v < threshold; with zero=False a count of 0 is 'not measured' (e.g. no cut-off), not a small cell."""
         try:
             v = float(v)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             return False
-        return math.isfinite(v) and v < thr
+        return math.isfinite(v) and v < thr and (zero or v > 0)
 
     def hide(i: int, cols: list[str]) -> None:
         for c in cols:
@@ -181,9 +187,9 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
                 hide(i, [col(k, a) for k in ("n", "retained", "emm", "emm_lower", "emm_upper")])
             if small(rows.at[i, col("base_n", a)]):
                 hide(i, [col(k, a) for k in ("base_n", "base_mean", "base_sd")])
-            if small(rows.at[i, col("above_n", a)]):
+            if small(rows.at[i, col("above_n", a)], zero=False):
                 hide(i, [col(k, a) for k in ("above_n", "above_pct")])
-            if small(rows.at[i, col("paired_n", a)]):
+            if small(rows.at[i, col("paired_n", a)], zero=False):
                 hide(i, [col(k, a) for k in ("paired_n", "improved_pct", "deteriorated_pct")])
         for comp in plan.comparison_arms:
             pair = (plan.intervention_arm, comp)
@@ -193,7 +199,8 @@ def suppress_small_cells(rows: pd.DataFrame, plan: AnalysisPlan, threshold: int 
                 hide(i, [col(k, *pair) for k in ("diff", "diff_lower", "diff_upper", "p", "p_adj", "d", "d_lower",
                                                   "d_upper", "ratio", "ratio_lower", "ratio_upper", "mi", "mi_lower",
                                                   "mi_upper", "mi_p", "ipw", "ipw_lower", "ipw_upper", "ipw_p",
-                                                  "sens_changed")])
+                                                  "diff_boot_lower", "diff_boot_upper", "d_boot_lower",
+                                                  "d_boot_upper", "sens_changed")])
     return out
 
 
@@ -251,6 +258,14 @@ def _ci(est: object, lo: object, hi: object, lang: str, digits: int = 1) -> str:
     return f"{e} ({lo_s} {text(lang, 'to')} {hi_s})" if lo_s and hi_s else e
 
 
+def _interval(lo: object, hi: object, lang: str, digits: int = 1) -> str:
+    """'lo to hi' (e.g. a bootstrap interval without its own estimate); '' when either end is missing or hidden."""
+    if _is_marker(lo) or _is_marker(hi):
+        return ""
+    lo_s, hi_s = _num(lo, lang, digits), _num(hi, lang, digits)
+    return f"{lo_s} {text(lang, 'to')} {hi_s}" if lo_s and hi_s else ""
+
+
 def _int(v: object) -> str:
     if _is_marker(v):
         return str(v)
@@ -293,14 +308,18 @@ def reading(row: pd.Series, comp: str, plan: AnalysisPlan, study: Study, instrum
         key = "higher" if est > 0 else "lower"
     if between:
         key = f"between_{key}"
-    unit = text(lang, "unit_pp" if row["family"] == "binomial" else "unit_points")
+    unit = text(lang, {"binomial": "unit_pp", "negative_binomial": "unit_count", "poisson": "unit_count"}.get(
+        str(row["family"]), "unit_points"))
     sentence = text(lang, f"reading_{key}", est=fmt_number(est, lang), lo=fmt_number(lo, lang),
                     hi=fmt_number(hi, lang), unit=unit, ci=text(lang, "ci"), to=text(lang, "to"), **words)
     p_adj, p = row.get(col("p_adj", *pair)), row.get(col("p", *pair))
     use_adj = p_adj is not None and isinstance(p_adj, float) and math.isfinite(p_adj)
     pv = float(p_adj) if use_adj else float(p)
     pname = text(lang, "p_adjusted" if use_adj else "p_plain")
-    tail = "reading_chance_unlikely" if pv < plan.alpha else "reading_chance_possible"
+    # the CI is not adjusted for multiplicity: a CI that excludes 0 with an adjusted p above alpha is said so,
+    # rather than 'improved more ... may well be chance'
+    tail = ("reading_chance_unlikely" if pv < plan.alpha else
+            "reading_chance_after_correction" if clear and use_adj else "reading_chance_possible")
     return sentence + text(lang, tail, pname=pname, p=fmt_p(pv, lang))
 
 
@@ -324,20 +343,30 @@ def display_table(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, instrum
             n, ret = r[col("n", a)], r[col("retained", a)]
             d[text(lang, "col_n", arm=al, baseline=base)] = (
                 _int(n) if _is_marker(n) or not _num(ret, lang, 0) else f"{_int(n)} ({_num(ret, lang, 0)}%)")
-        for a in plan.cohort_arms:
-            al = arm_label(study, a, lang)
-            m, s = r[col("base_mean", a)], r[col("base_sd", a)]
-            d[text(lang, "col_baseline", arm=al)] = (
-                _num(m, lang) if _is_marker(m) or not _num(s, lang) else f"{_num(m, lang)} ({_num(s, lang)})")
-        for a in plan.cohort_arms:
-            al = arm_label(study, a, lang)
-            d[text(lang, "col_emm", arm=al)] = _ci(r[col("emm", a)], r[col("emm_lower", a)], r[col("emm_upper", a)],
-                                                   lang)
+        # continuous outcomes: means (SD); yes/no outcomes: % (their own columns, so a header never says
+        # 'mean (SD)' over a percentage)
+        for pct in (False, True):
+            for a in plan.cohort_arms:
+                al = arm_label(study, a, lang)
+                m, s = r[col("base_mean", a)], r[col("base_sd", a)]
+                v = _num(m, lang) if _is_marker(m) or not _num(s, lang) else f"{_num(m, lang)} ({_num(s, lang)})"
+                d[text(lang, "col_baseline_pct" if pct else "col_baseline", arm=al)] = v if pct == binary else ""
+        for pct in (False, True):
+            for a in plan.cohort_arms:
+                al = arm_label(study, a, lang)
+                v = _ci(r[col("emm", a)], r[col("emm_lower", a)], r[col("emm_upper", a)], lang)
+                d[text(lang, "col_emm_pct" if pct else "col_emm", arm=al)] = v if pct == binary else ""
         for comp in plan.comparison_arms:
             pair = (I, comp)
             names = {"arm": arm_label(study, I, lang), "arm2": arm_label(study, comp, lang)}
-            d[text(lang, "col_diff", **names)] = _ci(r[col("diff", *pair)], r[col("diff_lower", *pair)],
-                                                      r[col("diff_upper", *pair)], lang)
+            # a difference in change, or (outcomes without a baseline value) a difference at the follow-up
+            diff = _ci(r[col("diff", *pair)], r[col("diff_lower", *pair)], r[col("diff_upper", *pair)], lang)
+            between = r["contrast_kind"] == "between_arm"
+            boot = _interval(r.get(col("diff_boot_lower", *pair)), r.get(col("diff_boot_upper", *pair)), lang)
+            if diff and boot and not _is_marker(r[col("diff", *pair)]):
+                diff += " " + text(lang, "boot_ci", ci=boot.strip())
+            d[text(lang, "col_diff", **names)] = "" if between else diff
+            d[text(lang, "col_diff_between", **names)] = diff if between else ""
             p, pa = r[col("p", *pair)], r[col("p_adj", *pair)]
             if _is_marker(p):
                 ptxt = str(p)
@@ -353,8 +382,11 @@ def display_table(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, instrum
                 d[text(lang, "col_d", **names)] = f"{abbrev} {rt}".strip() if rt and not _is_marker(
                     r[col("ratio", *pair)]) else rt
             else:
-                d[text(lang, "col_d", **names)] = _ci(r[col("d", *pair)], r[col("d_lower", *pair)],
-                                                       r[col("d_upper", *pair)], lang, 2)
+                dtxt = _ci(r[col("d", *pair)], r[col("d_lower", *pair)], r[col("d_upper", *pair)], lang, 2)
+                dboot = _interval(r.get(col("d_boot_lower", *pair)), r.get(col("d_boot_upper", *pair)), lang, 2)
+                if dtxt and dboot and not _is_marker(r[col("d", *pair)]):
+                    dtxt += " " + text(lang, "boot_ci", ci=dboot.strip())
+                d[text(lang, "col_d", **names)] = dtxt
         for a in plan.cohort_arms:
             d[text(lang, "col_above", arm=arm_label(study, a, lang))] = _num(r[col("above_pct", a)], lang, 0)
         for a in plan.cohort_arms:

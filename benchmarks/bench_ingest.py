@@ -161,6 +161,7 @@ def main() -> None:
     ap.add_argument("--formats", nargs="+", default=["sav", "csv", "all"])
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--note", default="", help="text put under the table in RESULTS.md")
+    ap.add_argument("--validated", action="store_true", help="accepted for old commands: validation is always on")
     args = ap.parse_args()
     url = args.database_url or (os.environ.get("COHORTFLOW_TEST_DATABASE_URL") if args.postgres else None)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -228,8 +228,8 @@ def environment_key() -> bytes:
 
 
 def show_progress(as_json: bool = False) -> bool:
-    """Progress bars only for a person at a terminal: never with --json or when output goes to a file/pipe."""
-    return not as_json and Console().is_terminal
+    """Progress bars (drawn on stderr) only for a person at a terminal: never with --json or when redirected."""
+    return not as_json and Console(stderr=True).is_terminal
 
 
 @app.command()
@@ -304,7 +304,7 @@ def ingest(
     files = [inbox] if inbox.is_file() else inbox_files(inbox)
     sources, study, instruments = load_sources(), load_study(), load_instruments()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True, disable=not show_progress(as_json)) as bar:
+                  transient=True, disable=not show_progress(as_json), console=Console(stderr=True)) as bar:
         task = bar.add_task("reading and validating", total=len(files))
 
         def loading(name: str, _outcome: object) -> None:

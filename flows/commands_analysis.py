@@ -17,14 +17,12 @@ app = typer.Typer(help="Mixed models, marginal means, contrasts and sensitivity 
 
 
 def fit_dataset(data: Path, plan_path: Path | None, imputations: int | None, no_sensitivity: bool,
-                progress: bool = False):
+                progress: bool = False, workers: int | None = None, bootstrap: bool | None = None):
     """Read an analysis dataset (Parquet or CSV) and fit the plan: (frame, plan, study, AnalysisResult).
 
-    With `progress` a person at a terminal sees a bar per outcome (when run_analysis reports progress) or a
-    spinner.
+    With `progress` a person at a terminal sees a bar per outcome. `workers` and `bootstrap` override the
+    plan's `defaults.workers` and `sensitivity.bootstrap.enabled` (None: as the plan says).
     """
-    import inspect
-
     import pandas as pd
     from rich.console import Console
     from rich.progress import (
@@ -45,15 +43,13 @@ def fit_dataset(data: Path, plan_path: Path | None, imputations: int | None, no_
                                  "e.g. the analysis_long.parquet written by `cohortflow export`.")
     frame = pd.read_parquet(data) if data.suffix == ".parquet" else pd.read_csv(data)
     study, plan = load_study(), load_analysis_plan(plan_path)
-    kwargs: dict = {}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), transient=True, disable=not progress,
                   console=Console(stderr=True)) as bar:
         task = bar.add_task(f"fitting {len(plan.outcomes)} outcome(s)", total=len(plan.outcomes))
-        if "progress" in inspect.signature(run_analysis).parameters:  # per-outcome progress when offered
-            kwargs["progress"] = lambda outcome_id, *_: bar.update(task, advance=1,
-                                                                   description=f"fitted {outcome_id}")
-        res = run_analysis(frame, plan, study, sensitivity=not no_sensitivity, imputations=imputations, **kwargs)
+        res = run_analysis(frame, plan, study, sensitivity=not no_sensitivity, imputations=imputations,
+                           workers=workers, bootstrap=bootstrap,
+                           progress=lambda outcome_id: bar.update(task, advance=1, description=f"fitted {outcome_id}"))
         bar.update(task, completed=len(plan.outcomes))
     return frame, plan, study, res
 
@@ -65,6 +61,11 @@ def run(
     plan_path: Path | None = typer.Option(None, "--plan", help="analysis.yaml (default: the configured one)"),
     imputations: int | None = typer.Option(None, help="override the plan's number of imputations"),
     no_sensitivity: bool = typer.Option(False, help="skip IPW and multiple imputation"),
+    workers: int | None = typer.Option(None, min=1, help="processes fitting outcomes side by side "
+                                                         "(default: the plan's defaults.workers)"),
+    bootstrap: bool | None = typer.Option(None, "--bootstrap/--no-bootstrap",
+                                          help="household-bootstrap CIs of the differences in change and d "
+                                               "(default: the plan's sensitivity.bootstrap.enabled)"),
     as_json: bool = typer.Option(False, "--json", help="print a run summary as JSON (outcomes, failures, files)"),
 ) -> None:
     """Fit all outcomes of the plan and write CSV tables plus methods.json to OUT.
@@ -77,7 +78,8 @@ def run(
     from cohortflow.warehouse.snapshot import snapshot_hash
 
     frame, _, _, res = fit_dataset(data, plan_path, imputations, no_sensitivity,
-                                   progress=not as_json and Console(stderr=True).is_terminal)
+                                   progress=not as_json and Console(stderr=True).is_terminal, workers=workers,
+                                   bootstrap=bootstrap)
     out.mkdir(parents=True, exist_ok=True)
     files = {"contrasts": out / "contrasts.csv", "emmeans": out / "emmeans.csv", "counts": out / "counts.csv",
              "sensitivity": out / "sensitivity.csv", "balance": out / "balance.csv",

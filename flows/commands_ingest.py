@@ -31,10 +31,9 @@ def batch_rows(database_url: str | None) -> list[dict] | None:
     Read-only and light (SQLAlchemy core, no pandas, no migrations), so `cohortflow status` starts fast and
     never changes the database it looks at.
     """
-    from sqlalchemy import inspect, select
+    from sqlalchemy import inspect, text
 
     from cohortflow.warehouse.db import get_engine
-    from cohortflow.warehouse.models import Batch
 
     engine = get_engine(database_url)
     try:
@@ -42,12 +41,16 @@ def batch_rows(database_url: str | None) -> list[dict] | None:
             return None
         if not inspect(engine).has_table("batch"):
             return None
-        cols = [getattr(Batch, c) for c in STATUS_COLUMNS]
+        # plain SQL on purpose: the ORM models would add ~0.4 s of imports to a command people run often
+        sql = text(f"SELECT {', '.join(STATUS_COLUMNS)} FROM batch ORDER BY arm, site, wave, role, id")
         with engine.connect() as conn:
-            rows = conn.execute(select(*cols).order_by(Batch.arm, Batch.site, Batch.wave, Batch.role, Batch.id))
-            return [dict(r._mapping) for r in rows]
+            rows = [dict(r._mapping) for r in conn.execute(sql)]
     finally:
         engine.dispose()
+    for r in rows:  # JSON columns come back as text from SQLite
+        if isinstance(r["problems"], str):
+            r["problems"] = json.loads(r["problems"])
+    return rows
 
 
 def _accounted(r: dict) -> bool:

@@ -137,8 +137,7 @@ def read_xlsx(path: Path, sheet: str | int | None, text_columns: set[str]) -> Ra
         if sheet is not None and not isinstance(sheet, int) and sheet not in xl.sheet_names:
             raise _refuse(path, f"has no sheet {sheet!r} (sheets: {xl.sheet_names})",
                           "Rename the data sheet or set `sheet:` in the source definition.")
-        header = pd.read_excel(xl, sheet_name=sheet if sheet is not None else 0, nrows=0)
-        conv = {c: str for c in header.columns if c in text_columns}
+        conv = {c: str for c in text_columns if isinstance(c, str)}  # names not in the sheet are ignored
         df = pd.read_excel(xl, sheet_name=sheet if sheet is not None else 0, converters=conv)
     return RawExport(df, "xlsx")
 

@@ -141,6 +141,26 @@ def test_run_analysis_adds_bootstrap_columns_and_method_text(sim):
     assert "boot_lower" not in res.outcomes["sim.above"].contrasts.columns  # binary outcome: not bootstrapped
     assert "200 resamples" in res.methods["sim.total:bootstrap"] and "percentile" in res.methods["sim.total:bootstrap"]
     assert "bootstrap" in r.method.lower()
+    # the effect table carries the bootstrap limits (same numbers) and shows them beside the model CI
+    from cohortflow.analysis import tables as T
+    from cohortflow.analysis.labels import text
+    rows = T.effect_rows(res, plan, STUDY).set_index("outcome")
+    for comp in plan.comparison_arms:
+        for w in rows.loc[["sim.total"], "wave"]:
+            c = dic[(dic["arm2"] == comp) & (dic["wave"] == w)].iloc[0]
+            row = rows[(rows.index == "sim.total") & (rows["wave"] == w)].iloc[0]
+            for src, dst in [("boot_lower", "diff_boot_lower"), ("boot_upper", "diff_boot_upper"),
+                             ("boot_d_lower", "d_boot_lower"), ("boot_d_upper", "d_boot_upper")]:
+                assert row[T.col(dst, "proeftuin", comp)] == pytest.approx(c[src], rel=1e-12)
+        assert rows.loc["sim.above", T.col("diff_boot_lower", "proeftuin", comp)].isna().all()
+    shown = T.suppress_small_cells(T.effect_rows(res, plan, STUDY), plan)
+    for lang in ("nl", "en"):
+        disp = T.display_table(shown, plan, STUDY, {}, lang)
+        prefix = text(lang, "boot_ci", ci="").split(":")[0]
+        cells = disp.loc[disp["outcome_key"] == "sim.total"].astype(str).to_numpy().ravel()
+        assert sum(prefix in v for v in cells) == 2 * 2 * len(plan.comparison_arms)  # diff and d, 2 follow-ups
+        cells_bin = disp.loc[disp["outcome_key"] == "sim.above"].astype(str).to_numpy().ravel()
+        assert not any(prefix in v for v in cells_bin)
     # off by default: no bootstrap, same contrasts
     off = run_analysis(df, _plan(boot={"enabled": False}), STUDY)
     assert off.outcomes["sim.total"].bootstrap is None

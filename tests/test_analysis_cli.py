@@ -56,3 +56,49 @@ def test_run_json_summary_names_outcomes_failures_and_files(tmp_path):
     assert summary["snapshot_hash"] == snapshot_hash(pd.read_parquet(data))
     assert set(summary["files"]) == {"contrasts", "emmeans", "counts", "sensitivity", "balance", "methods"}
     assert all((out / p.split("/")[-1]).exists() for p in summary["files"].values())
+
+
+def test_run_bootstrap_and_workers_options_override_the_plan(tmp_path):
+    """`--bootstrap` turns on the plan's household bootstrap (off in the plan) and `--workers 2` fits the
+    outcomes on two processes: the bootstrap limits reach contrasts.csv, the estimates equal a serial run's."""
+    df = simulate_study(default_spec(["proeftuin", "vt", "gi"], ["T0", "T1", "T2"], scale=0.3), seed=4)
+    data = tmp_path / "analysis.parquet"
+    df.to_parquet(data, index=False)
+    plan = tmp_path / "analysis.yaml"
+    plan.write_text(yaml.safe_dump({
+        "intervention_arm": "proeftuin", "comparison_arms": ["vt", "gi"],
+        "defaults": {"random_effects": {"slope": None}, "workers": 1},
+        "outcomes": [{"name": "sim.total", "primary": True},
+                     {"name": "sim.total", "key": "sim.above", "family": "binomial", "response": "above_cutoff"}],
+        "sensitivity": {"bootstrap": {"enabled": False, "resamples": 200, "workers": 1}}}), encoding="utf-8")
+    runs = {}
+    for name, extra in {"serial": [], "boot": ["--bootstrap", "--workers", "2"]}.items():
+        out = tmp_path / name
+        r = CliRunner().invoke(app, ["run", str(data), "--out", str(out), "--plan", str(plan), "--no-sensitivity",
+                                     *extra])
+        assert r.exit_code == 0, r.output
+        runs[name] = pd.read_csv(out / "contrasts.csv")
+    assert "boot_lower" not in runs["serial"].columns
+    b = runs["boot"]
+    dic = b[(b["outcome"] == "sim.total") & (b["kind"] == "diff_in_change")]
+    assert len(dic) == 4 and dic[["boot_lower", "boot_upper"]].notna().all().all()
+    assert ((dic["boot_lower"] < dic["estimate"]) & (dic["estimate"] < dic["boot_upper"])).all()
+    pd.testing.assert_series_equal(runs["serial"]["estimate"], b["estimate"], rtol=1e-10)
+
+
+def test_run_analysis_reports_progress_per_outcome_in_plan_order():
+    from cohortflow.analysis.models import run_analysis
+    from cohortflow.analysis.plan import AnalysisPlan
+    from cohortflow.config.study import load_study
+
+    df = simulate_study(default_spec(["proeftuin", "vt", "gi"], ["T0", "T1", "T2"], scale=0.3), seed=5)
+    plan = AnalysisPlan.model_validate({
+        "intervention_arm": "proeftuin", "comparison_arms": ["vt", "gi"],
+        "defaults": {"random_effects": {"slope": None}},
+        "outcomes": [{"name": "sim.total"}, {"name": "nope.total"},
+                     {"name": "sim.total", "key": "sim.above", "family": "binomial", "response": "above_cutoff"}]})
+    for workers in (1, 2):
+        seen: list[str] = []
+        res = run_analysis(df, plan, load_study(), sensitivity=False, workers=workers, progress=seen.append)
+        assert seen == ["sim.total", "nope.total", "sim.above"]  # a failed outcome is reported done too
+        assert set(res.failures) == {"nope.total"}

@@ -243,3 +243,4 @@ def test_violence_stopped_is_the_share_without_violence_among_those_with_violenc
     assert res.rows_dropped["follow-up rows of persons without a score > 0 at baseline"] == int(
         ((d.wave != "T0") & ~d.person_id.isin(at_risk)).sum())
     assert res.baseline.set_index("arm").loc["vt", "n"] == len({p for p in at_risk if p.startswith("vt")})
+    assert res.method.startswith("'Stopped' at a follow-up wave = 1 when violence.any was > 0 at T0")

@@ -58,3 +58,13 @@ def test_arms_must_exist_in_the_study():
     plan = AnalysisPlan.model_validate(BASE | {"comparison_arms": ["elsewhere"]})
     with pytest.raises(ConfigError, match=r"arms \['elsewhere'\] are not in the study"):
         plan.check_against(load_study())
+
+
+def test_a_yes_no_response_needs_the_binomial_family():
+    from pydantic import ValidationError
+
+    from cohortflow.analysis.plan import OutcomeSpec
+
+    with pytest.raises(ValidationError, match="response 'stopped' is 0/1 and needs family: binomial"):
+        OutcomeSpec(name="violence.any", response="stopped", family="gaussian")
+    assert OutcomeSpec(name="violence.any", response="stopped", family="binomial").response == "stopped"

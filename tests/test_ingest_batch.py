@@ -61,6 +61,26 @@ def test_sex_conflict_between_files_of_one_run(tmp_path):
     assert "window" in quarantined[(got[0].batch_id, 2)]
 
 
+def test_exact_duplicate_row_counts_as_duplicate_not_quarantined(tmp_path):
+    """An exact copy of an earlier row of the file (every column equal) is a duplicate with validation too;
+    a row with the same person, wave and role but other answers stays quarantined."""
+    rows = build_rows(INST, "vt", "VT01", "T0", "adult", 5)
+    other = rows.iloc[[3]].copy()
+    other["PSS_02"] = 1 if rows.loc[3, "PSS_02"] != 1 else 2
+    data = pd.concat([rows, rows.iloc[[1]], other], ignore_index=True)  # row 6 copies row 2; row 7 differs from 4
+    files = [write_export(data, tmp_path / "vt_VT01_T0_adult.csv")]
+    ref, got, dump_ref, dump_got = _both(tmp_path, files)
+    assert _summary(got) == _summary(ref)
+    assert dump_got == dump_ref
+    rep = got[0]
+    assert (rep.rows_in, rep.rows_loaded, rep.rows_quarantined, rep.rows_duplicate) == (7, 5, 1, 1)
+    assert rep.accounted
+    with get_engine(f"sqlite:///{tmp_path / 'many.sqlite'}").connect() as conn:
+        quarantined = sorted(x for (x,) in conn.exec_driver_sql("select row_number from quarantine_row"))
+        loaded = sorted(x for (x,) in conn.exec_driver_sql("select row_number from response"))
+    assert (quarantined, loaded) == ([7], [1, 2, 3, 4, 5])
+
+
 def test_skips_loaded_files_before_reading(tmp_path):
     t0 = build_rows(INST, "vt", "VT01", "T0", "child", 4)
     path = write_export(t0, tmp_path / "vt_VT01_T0_child.csv")

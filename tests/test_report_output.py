@@ -222,3 +222,5 @@ def test_footer_names_covariates_and_definitions_in_the_reports_language(report)
         assert covs in model and "age_years" not in model
         definition = lines[text(lang, "footer_definition", outcome=stopped.label.get(lang))]
         assert STUDY.wave(STUDY.baseline_wave).label.get(lang) in definition
+        mult = lines[text(lang, "footer_multiplicity")]
+        assert mult.startswith("Holm") and stopped.label.get(lang) in mult and "violence.any" not in mult

@@ -121,9 +121,13 @@ def test_reading_by_direction_and_ci():
     nl = T.reading(_row(-3.1, -5.0, -1.2, 0.004), C, PLAN, STUDY, INSTRUMENTS, "nl")
     assert f"verbeterde {T.arm_label(STUDY, I, 'nl')} meer dan" in nl and "\u22123,1 punten" in nl
     assert "gecorrigeerde p = 0,004" in nl
+    # the unadjusted CI excludes 0 but the adjusted p does not: say that the correction is what makes it unclear
+    corrected = T.reading(_row(-4.8, -8.9, -0.6, 0.268), C, PLAN, STUDY, INSTRUMENTS, "en")
+    assert f"{arm} improved more than {comp}" in corrected
+    assert "but after correction for the number of comparisons it may be chance (adjusted p = 0.268)" in corrected
     pp = T.reading(_row(-8.0, -12.0, -4.0, 0.01, family="binomial"), C, PLAN, STUDY, INSTRUMENTS, "en")
     assert "percentage points" in pp
-    for s in (better, worse, unclear, nl, pp):
+    for s in (better, worse, unclear, nl, pp, corrected):
         assert "caus" not in s.lower() and "veroorza" not in s.lower()
 
 
@@ -172,3 +176,47 @@ def test_effect_contrasts_read_back_from_the_csv(result, tmp_path):
     assert not long["suppressed"].any()
     hidden = T.effect_contrasts(T.suppress_small_cells(rows, simple_plan(STUDY, threshold=10_000)), PLAN)
     assert hidden["suppressed"].all() and hidden["estimate"].isna().all()
+
+
+def test_no_cut_off_is_empty_not_suppressed_and_the_mi_cell_uses_the_mi_flag(result):
+    """An outcome without a cut-off (0 flags) shows nothing, not '<10'; the MI column's 'conclusion changes'
+    is the imputation's own flag, not IPW's."""
+    rows = T.effect_rows(result, PLAN, STUDY)
+    rows[T.col("above_n", I)] = 0.0
+    rows[T.col("above_pct", I)] = np.nan
+    shown = T.suppress_small_cells(rows, PLAN)
+    assert not any(str(v).startswith("<") for v in shown[T.col("above_pct", I)])
+    rows.loc[rows.index[0], T.col("above_n", I)] = 3.0  # a real small count is still hidden
+    assert T.suppress_small_cells(rows, PLAN).at[rows.index[0], T.col("above_pct", I)] == "<10"
+    sens = result.sensitivity.copy()
+    sens["mi_changes"] = False
+    sens["ipw_changes"] = True
+    sens["conclusion_changes"] = True
+    res2 = type(result)(**{**result.__dict__, "sensitivity": sens})
+    disp = T.display_table(T.effect_rows(res2, PLAN, STUDY), PLAN, STUDY, INSTRUMENTS, "en")
+    names = {"arm": STUDY.arm(I).label.en, "arm2": STUDY.arm(C).label.en}
+    mi = disp[text("en", "col_sens", **names)]
+    assert mi.str.contains(text("en", "sens_same")).any()
+    assert not mi.str.contains(text("en", "sens_changed")).any()
+
+
+def test_between_arm_rows_fill_their_own_column_and_counts_are_in_times(result):
+    rows = T.effect_rows(result, PLAN, STUDY)
+    rows.loc[rows.outcome == "sim.above", "contrast_kind"] = "between_arm"
+    disp = T.display_table(rows, PLAN, STUDY, INSTRUMENTS, "en").set_index("outcome_key")
+    names = {"arm": STUDY.arm(I).label.en, "arm2": STUDY.arm(C).label.en}
+    change, between = text("en", "col_diff", **names), text("en", "col_diff_between", **names)
+    assert (disp.loc["sim.above", change] == "").all() and (disp.loc["sim.above", between] != "").all()
+    assert (disp.loc["sim.total", between] == "").all() and (disp.loc["sim.total", change] != "").all()
+    r = rows[rows.outcome == "sim.total"].iloc[0].copy()
+    r["family"] = "negative_binomial"
+    assert " times" in T.reading(r, C, PLAN, STUDY, INSTRUMENTS, "en")
+
+
+def test_yes_no_outcomes_show_percentages_under_percentage_headers(result):
+    disp = T.display_table(T.effect_rows(result, PLAN, STUDY), PLAN, STUDY, INSTRUMENTS, "nl").set_index("outcome_key")
+    al = STUDY.arm(I).label.nl
+    for kind in ("baseline", "emm"):
+        mean_col, pct_col = text("nl", f"col_{kind}", arm=al), text("nl", f"col_{kind}_pct", arm=al)
+        assert (disp.loc["sim.above", mean_col] == "").all() and (disp.loc["sim.above", pct_col] != "").all()
+        assert (disp.loc["sim.total", pct_col] == "").all() and (disp.loc["sim.total", mean_col] != "").all()

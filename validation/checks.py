@@ -390,10 +390,12 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
             if hist is not None and len(hist) and pseudo_col in f.columns and attr in hist.columns:
                 looked_up = _per_file(f[FILE_COLUMN], f[pseudo_col]) if stacked else f[pseudo_col]
                 earlier = looked_up.map(hist[attr])
-                for pos in np.flatnonzero((earlier.notna() & values.notna()).to_numpy()):
-                    now, before = values.iloc[pos], earlier.iloc[pos]
-                    if _differs(now, before) and (int(pos), attr) not in flagged:
-                        out.append((int(pos), col, f"{label} {attr} {now} differs from {before} in an earlier wave"))
+                both = np.flatnonzero((earlier.notna() & values.notna()).to_numpy())
+                now_all, before_all = values.to_numpy(dtype=object), earlier.to_numpy(dtype=object)
+                for pos, now, before in zip(both.tolist(), now_all[both].tolist(), before_all[both].tolist(),
+                                            strict=True):
+                    if _differs(now, before) and (pos, attr) not in flagged:
+                        out.append((pos, col, f"{label} {attr} {now} differs from {before} in an earlier wave"))
     if not out:
         return no_failures()
     return pd.DataFrame(out, columns=FAIL_COLUMNS)

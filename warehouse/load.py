@@ -342,15 +342,20 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
     days[np.isnat(resp) | np.isnat(reg)] = np.nan
     d["days_since_t0"] = days
     keys = mapped.item_columns
-    codes = f[keys].to_numpy(dtype="float64") if keys else np.zeros((len(f), 0))
-    reasons = (mapped.missing_reasons[keys].to_numpy(dtype=object) if keys
-               else np.zeros((len(f), 0), dtype=object))
+    codes = _columns(f, keys, "float64")
+    reasons = _columns(mapped.missing_reasons, keys, object)
     reasons = np.where(pd.isna(reasons), None, reasons).astype(object)  # text columns may hold NaN for None
-    # duplicates within the file: same person, subject, role, wave
-    dup_rows: set[int] = set()
-    quarantine = {k: list(v) for k, v in quarantine.items()}
-    ok = ~d["row_number"].isin(list(quarantine)).to_numpy()
+    # duplicates within the file: an exact copy of an earlier row (every column and missing reason equal) is a
+    # duplicate even when validation flagged it; then rows with the same person, subject, role, wave
     kcols = ["person_id", "subject_id", "role", "wave", "arm"]
+    quarantine = {k: list(v) for k, v in quarantine.items()}
+    dup_rows: set[int] = set()
+    if len(set(zip(*(d[c].tolist() for c in kcols), strict=True))) == len(d):  # the common case: no repeated key
+        return _Prepared(d, keys, codes, reasons, quarantine, dup_rows)
+    exact = _exact_copies(f, mapped.missing_reasons, d, kcols)
+    dup_rows = set(d["row_number"].to_numpy()[exact].tolist())
+    quarantine = {k: v for k, v in quarantine.items() if k not in dup_rows}
+    ok = ~d["row_number"].isin(list(quarantine)).to_numpy() & ~exact
     cand = d[ok]
     dupmask = cand.duplicated(kcols, keep=False)
     if dupmask.any():
@@ -366,6 +371,25 @@ def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dic
                         "rule": "conflicting_duplicate", "column": "person_id",
                         "value": f"rows {', '.join(map(str, rows))} differ for the same person, wave and role"})
     return _Prepared(d, keys, codes, reasons, quarantine, dup_rows)
+
+
+def _columns(frame: pd.DataFrame, keys: list[str], dtype: object) -> np.ndarray:
+    """The `keys` columns as one array (a view of the trailing block when they are the frame's last columns)."""
+    if not keys:
+        return np.zeros((len(frame), 0), dtype=dtype)  # type: ignore[call-overload]
+    if list(frame.columns[-len(keys):]) == list(keys):
+        return frame.iloc[:, len(frame.columns) - len(keys):].to_numpy(dtype=dtype)  # type: ignore[arg-type]
+    return frame[keys].to_numpy(dtype=dtype)  # type: ignore[arg-type]
+
+
+def _exact_copies(f: pd.DataFrame, reasons: pd.DataFrame, d: pd.DataFrame, kcols: list[str]) -> np.ndarray:
+    """Rows that repeat an earlier row of the file in every column (row number aside) and missing reason."""
+    maybe = d.duplicated(kcols, keep=False).to_numpy()
+    if not maybe.any():
+        return np.zeros(len(d), dtype=bool)
+    content = pd.concat([f.drop(columns=["row_number"]).reset_index(drop=True),
+                         reasons.add_prefix("missing_reason:").reset_index(drop=True)], axis=1)
+    return content.duplicated(keep="first").to_numpy() & maybe
 
 
 def _split_key(instruments_keys: list[str], item_index: dict[str, tuple[str, str]]) -> tuple[list[str], list[str]]:
@@ -387,6 +411,8 @@ def _write(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedF
         conn.execution_options(write_lock=True)
         with conn.begin():
             take_write_lock(conn)
+            if conn.dialect.name == "sqlite":  # a larger page cache for this connection: the response indexes
+                conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")  # take random pseudonym keys
             row = conn.execute(select(Batch.id, Batch.status).where(Batch.sha256 == report.sha256)).first()
             if row is not None and row.status != "refused":
                 report.status, report.batch_id = "skipped", row.id
@@ -473,14 +499,16 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     if cand.empty:
         return
     persons = sorted(set(cand["person_id"].dropna()))
+    # `superseded` is filtered here, not in SQL: SQLite would otherwise pick its low-selectivity index and scan
+    # every current response for each file instead of looking the file's persons up
     q = select(Response.id, Response.person_id, Response.subject_id, Response.role, Response.wave, Response.arm,
-               Response.batch_id).where(Response.superseded.is_(False))
-    if earlier:
-        q = q.where(Response.batch_id.not_in(earlier))
+               Response.batch_id, Response.superseded).order_by(Response.id)
+    skip = set(earlier)
     existing: dict[tuple, tuple[int, int]] = {}
     for i in range(0, len(persons), 900):
         for r in conn.execute(q.where(Response.person_id.in_(persons[i:i + 900]))):
-            existing[(r.person_id, r.subject_id, r.role, r.wave, r.arm)] = (r.id, r.batch_id)
+            if not r.superseded and r.batch_id not in skip:
+                existing[(r.person_id, r.subject_id, r.role, r.wave, r.arm)] = (r.id, r.batch_id)
     _sex_conflicts(conn, cand, earlier, quarantine)
     if not existing:
         return
@@ -514,14 +542,14 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
                    quarantine: dict[int, list[dict]]) -> None:
     """Rows giving a subject another sex than current responses already loaded for that person."""
     subjects = sorted(set(cand["subject_id"].dropna()))
-    q = select(Response.subject_id, Response.subject_sex, Response.batch_id).where(
-        Response.superseded.is_(False), Response.subject_sex.is_not(None))
-    if earlier:
-        q = q.where(Response.batch_id.not_in(earlier))
+    q = select(Response.subject_id, Response.subject_sex, Response.batch_id, Response.superseded).order_by(
+        Response.id)  # filtered here, not in SQL: see _against_warehouse
+    skip = set(earlier)
     known: dict[str, tuple[str, int]] = {}
     for i in range(0, len(subjects), 900):
         for r in conn.execute(q.where(Response.subject_id.in_(subjects[i:i + 900]))):
-            known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
+            if not r.superseded and r.subject_sex is not None and r.batch_id not in skip:
+                known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
     if not known:
         return
     for rn, sid, sex in zip(cand["row_number"].tolist(), cand["subject_id"], cand["subject_sex"], strict=True):
@@ -600,19 +628,38 @@ RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id",
                     "subject_sex", "superseded"]
 
 
-def _bulk(conn: Connection, table: str, columns: list[str], rows: list[tuple]) -> None:
-    """Insert many rows fast: COPY on PostgreSQL, the driver's executemany elsewhere (same transaction)."""
-    if not rows:
+SQLITE_CACHE_KIB = 65_536  # page cache of a loading connection (SQLite's default is 2 MiB)
+SQLITE_ROWS_PER_STATEMENT = 100  # multi-row VALUES: about 1.4x the rows/s of one row per statement
+
+
+def _bulk(conn: Connection, table: str, columns: list[str], rows: list[tuple] | np.ndarray) -> None:
+    """Insert many rows fast inside the connection's open transaction: COPY on PostgreSQL; on SQLite the
+    driver cursor's executemany of multi-row VALUES statements. `rows`: tuples, or an object array rows x columns."""
+    if len(rows) == 0:
         return
     if conn.dialect.name == "postgresql":
         raw = conn.connection.driver_connection
         with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
-            for row in rows:
+            for row in (rows.tolist() if isinstance(rows, np.ndarray) else rows):
                 cp.write_row(row)
         return
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    for i in range(0, len(rows), 200_000):
-        conn.exec_driver_sql(sql, rows[i:i + 200_000])
+    k = len(columns)
+    m = max(1, min(SQLITE_ROWS_PER_STATEMENT, 900 // k))  # stay under SQLite's bound-parameter limits
+    flat = (rows.ravel().tolist() if isinstance(rows, np.ndarray)
+            else [v for row in rows for v in row])
+    n = len(flat) // k
+    full = n // m * m
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    one = "(" + ", ".join("?" * k) + ")"
+    cur = conn.connection.driver_connection.cursor()  # same DBAPI connection, same transaction
+    try:
+        if full:
+            step = m * k
+            cur.executemany(head + ", ".join([one] * m), (flat[i:i + step] for i in range(0, full * k, step)))
+        if n > full:
+            cur.executemany(head + one, (flat[i:i + k] for i in range(full * k, n * k, k)))
+    finally:
+        cur.close()
 
 
 def _insert_responses(conn: Connection, ld: pd.DataFrame, ids: np.ndarray, batch_id: int) -> None:
@@ -630,14 +677,21 @@ def _insert_responses(conn: Connection, ld: pd.DataFrame, ids: np.ndarray, batch
 
 def _insert_item_values(conn: Connection, resp_ids: np.ndarray, inst: list[str], item: list[str],
                         codes: np.ndarray, reasons: np.ndarray) -> None:
-    """Bulk insert of the long item values: executemany on SQLite, COPY on PostgreSQL."""
+    """Bulk insert of the long item values in primary-key order (response, instrument, item), built as one
+    object array: multi-row executemany on SQLite, COPY on PostgreSQL."""
     n, k = codes.shape
     if n == 0 or k == 0:
         return
+    order = sorted(range(k), key=lambda j: (inst[j], item[j]))  # primary-key order inside each response
+    codes, reasons = codes[:, order], reasons[:, order]
     vals = codes.astype(object)
     vals[np.isnan(codes) | ~pd.isna(reasons)] = None
-    rid = np.repeat(resp_ids, k).tolist()
-    rows = list(zip(rid, inst * n, item * n, vals.ravel().tolist(), reasons.ravel().tolist(), strict=True))
+    rows = np.empty((n * k, 5), dtype=object)
+    rows[:, 0] = np.repeat(resp_ids.astype(object), k)
+    rows[:, 1] = np.tile(np.array([inst[j] for j in order], dtype=object), n)
+    rows[:, 2] = np.tile(np.array([item[j] for j in order], dtype=object), n)
+    rows[:, 3] = vals.ravel()
+    rows[:, 4] = reasons.ravel()
     _bulk(conn, "item_value", ["response_id", "instrument", "item", "value", "missing_reason"], rows)
 
 

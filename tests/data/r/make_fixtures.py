@@ -1,7 +1,7 @@
 """Write the R-parity dataset (lmm_dataset.csv) and run lmm_parity.R to refresh the R fixtures.
 
 Run from the repository root: `.venv/bin/python tests/data/r/make_fixtures.py` (needs Rscript with lme4,
-lmerTest, emmeans). CI has no R: the tests read the CSV files this writes.
+lmerTest, emmeans and geepack: `apt-get install r-cran-lme4 r-cran-lmertest r-cran-emmeans r-cran-geepack`). CI has no R: the tests read the CSV files this writes.
 """
 
 from __future__ import annotations
@@ -30,4 +30,6 @@ if __name__ == "__main__":
     df[cols].to_csv(HERE / "lmm_dataset.csv", index=False, float_format="%.10g")
     print(f"wrote {len(df)} rows, {df.person_id.nunique()} persons, {df.household_id.nunique()} households")
     if "--no-r" not in sys.argv:
-        subprocess.run(["Rscript", str(HERE / "lmm_parity.R"), str(HERE)], check=True)
+        # lme4/lmerTest/emmeans parity, residual diagnostics (lme4), GEE parity (geepack + emmeans)
+        for script in ("lmm_parity.R", "lmm_diagnostics.R", "gee_parity.R"):
+            subprocess.run(["Rscript", str(HERE / script), str(HERE)], check=True)

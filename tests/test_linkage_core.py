@@ -257,3 +257,58 @@ def test_household_context_columns_for_measures():
     wide = wide_frame(long, STUDY).set_index(["person_id", "role"])
     assert wide.loc[("H1-C", SELF_CHILD), f"{col}_{W[1]}"] == 1.0
     assert wide.loc[("H0-C", SELF_CHILD), f"{col}_{W[1]}"] == 0.0
+
+
+def _reference_snapshot_hash(frame: pd.DataFrame) -> str:
+    """The straightforward definition (every column to canonical float or text, sort all rows by all
+    columns, hash): what `snapshot_hash` computes on codes without materialising text."""
+    import hashlib
+
+    missing = "\x00NA"
+    cols = sorted(str(c) for c in frame.columns)
+    f = frame.copy()
+    f.columns = [str(c) for c in f.columns]
+    canon, kinds = {}, {}
+    for c in cols:
+        s = f[c].reset_index(drop=True)
+        if pd.api.types.is_datetime64_any_dtype(s):
+            ns = pd.to_datetime(s).astype("datetime64[ns]")
+            kinds[c], canon[c] = "d", pd.Series(np.where(ns.isna(), np.nan, ns.astype("int64").astype("float64")))
+        elif pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+            v = pd.to_numeric(s.astype("Float64") if str(s.dtype) == "boolean" else s).astype("Float64")
+            arr = v.to_numpy(dtype="float64", na_value=np.nan)
+            kinds[c], canon[c] = "f", pd.Series(np.where(arr == 0, 0.0, arr))
+        else:
+            t = s.astype(object)
+            kinds[c], canon[c] = "s", t.where(t.notna(), missing).astype(str)
+    c_frame = pd.DataFrame(canon, columns=cols).sort_values(cols, kind="mergesort", na_position="last",
+                                                            ignore_index=True)
+    h = hashlib.sha256(f"rows={len(c_frame)};cols={len(cols)}".encode())
+    for c in cols:
+        h.update(b"\x1e" + c.encode() + b"\x1f" + kinds[c].encode())
+        if kinds[c] == "s":
+            h.update("\x1f".join(c_frame[c].tolist()).encode())
+        else:
+            h.update(c_frame[c].to_numpy(dtype="float64").astype("<f8").tobytes())
+    return h.hexdigest()
+
+
+def test_snapshot_hash_equals_the_reference_definition_for_text_and_categoricals():
+    """Codes-based hashing (categoricals, str, object with missing and mixed values, ties, NaN) gives the
+    hash of the plain sort-everything definition, also in chunks (more rows than one chunk of text)."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    frame = pd.DataFrame({
+        "id": rng.choice(["h" + str(i) for i in range(50)], n),
+        "cat": pd.Categorical(rng.choice(["b", "a", "c"], n), categories=["c", "b", "a", "z"]),
+        "obj": pd.Series(rng.choice(np.array(["x", None, "1", "y"], dtype=object), n), dtype=object),
+        "score": np.where(rng.random(n) < 0.1, np.nan, rng.integers(0, 5, n).astype(float)),
+        "flag": pd.array(np.where(rng.random(n) < 0.2, None, rng.random(n) < 0.5), dtype="boolean"),
+        "when": pd.to_datetime("2024-01-01") + pd.to_timedelta(rng.integers(0, 3, n), "D"),
+    })
+    expected = _reference_snapshot_hash(frame)
+    assert snapshot_hash(frame) == expected
+    as_text = frame.assign(cat=frame["cat"].astype(str), id=frame["id"].astype("category"))
+    assert snapshot_hash(as_text) == expected
+    big = pd.concat([frame] * 400, ignore_index=True)  # 1.2 M rows: more than one 1 M-row chunk
+    assert snapshot_hash(big) == _reference_snapshot_hash(big)

@@ -94,5 +94,14 @@ def test_bulk_store_matches_row_store_and_replaces_keys(tmp_path, any_engine):
                         suffixes=("", "_new"))
     assert len(first) == len(changed) // 2
     assert np.allclose(first["score"], first["score_new"], equal_nan=True)
+    # the compact read linkage uses gives the same rows as the plain read
+    from cohortflow.warehouse.read import scores_compact
+
+    key = ["response_id", "instrument", "scale"]
+    compact_scores = scores_compact(engine).astype({"instrument": str, "scale": str}).sort_values(key, ignore_index=True)
+    plain_scores = scores_frame(engine)[[*key, "score", "above_cutoff"]].astype({"instrument": str, "scale": str})
+    plain_scores = plain_scores.sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(compact_scores, plain_scores.astype({"above_cutoff": "boolean"}), check_dtype=False)
+    assert compact_scores["above_cutoff"].isna().any() and compact_scores["above_cutoff"].fillna(False).any()
     runs = scores_frame(engine)["scoring_run"].value_counts()
     assert runs["bulk-again"] == len(changed) // 2 and runs["bulk-store"] == len(changed) - len(changed) // 2

@@ -67,22 +67,7 @@ def quarantine_frame(engine: Engine, include_released: bool = False) -> pd.DataF
 # --- compact, streamed reads for large warehouses ------------------------------------------------------------
 
 _CHUNK_ROWS = 500_000
-
-
-def _codes(values: list, lookup: dict[str, int]) -> np.ndarray:
-    """Integer codes of `values` in `lookup` (new values get the next code); None -> -1."""
-    codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
-    remap = np.array([lookup.setdefault(u, len(lookup)) for u in uniques] + [-1], dtype=np.int32)
-    return remap[codes]
-
-
-def _sorted_categorical(codes: np.ndarray, lookup: dict[str, int]) -> pd.Categorical:
-    """Categorical with lexically sorted categories (so sorting by it sorts by text, as for plain strings)."""
-    names = sorted(lookup)
-    new = np.array([0] * len(lookup) + [-1], dtype=np.int32)
-    for pos, name in enumerate(names):
-        new[lookup[name]] = pos
-    return pd.Categorical.from_codes(new[codes], categories=pd.Index(names, dtype="str"))
+_NULL_FLOAT = -1.7976931348623157e308  # stands for NULL in SQLite reads (not a value a questionnaire gives)
 
 
 def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
@@ -96,15 +81,18 @@ def superseded_response_ids(engine: Engine) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def read_compact(engine: Engine, query: str, kinds: dict[str, str], chunk_rows: int = _CHUNK_ROWS) -> pd.DataFrame:
-    """Run a plain SELECT (columns in the order of `kinds`) and return a compact frame, streamed in chunks.
+def read_compact(engine: Engine, table: str, kinds: dict[str, str], chunk_rows: int = _CHUNK_ROWS) -> pd.DataFrame:
+    """Read columns of `table` into a compact frame, streamed in chunks (row order unspecified).
 
-    `kinds`: column -> `int` (int64), `float` (float64, NULL = NaN), `cat` (categorical with lexically sorted
-    categories, NULL = NaN) or `bool` (pandas `boolean`, NULL = NA). PostgreSQL: `COPY (query) TO STDOUT`
-    parsed by pandas' C reader; SQLite: the driver's cursor in chunks of `chunk_rows`. Memory stays a few
-    bytes per value instead of Python objects per row.
+    `kinds`: column -> `int` (int64; exactly one, the row's id, first), `cat` (categorical with lexically
+    sorted categories; NOT NULL columns), `float` (float64, NULL = NaN) or `bool` (pandas `boolean`, NULL =
+    NA). PostgreSQL: `COPY ... TO STDOUT` parsed by pandas' C reader. SQLite: the text columns are replaced in
+    SQL by the code of their distinct combination (a small temporary table) and packed with the id and the
+    booleans into one integer, so the driver builds two or three numbers per row instead of text objects
+    (about 3x faster). Memory stays a few bytes per value.
     """
     names = list(kinds)
+    query = f"SELECT {', '.join(names)} FROM {table}"
     if engine.dialect.name == "postgresql":
         dtypes = {c: {"int": "int64", "float": "float64", "cat": "str", "bool": "str"}[k] for c, k in kinds.items()}
         frame = _pg_copy_frame(engine, query, dtypes)
@@ -115,36 +103,71 @@ def read_compact(engine: Engine, query: str, kinds: dict[str, str], chunk_rows: 
             elif k == "bool":
                 frame[c] = frame[c].map({"t": True, "f": False}).astype("boolean")
         return frame
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in names}
-    lookups: dict[str, dict[str, int]] = {c: {} for c, k in kinds.items() if k == "cat"}
+    id_col = names[0]
+    if kinds[id_col] != "int" or any(k == "int" for k in list(kinds.values())[1:]):
+        raise ValueError(f"read_compact: the first column must be the only `int` column, got {kinds}")
+    cats = [c for c, k in kinds.items() if k == "cat"]
+    bools = [c for c, k in kinds.items() if k == "bool"]
+    floats = [c for c, k in kinds.items() if k == "float"]
     with engine.connect() as conn:
-        cur = conn.connection.driver_connection.cursor()
+        raw = conn.connection.driver_connection
+        cur = raw.cursor()
         try:
-            cur.execute(query)
+            combos: list[tuple] = [()]
+            join, combo_expr = "", "0"
+            if cats:
+                cur.execute("DROP TABLE IF EXISTS temp.cf_combo")
+                cur.execute(f"CREATE TEMPORARY TABLE cf_combo AS SELECT DISTINCT {', '.join(cats)} FROM {table}")
+                cur.execute(f"CREATE UNIQUE INDEX temp.cf_combo_key ON cf_combo ({', '.join(cats)})")
+                combos = cur.execute(f"SELECT rowid - 1, {', '.join(cats)} FROM cf_combo ORDER BY rowid").fetchall()
+                combos = [c[1:] for c in combos]
+                join = " JOIN temp.cf_combo c ON " + " AND ".join(f"c.{c} = t.{c}" for c in cats)
+                combo_expr = "(c.rowid - 1)"
+            n_combo = max(len(combos), 1)
+            packed = f"(t.{id_col} * {n_combo} + {combo_expr})"
+            for b in bools:
+                packed = f"({packed} * 3 + coalesce(t.{b}, 2))"
+            # NULL -> a sentinel in SQL: the driver then returns plain floats (None would take numpy's slow path)
+            sql = f"SELECT {packed}{''.join(f', ifnull(t.{f}, {_NULL_FLOAT!r})' for f in floats)} FROM {table} t{join}"
+            keys: list[np.ndarray] = []
+            vals: dict[str, list[np.ndarray]] = {f: [] for f in floats}
+            cur.execute(sql)
             while rows := cur.fetchmany(chunk_rows):
-                for c, col in zip(names, zip(*rows, strict=True), strict=True):
-                    k = kinds[c]
-                    if k == "int":
-                        parts[c].append(np.fromiter(col, dtype=np.int64, count=len(col)))
-                    elif k == "float":
-                        parts[c].append(np.array(col, dtype=np.float64))
-                    elif k == "cat":
-                        parts[c].append(_codes(col, lookups[c]))
-                    else:
-                        parts[c].append(np.array([-1 if v is None else int(v) for v in col], dtype=np.int8))
+                if floats:
+                    cols = list(zip(*rows, strict=True))
+                    keys.append(np.fromiter(cols[0], dtype=np.int64, count=len(rows)))
+                    for f, col in zip(floats, cols[1:], strict=True):
+                        v = np.array(col, dtype=np.float64)
+                        v[v == _NULL_FLOAT] = np.nan
+                        vals[f].append(v)
+                else:
+                    keys.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+            if cats:
+                cur.execute("DROP TABLE IF EXISTS temp.cf_combo")
         finally:
             cur.close()
-    out = {}
+    key = _joined(keys, np.int64)
+    decoded: dict[str, np.ndarray] = {}
+    for b in reversed(bools):
+        key, decoded[b] = np.divmod(key, 3)
+    ids, combo = np.divmod(key, n_combo)
+    out: dict[str, object] = {}
     for c, k in kinds.items():
         if k == "int":
-            out[c] = _joined(parts[c], np.int64)
+            out[c] = ids
         elif k == "float":
-            out[c] = _joined(parts[c], np.float64)
-        elif k == "cat":
-            out[c] = _sorted_categorical(_joined(parts[c], np.int32), lookups[c])
+            out[c] = _joined(vals[c], np.float64)
+        elif k == "bool":
+            v = decoded[c]
+            out[c] = pd.arrays.BooleanArray(v == 1, v == 2)
         else:
-            v = _joined(parts[c], np.int8)
-            out[c] = pd.arrays.BooleanArray(v == 1, v < 0)
+            j = cats.index(c)
+            values = [combo_row[j] for combo_row in combos]
+            names_sorted = sorted(set(values))
+            pos = {v: i for i, v in enumerate(names_sorted)}
+            remap = np.array([pos[v] for v in values] or [0], dtype=np.int32)
+            out[c] = pd.Categorical.from_codes(remap[combo] if len(combo) else combo.astype(np.int32),
+                                               categories=pd.Index(names_sorted, dtype="str"))
     return pd.DataFrame(out)
 
 
@@ -156,7 +179,7 @@ def item_values_compact(engine: Engine, include_superseded: bool = False,
     About 20 bytes per item value (20 M values: ~400 MB) instead of Python objects per row, and no join:
     superseded responses are dropped by id afterwards.
     """
-    frame = read_compact(engine, "SELECT response_id, instrument, item, value FROM item_value",
+    frame = read_compact(engine, "item_value",
                          {"response_id": "int", "instrument": "cat", "item": "cat", "value": "float"}, chunk_rows)
     return _current(engine, frame, include_superseded)
 
@@ -164,7 +187,7 @@ def item_values_compact(engine: Engine, include_superseded: bool = False,
 def scores_compact(engine: Engine, include_superseded: bool = False) -> pd.DataFrame:
     """Stored scores as a compact frame `response_id, instrument, scale, score, above_cutoff` (categoricals,
     float64, boolean); unordered. The columns linkage needs, for large warehouses."""
-    frame = read_compact(engine, "SELECT response_id, instrument, scale, score, above_cutoff FROM score",
+    frame = read_compact(engine, "score",
                          {"response_id": "int", "instrument": "cat", "scale": "cat", "score": "float",
                           "above_cutoff": "bool"})
     return _current(engine, frame, include_superseded)

@@ -198,7 +198,7 @@ def child(args: argparse.Namespace) -> None:
     done = time.time()
     rows = {k: sum(getattr(b, k, 0) or 0 for b in res.batches) for k in ("rows_in", "rows_loaded", "rows_quarantined")}
     print(json.dumps({
-        "python_start": entered - float(args.spawned), "reset_db": reset,
+        "python_start": entered - float(args.spawned), "reset_db": reset, "before_flow": called - entered,
         "prefect_start": (res.flow_started or called) - called, "flow_total": done - called,
         "stages": res.stages, "n_scores": res.n_scores, "files": len(res.batches), **rows,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -259,7 +259,7 @@ def main() -> None:
             if args.prefect_home == "fresh":
                 shutil.rmtree(home, ignore_errors=True)
             st = info["stages"]
-            start = info["python_start"] + info["reset_db"] + info["prefect_start"]
+            start = info["python_start"] + info.get("before_flow", info["reset_db"]) + info["prefect_start"]
             peaks = "/".join(f"{st.get(s, {}).get('peak_rss_mib', 0):.0f}" for s in STAGES)
             print(f"{f:>6g} {backend:>10} {info['rows_in']:>9} {info['wall']:>7.1f} {info['peak_rss_mib']:>8.0f} "
                   f"{start:>7.1f} " + " ".join(f"{st.get(s, {}).get('seconds', float('nan')):>9.1f}" for s in STAGES)

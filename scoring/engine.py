@@ -49,9 +49,21 @@ def item_values_fingerprint(item_values: pd.DataFrame) -> str:
     either changes.
     """
     cols = [c for c in ("response_id", "instrument", "item", "value") if c in item_values.columns]
-    frame = item_values[cols].sort_values(cols[:-1], kind="stable").reset_index(drop=True)
-    row_hashes = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    return hashlib.sha256(row_hashes.tobytes()).hexdigest()
+    frame = item_values[cols]
+    # Row hashes do not depend on the row's position: hash in chunks (no sorted copy of a 90 M-row frame),
+    # then take them in the order of the sort keys (categoricals with sorted categories sort by their codes).
+    step = 5_000_000
+    row_hashes = np.concatenate([pd.util.hash_pandas_object(frame.iloc[lo:lo + step], index=False).to_numpy()
+                                 for lo in range(0, len(frame), step)] or [np.array([], dtype=np.uint64)])
+    keys = []
+    for c in cols[:-1]:
+        col = frame[c]
+        if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == sorted(col.cat.categories):
+            keys.append(np.asarray(col.cat.codes))
+        else:
+            keys.append(pd.factorize(col, sort=True)[0])
+    order = np.lexsort(keys[::-1]) if keys else np.arange(len(frame))
+    return hashlib.sha256(row_hashes[order].tobytes()).hexdigest()
 
 
 # --- input -> matrix ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ every file; ingest = `warehouse.batch_ingest.ingest_files` of the same files int
 pseudonymise, checks and Great Expectations one run per source version, one transaction per file; no Data Docs).
 The Great Expectations import and context (about 4 s, once per process) are not counted. Prints rows/s, item
 values/s, the ratio ingest / raw read, where the time went (read+map, validation, load) and the load average.
-PostgreSQL: --database-url, or COHORTFLOW_TEST_DATABASE_URL when --postgres is given (its public schema is dropped!).
+PostgreSQL (after SQLite): --database-url, or COHORTFLOW_TEST_DATABASE_URL with --postgres (its public schema is dropped!).
 """
 
 from __future__ import annotations
@@ -159,11 +159,13 @@ def main() -> None:
     ap.add_argument("--database-url", default=None, help="PostgreSQL URL (its public schema is dropped!)")
     ap.add_argument("--postgres", action="store_true", help="use COHORTFLOW_TEST_DATABASE_URL")
     ap.add_argument("--formats", nargs="+", default=["sav", "csv", "all"])
+    ap.add_argument("--sqlite-only-formats", nargs="*", default=[], help="formats not repeated on PostgreSQL")
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--note", default="", help="text put under the table in RESULTS.md")
     ap.add_argument("--validated", action="store_true", help="accepted for old commands: validation is always on")
     args = ap.parse_args()
-    url = args.database_url or (os.environ.get("COHORTFLOW_TEST_DATABASE_URL") if args.postgres else None)
+    pg = args.database_url or (os.environ.get("COHORTFLOW_TEST_DATABASE_URL") if args.postgres else None)
+    urls: list[str | None] = [None] + ([pg] if pg else [])  # SQLite always, then PostgreSQL when given
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from cohortflow.validation.engine import _ephemeral
     from cohortflow.warehouse.load import inbox_files
@@ -176,12 +178,13 @@ def main() -> None:
     print(f"Great Expectations import and context: {time.perf_counter() - t:.1f} s (not counted)", flush=True)
     results = []
     try:
-        for factor in args.factors:
-            files = inbox_files(study(studies, factor))
-            for fmt in args.formats:
-                chosen = files if fmt == "all" else [f for f in files if f.suffix == f".{fmt}"]
-                if chosen:
-                    results.append(measure(fmt, factor, chosen, url, work))
+        for url in urls:
+            for factor in args.factors:
+                files = inbox_files(study(studies, factor))
+                for fmt in args.formats:
+                    chosen = files if fmt == "all" else [f for f in files if f.suffix == f".{fmt}"]
+                    if chosen and not (url and fmt in args.sqlite_only_formats):
+                        results.append(measure(fmt, factor, chosen, url, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.write_results and results:

@@ -113,8 +113,11 @@ def test_exit_codes_are_documented_in_help_and_docs():
 
 
 def test_show_completion_prints_a_bash_script():
+    # typer detects the calling shell (shellingham) and then takes no value; a test run need not have a shell
+    # among its ancestors (cron, CI runners), so name the shell explicitly as typer's own tests do
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     out = subprocess.run([sys.executable, "-c", "from cohortflow.cli import main; main()", "--show-completion",
-                          "bash"], capture_output=True, text=True, timeout=60)
+                          "bash"], capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
     assert "complete -o default -F _cohortflow_completion cohortflow" in out.stdout
     assert "_COHORTFLOW_COMPLETE=complete_bash" in out.stdout

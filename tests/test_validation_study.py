@@ -148,3 +148,9 @@ def test_stacked_checks_compare_rows_only_within_their_file():
     assert set(zip(fa["row_number"], fa["rule"], strict=True)) == {(7, "duplicate_key"), (3, "sex_birth_year_consistency")}
     assert fa.loc[fa["rule"] == "duplicate_key", "value"].tolist() == ["exact copy of row 1"]
     assert len(fb) == 0
+    shared = validate_mapped_files(files, study, instruments, history=hist_a, key=KEY)  # one history for all
+    for single_in, batch_out in zip(files, shared, strict=True):
+        single = validate_mapped_file(single_in, study, instruments, history=hist_a, key=KEY)
+        pd.testing.assert_frame_equal(batch_out.row_failures, single.row_failures)
+    assert (3, "sex_birth_year_consistency") in set(zip(shared[1].row_failures["row_number"],
+                                                        shared[1].row_failures["rule"], strict=True))

@@ -349,9 +349,9 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
     f = ctx.frame
     out: list[tuple[int, str, str]] = []
     hist = ctx.history
-    stacked = FILE_COLUMN in f.columns
+    per_file = FILE_COLUMN in f.columns and hist is not None and FILE_COLUMN in hist.columns
     if hist is not None and len(hist):
-        if stacked:  # one history per file: look persons up by (file, pseudonym)
+        if per_file:  # stacked files, one history each: look persons up by (file, pseudonym)
             hist = hist.assign(pseudonym=_per_file(hist[FILE_COLUMN], hist["pseudonym"]))
         hist = hist.drop_duplicates("pseudonym", keep="last").set_index("pseudonym")
     for raw_col, pseudo_col, sex_col, birth_col, label in _person_views(f):
@@ -362,7 +362,7 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
             by = pd.to_datetime(f[birth_col], errors="coerce").dt.year
             attrs["birth_year"] = by.astype("object").where(by.notna(), None)
         keys = f[raw_col].astype("object")
-        if stacked:
+        if FILE_COLUMN in f.columns:
             keys = _per_file(f[FILE_COLUMN], keys)
         repeated = keys.notna() & keys.duplicated(keep=False)  # only persons with several rows can disagree
         has_repeats = bool(repeated.any())
@@ -388,7 +388,7 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
                         out.append((int(pos), col, why))
                         flagged.add((int(pos), attr))
             if hist is not None and len(hist) and pseudo_col in f.columns and attr in hist.columns:
-                looked_up = _per_file(f[FILE_COLUMN], f[pseudo_col]) if stacked else f[pseudo_col]
+                looked_up = _per_file(f[FILE_COLUMN], f[pseudo_col]) if per_file else f[pseudo_col]
                 earlier = looked_up.map(hist[attr])
                 both = np.flatnonzero((earlier.notna() & values.notna()).to_numpy())
                 now_all, before_all = values.to_numpy(dtype=object), earlier.to_numpy(dtype=object)

@@ -259,7 +259,10 @@ def _group_key(p: _Prepared) -> tuple:
 
 
 def _stacked_history(preps: list[_Prepared]) -> pd.DataFrame | None:
-    """The files' histories in one frame with the file's position in the group (FILE_COLUMN)."""
+    """The files' histories in one frame with the file's position in the group (FILE_COLUMN); one history
+    shared by every file is passed on as it is (looked up by pseudonym only)."""
+    if all(p.history is preps[0].history for p in preps):
+        return preps[0].history
     parts = [h.assign(**{FILE_COLUMN: k}) for k, p in enumerate(preps) if (h := p.history) is not None and len(h)]
     if not parts:
         return None if all(p.history is None for p in preps) else preps[0].history

@@ -640,8 +640,13 @@ def _bulk(conn: Connection, table: str, columns: list[str], rows: list[tuple] | 
     if conn.dialect.name == "postgresql":
         raw = conn.connection.driver_connection
         with raw.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as cp:
-            for row in (rows.tolist() if isinstance(rows, np.ndarray) else rows):
-                cp.write_row(row)
+            if isinstance(rows, np.ndarray):  # one flat list of scalars: millions of live row lists would keep
+                flat, k = rows.ravel().tolist(), rows.shape[1]  # the garbage collector busy (about 2x slower)
+                for i in range(0, len(flat), k):
+                    cp.write_row(flat[i:i + k])
+            else:
+                for row in rows:
+                    cp.write_row(row)
         return
     k = len(columns)
     m = max(1, min(SQLITE_ROWS_PER_STATEMENT, 900 // k))  # stay under SQLite's bound-parameter limits

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from cohortflow import __version__
 
@@ -243,10 +243,12 @@ def pipeline_flow(
         with meter.stage("report"):
             result.report_paths = report_task(analysis, plan, outputs_dir, run_info)
             record_model_run(database_url, run_id, result.snapshot_hash, plan_path)
-            html = getattr(result.report_paths, "html", None)
-            if html:
-                create_link_artifact(key="effect-report", link=Path(html).resolve().as_uri(),
-                                     link_text="Effect report")
+            if getattr(result.report_paths, "html", None) and getattr(result.report_paths, "csv", None):
+                from cohortflow.flows.operations import (
+                    publish_model_artifacts,  # operations imports this module
+                )
+
+                publish_model_artifacts(result.report_paths, run_id, result.snapshot_hash)
     finally:
         meter.close()
     logger.info("stages: %s", ", ".join(f"{k} {v['seconds']:.1f} s (peak {v['peak_rss_mib']:.0f} MiB)"

@@ -249,7 +249,8 @@ class Instrument(BaseModel):
     construct_code: str = Field(alias="construct", description="the construct measured, e.g. child_ptss")
     label: Labels
     roles: list[str] = Field(min_length=1, description="study role codes that answer it (adult, parent, child)")
-    age_range_years: tuple[float, float] | None = Field(default=None, description="subject age at the wave date")
+    age_range_years: tuple[float, float] | None = Field(default=None, description="subject age at the wave date in years, [from, to): "
+                                                          "from <= age < to, as for scoring conditions")
     licence: str
     source: str
     provenance: Provenance = Field(default_factory=Provenance)

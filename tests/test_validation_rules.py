@@ -403,3 +403,33 @@ def test_every_role_gives_a_valid_frame_and_its_faults_fail_exactly(study, instr
         assert _failing(out, rule) == {2, 9}, role
         assert set(out.row_failures["rule"]) == {rule}, (role, out.row_failures.to_dict("records"))
         assert set(out.row_failures["severity"]) == {"warn" if policy.of(rule) == "warn" else "quarantine"}
+
+
+def test_instrument_age_range_upper_bound_is_exclusive(study, instruments):
+    """An instrument for ages [a, b) (e.g. CATS 3-6 declared as [3, 7]) is for subjects under b: a subject who
+    has turned b must not answer it (flagged) and is not expected to (no missing-share failure), as the
+    generator and the scoring conditions read the range."""
+    child = _role(study, "self", "child")
+    lo = study.role(child).min_age_years
+    hi = lo + 4
+    custom = Instrument.model_validate({
+        "code": "rung", "name": "test ladder", "version": "t1", "construct": "wellbeing",
+        "label": {"nl": "sport", "en": "rung"}, "roles": [child], "age_range_years": [lo, hi],
+        "licence": "test", "source": "test",
+        "response_scales": [{"code": "n", "numeric": [0, 10]}],
+        "items": [{"code": "now", "label": {"nl": "nu", "en": "now"}},
+                  {"code": "then", "label": {"nl": "toen", "en": "then"}}],
+    })
+    insts = {"rung": custom}  # own code: validation suites are cached per instrument set
+    arm, wave = _first_arm_wave(study)
+    frame = valid_frame(study, insts, arm, wave, child, n=10, seed=9)
+    frame["subject_birth_date"] = frame["response_date"] - pd.DateOffset(years=int(lo), days=10)
+    for r, years in [(1, hi), (2, hi), (3, hi - 1)]:  # turned hi (answered / left empty), one year younger
+        frame.loc[r, "subject_birth_date"] = frame.loc[r, "response_date"] - pd.DateOffset(years=int(years),
+                                                                                           days=10)
+    frame.loc[2, ["rung_now", "rung_then"]] = np.nan
+    out = _run(frame, study, insts)
+    # row_number = frame index + 1: only the subject who turned hi and answered is outside the range
+    assert _failing(out, "instrument_age_range") == {2}
+    assert "to under" in out.row_failures.set_index("row_number").loc[2, "value"]
+    assert 3 not in _failing(out, "missing_share_high")  # turned hi, empty: not expected to answer

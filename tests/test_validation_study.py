@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pyreadstat
 import pytest
 
 from cohortflow.config.sources import load_source_definitions
@@ -35,7 +36,8 @@ def _history_rows(frame: pd.DataFrame) -> list[tuple]:
     return rows
 
 
-def validate_study(inbox: Path, study, instruments, only: set[str] | None = None):
+def validate_study(inbox: Path, study, instruments, only: set[str] | None = None,
+                   reasons: dict[tuple[str, int], set[tuple[str, str]]] | None = None):
     """Validate every export in wave order, feeding each loaded file's persons into the history."""
     sources = load_source_definitions()
     order = {w: i for i, w in enumerate(study.wave_codes)}
@@ -59,6 +61,9 @@ def validate_study(inbox: Path, study, instruments, only: set[str] | None = None
             continue
         rf = out.row_failures
         bad = set(rf.loc[rf["severity"] == "quarantine", "row_number"].astype(int))
+        if reasons is not None:  # (file, row) -> {(rule, column)} of the quarantining failures
+            for r in rf[rf["severity"] == "quarantine"].itertuples():
+                reasons.setdefault((path.name, int(r.row_number)), set()).add((r.rule, str(r.column)))
         if bad:
             quarantined[path.name] = bad
         history += _history_rows(mapped.frame[~mapped.frame["row_number"].isin(bad)])
@@ -71,13 +76,31 @@ def test_exactly_the_injected_rows_and_files(tmp_path):
     manifest = generate_study(tmp_path, factor=0.05, seed=20241120, faults=list(FAULTS), study=study,
                               instruments=instruments)
     assert {f.kind for f in manifest.faults} == set(FAULTS)
-    quarantined, refused = validate_study(tmp_path / "inbox", study, instruments)
+    reasons: dict = {}
+    quarantined, refused = validate_study(tmp_path / "inbox", study, instruments, reasons=reasons)
 
     expected_refused = {Path(f.file).name for f in manifest.faults if f.kind in FILE_FAULTS}
     expected_rows: dict[str, set[int]] = {}
     for f in manifest.faults:
         if f.kind not in FILE_FAULTS:
             expected_rows.setdefault(Path(f.file).name, set()).update(f.row_numbers)
+    # Besides the injected faults, the generator's own item nonresponse can leave a short instrument (e.g. 2
+    # items) all but empty for a respondent: such a row must be quarantined for that instrument's missing share
+    # only, and the raw export must show it (checked on the file itself, read with pyreadstat/pandas).
+    for (name, row), why in reasons.items():
+        if row in expected_rows.get(name, set()):
+            continue
+        assert {rule for rule, _ in why} == {"missing_share_high"}, (name, row, why)
+        path = tmp_path / "inbox" / name
+        raw = (pyreadstat.read_sav(str(path), user_missing=False)[0] if path.suffix == ".sav"
+               else pd.read_excel(path) if path.suffix == ".xlsx"
+               else pd.read_csv(path, sep=None, engine="python", encoding="cp1252"))
+        for _, code in why:
+            cols = [c for c in raw.columns if c.lower().startswith(code.lower() + "_")]  # exports vary the case
+            vals = pd.to_numeric(raw.iloc[row - 1][cols], errors="coerce")
+            answered = vals.notna() & (vals >= 0)  # negative codes are declared missing codes
+            assert cols and answered.mean() <= 0.25, (name, row, code, vals.to_dict())
+        expected_rows.setdefault(name, set()).add(row)
     assert refused == expected_refused
     assert quarantined == expected_rows
 

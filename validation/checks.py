@@ -320,10 +320,10 @@ def check_instrument_age_range(ctx: Context) -> pd.DataFrame:
         if inst.age_range_years is None or not ctx.by_instrument.get(code):
             continue
         lo, hi = inst.age_range_years
-        outside = ctx.answered(code) & ctx.age_years.notna() & ((ctx.age_years < lo) | (ctx.age_years > hi))
+        outside = ctx.answered(code) & ctx.age_years.notna() & ((ctx.age_years < lo) | (ctx.age_years >= hi))
         bad = np.flatnonzero(outside.to_numpy())
         parts.append(_failures(bad, code, [f"subject aged {int(ctx.age_years.iloc[i])} answered {code} "
-                                           f"(ages {lo:g}..{hi:g})" for i in bad]))
+                                           f"(ages {lo:g} to under {hi:g})" for i in bad]))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -480,7 +480,7 @@ def _missing_shares(ctx: Context) -> list[tuple[str, pd.Series, int, pd.Series]]
         applies = ctx.frame["role"].isin(inst.roles)
         if inst.age_range_years is not None:
             lo, hi = inst.age_range_years
-            applies &= ctx.age_years.isna() | ((ctx.age_years >= lo) & (ctx.age_years <= hi))
+            applies &= ctx.age_years.isna() | ((ctx.age_years >= lo) & (ctx.age_years < hi))
         n_items = len(inst.items)
         # items of the instrument that the file does not carry count as missing
         share = pd.Series((ctx.missing[:, cols].sum(axis=1) + (n_items - len(cols))) / n_items, index=ctx.frame.index)

@@ -28,14 +28,14 @@ def _age_band(study: Study, instruments: dict[str, Instrument], role: str) -> tu
     insts = [i for i in instruments.values() if role in i.roles]
 
     def fits(inst: Instrument, age: int) -> bool:
-        return inst.age_range_years is None or inst.age_range_years[0] <= age <= inst.age_range_years[1]
+        return inst.age_range_years is None or inst.age_range_years[0] <= age < inst.age_range_years[1]  # [from, to)
 
     if r_lo > r_hi:
         raise ValueError(f"role {role!r}: min_age_years {r.min_age_years} is above max_age_years {r.max_age_years}")
     best = max(range(r_lo, r_hi + 1), key=lambda a: (sum(fits(i, a) for i in insts), -a))
     chosen = [i for i in insts if fits(i, best)]
     lo = max([r_lo] + [int(np.ceil(i.age_range_years[0])) for i in chosen if i.age_range_years])
-    hi = min([r_hi] + [int(np.floor(i.age_range_years[1])) for i in chosen if i.age_range_years])
+    hi = min([r_hi] + [int(np.ceil(i.age_range_years[1])) - 1 for i in chosen if i.age_range_years])
     return lo, hi, chosen
 
 

@@ -141,7 +141,7 @@ def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir:
 
     reports = ingest_files([Path(p) for p in paths], get_engine(database_url), load_sources(), load_study(),
                            load_instruments(), key, docs_dir=Path(docs_dir) if docs_dir else None,
-                           echo=logger.debug, data_docs="failures", on_outcome=post)
+                           echo=logger.debug, data_docs="quarantine", on_outcome=post)
     for r in reports:
         logger.info("%s: %s (%s in, %s loaded, %s quarantined, %s duplicates)", r.file_name, r.status, r.rows_in,
                     r.rows_loaded, r.rows_quarantined, r.rows_duplicate)

@@ -105,3 +105,23 @@ def test_generated_study_same_warehouse_as_file_by_file(tmp_path):
     for table in dump_ref:
         assert dump_got[table] == dump_ref[table], table
     assert any((tmp_path / "docs").rglob("*.html"))  # Data Docs for the files with failures
+
+
+def test_data_docs_modes_choose_files_by_what_validation_found():
+    """`quarantine` (the pipeline's mode) builds Data Docs only for refused files and files with quarantined
+    rows; `failures` also for files whose rules only warned; `all` always; `none` never."""
+    from cohortflow.ingest.outcome import ValidationOutcome
+    from cohortflow.warehouse.batch_ingest import _wants_docs
+
+    def rows(severity: str) -> pd.DataFrame:
+        return pd.DataFrame([{"row_number": 3, "rule": "missing_share", "column": "pss", "value": "x",
+                              "severity": severity}])
+
+    clean = ValidationOutcome()
+    warned = ValidationOutcome(row_failures=rows("warn"))
+    quarantined = ValidationOutcome(row_failures=rows("quarantine"))
+    refused = ValidationOutcome(file_errors=["no id column"])
+    want = {"none": [False, False, False, False], "quarantine": [False, False, True, True],
+            "failures": [False, True, True, True], "all": [True, True, True, True]}
+    for mode, expected in want.items():
+        assert [_wants_docs(o, mode) for o in (clean, warned, quarantined, refused)] == expected, mode

@@ -44,7 +44,7 @@ from .load import (
 )
 from .models import Person
 
-DataDocs = Literal["failures", "all", "none"]
+DataDocs = Literal["failures", "quarantine", "all", "none"]
 HISTORY_COLUMNS = ["pseudonym", "sex", "birth_year"]
 
 
@@ -77,6 +77,17 @@ def _stored_persons(engine: Engine, pseudonyms: Iterable[str]) -> dict[str, tupl
     return out
 
 
+def has_quarantine(outcome: ValidationOutcome) -> bool:
+    """True when validation refused the file or sends rows to quarantine (warnings alone do not count)."""
+    rf = outcome.row_failures
+    return bool(outcome.file_errors) or (len(rf) > 0 and bool((rf["severity"] == "quarantine").any()))
+
+
+def _wants_docs(outcome: ValidationOutcome, data_docs: str) -> bool:
+    return data_docs == "all" or (data_docs == "failures" and has_failures(outcome)) or (
+        data_docs == "quarantine" and has_quarantine(outcome))
+
+
 def has_failures(outcome: ValidationOutcome) -> bool:
     """True when validation refused the file, flagged rows or a rule failed (what Data Docs are read for)."""
     rr = outcome.rule_results
@@ -99,7 +110,9 @@ def ingest_files(
     """Ingest export files in the given order with batch validation; one BatchReport per path.
 
     `docs_dir`: where Data Docs go (none without it); `data_docs`: build them for files whose validation
-    found something (`failures`, the default), for every file (`all`) or never (`none`). `echo` receives
+    found something, warnings included (`failures`, the default), for files refused or with rows sent to
+    quarantine (`quarantine`: what the pipeline uses; a Data Docs page costs about 1-2 s), for every file
+    (`all`) or never (`none`). `echo` receives
     each file's plain-text validation summary, `on_outcome(file_name, outcome)` each ValidationOutcome
     (e.g. to post it as an artifact). Bad files never raise: they come back refused, as from ingest_file.
     """
@@ -139,12 +152,12 @@ def ingest_files(
             continue
         actual = _stored_persons(engine, f.pseudonyms or [])
         outcome = f.outcome
-        want_docs = docs_dir is not None and (data_docs == "all" or (data_docs == "failures"
-                                                                     and has_failures(outcome)))
+        want_docs = docs_dir is not None and _wants_docs(outcome, data_docs)
         if actual != f.assumed or want_docs:  # earlier files did not load as assumed, or a Data Docs page
             outcome = validate_mapped_file(f.mapped, study, instruments, history=_history_frame(actual), key=key,
                                            docs_dir=docs_dir if want_docs else None)
-            if want_docs is False and docs_dir is not None and data_docs == "failures" and has_failures(outcome):
+            if want_docs is False and docs_dir is not None and data_docs in ("failures", "quarantine") \
+                    and _wants_docs(outcome, data_docs):
                 outcome = validate_mapped_file(f.mapped, study, instruments, history=_history_frame(actual),
                                                key=key, docs_dir=docs_dir)
         name = f.mapped.meta.get("file_name", "file")

@@ -129,9 +129,15 @@ def _refit_design_chunk(rows: range) -> tuple[list[np.ndarray], int]:
     return out, failed
 
 
+def can_fork_workers() -> bool:
+    """True when this process may start worker processes: fork exists and we are not a daemonic process
+    (a Dask or multiprocessing worker, which may not have children): there, work runs in this process."""
+    return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
+
+
 def _run_chunks(chunk_fn: Callable[[range], tuple[list, int]], n: int, n_jobs: int) -> tuple[list, int]:
     """Run ``chunk_fn`` over ``range(n)``, split across ``n_jobs`` forked processes where possible."""
-    if n_jobs > 1 and n > 1 and "fork" in mp.get_all_start_methods():
+    if n_jobs > 1 and n > 1 and can_fork_workers():
         bounds = np.linspace(0, n, n_jobs + 1).astype(int)
         chunks = [range(bounds[k], bounds[k + 1]) for k in range(n_jobs)]
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork")) as pool:
@@ -336,7 +342,7 @@ def fit_many(
     unless asked. A task that raises re-raises here with the task's name.
     """
     n_jobs = n_jobs or os.cpu_count() or 1
-    if n_jobs <= 1 or len(tasks) <= 1:
+    if n_jobs <= 1 or len(tasks) <= 1 or mp.current_process().daemon:  # daemonic workers may not have children
         return [_fit_task(t) for t in tasks]
     method = mp_context or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     ctx = mp.get_context(method)

@@ -1032,7 +1032,9 @@ def _analyse_all(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivi
     from concurrent.futures import ProcessPoolExecutor
 
     n = len(plan.outcomes)
-    if workers <= 1 or n <= 1 or "fork" not in mp.get_all_start_methods():
+    from .fastlmm_boot import can_fork_workers
+
+    if workers <= 1 or n <= 1 or not can_fork_workers():  # e.g. inside a Dask worker: one after the other
         for spec in plan.outcomes:
             yield spec.id, _analyse_outcome(data, spec, plan, study, sensitivity, imputations)
         return

@@ -102,3 +102,42 @@ def test_run_analysis_reports_progress_per_outcome_in_plan_order():
         res = run_analysis(df, plan, load_study(), sensitivity=False, workers=workers, progress=seen.append)
         assert seen == ["sim.total", "nope.total", "sim.above"]  # a failed outcome is reported done too
         assert set(res.failures) == {"nope.total"}
+
+
+def test_workers_fall_back_to_serial_inside_a_daemonic_process():
+    """A Dask or multiprocessing worker is daemonic and may not start processes: `workers: 2` then fits the
+    outcomes one after the other, with the same results, instead of failing."""
+    import multiprocessing as mp
+
+    df = simulate_study(default_spec(["proeftuin", "vt", "gi"], ["T0", "T1", "T2"], scale=0.3), seed=6)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_fit_in_child, args=(df, q), daemon=True)
+    p.start()
+    got = q.get(timeout=600)
+    p.join(timeout=60)
+    assert not isinstance(got, str), got
+    want = _fit_two(df, workers=1)
+    pd.testing.assert_series_equal(got, want, rtol=1e-10)
+
+
+def _fit_two(df, workers):
+    from cohortflow.analysis.models import run_analysis
+    from cohortflow.analysis.plan import AnalysisPlan
+    from cohortflow.config.study import load_study
+
+    plan = AnalysisPlan.model_validate({
+        "intervention_arm": "proeftuin", "comparison_arms": ["vt", "gi"],
+        "defaults": {"random_effects": {"slope": None}},
+        "outcomes": [{"name": "sim.total"},
+                     {"name": "sim.total", "key": "sim.above", "family": "binomial", "response": "above_cutoff"}]})
+    res = run_analysis(df, plan, load_study(), sensitivity=False, workers=workers)
+    assert res.failures == {}, res.failures
+    return res.contrasts["estimate"].reset_index(drop=True)
+
+
+def _fit_in_child(df, q):
+    try:
+        q.put(_fit_two(df, workers=2))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        q.put(f"{type(exc).__name__}: {exc}")

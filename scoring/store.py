@@ -24,7 +24,7 @@ from cohortflow.instruments.model import Instrument
 from cohortflow.warehouse.db import take_write_lock
 from cohortflow.warehouse.models import Run, Score
 from cohortflow.warehouse.read import item_values_compact, scoring_context
-from cohortflow.warehouse.scores import SCORE_COLUMNS
+from cohortflow.warehouse.scores import SCORE_COLUMNS, ensure_run
 
 from .engine import definition_fingerprint, item_values_fingerprint, score_all
 
@@ -99,10 +99,7 @@ def store_scores_bulk(engine: Engine, scores: pd.DataFrame, run_id: str, kind: s
         conn.execution_options(write_lock=True)
         with conn.begin():
             take_write_lock(conn)
-            if conn.execute(select(Run.run_id).where(Run.run_id == run_id)).first() is None:
-                now = datetime.now(UTC).replace(tzinfo=None)
-                conn.execute(insert(Run).values(run_id=run_id, kind=kind, started_at=now, finished_at=now,
-                                                status="completed"))
+            ensure_run(conn, run_id, kind)
             empty = conn.execute(select(Score.id).limit(1)).first() is None
             if conn.dialect.name == "postgresql":
                 _store_postgresql(conn, scores, run_id, empty)

@@ -25,6 +25,14 @@ def _clean(v):  # noqa: ANN001, ANN202
     return v.item() if isinstance(v, np.generic) else v
 
 
+def ensure_run(conn, run_id: str, kind: str) -> None:  # noqa: ANN001 - a Connection inside a transaction
+    """Record `run_id` in the run table (completed now) unless it is there already."""
+    if conn.execute(select(Run.run_id).where(Run.run_id == run_id)).first() is None:
+        now = datetime.now(UTC).replace(tzinfo=None)
+        conn.execute(insert(Run).values(run_id=run_id, kind=kind, started_at=now, finished_at=now,
+                                        status="completed"))
+
+
 def store_scores(engine: Engine, scores: pd.DataFrame, run_id: str, kind: str = "scoring") -> int:
     """Store a Contract 4 scores frame under `run_id` (created in `run` if absent); returns rows stored."""
     missing = [c for c in SCORE_COLUMNS if c not in scores.columns]
@@ -43,10 +51,7 @@ def store_scores(engine: Engine, scores: pd.DataFrame, run_id: str, kind: str = 
         conn.execution_options(write_lock=True)
         with conn.begin():
             take_write_lock(conn)
-            if conn.execute(select(Run.run_id).where(Run.run_id == run_id)).first() is None:
-                now = datetime.now(UTC).replace(tzinfo=None)
-                conn.execute(insert(Run).values(run_id=run_id, kind=kind, started_at=now, finished_at=now,
-                                                status="completed"))
+            ensure_run(conn, run_id, kind)
             keys = [(r["response_id"], r["instrument"], r["instrument_version"], r["scale"]) for r in rows]
             cols = tuple_(Score.response_id, Score.instrument, Score.instrument_version, Score.scale)
             for i in range(0, len(keys), 500):

@@ -90,10 +90,10 @@ TEXT: dict[str, dict[str, str]] = {
                                    "(difference {est} {unit}, {ci} {lo} {to} {hi})"),
         "reading_between_lower": ("{outcome} at {wave}: scores were lower in {arm} than in {arm2} "
                                   "(difference {est} {unit}, {ci} {lo} {to} {hi})"),
-        "reading_chance_unlikely": "; the difference is unlikely to be chance ({pname} = {p}).",
-        "reading_chance_possible": "; the difference may well be chance ({pname} = {p}).",
+        "reading_chance_unlikely": "; the difference is unlikely to be chance ({pname} {p}).",
+        "reading_chance_possible": "; the difference may well be chance ({pname} {p}).",
         "reading_chance_after_correction": ("; but after correction for the number of comparisons it may be chance "
-                                            "({pname} = {p})."),
+                                            "({pname} {p})."),
         "reading_suppressed": "{outcome} at {wave}: too few respondents to report (fewer than {threshold}).",
         "p_adjusted": "adjusted p",
         "p_plain": "p",
@@ -224,10 +224,10 @@ TEXT: dict[str, dict[str, str]] = {
                                    "(verschil {est} {unit}, {ci} {lo} {to} {hi})"),
         "reading_between_lower": ("{outcome} bij {wave}: de scores waren lager in {arm} dan in {arm2} "
                                   "(verschil {est} {unit}, {ci} {lo} {to} {hi})"),
-        "reading_chance_unlikely": "; het verschil berust waarschijnlijk niet op toeval ({pname} = {p}).",
-        "reading_chance_possible": "; het verschil kan goed op toeval berusten ({pname} = {p}).",
+        "reading_chance_unlikely": "; het verschil berust waarschijnlijk niet op toeval ({pname} {p}).",
+        "reading_chance_possible": "; het verschil kan goed op toeval berusten ({pname} {p}).",
         "reading_chance_after_correction": ("; maar na correctie voor het aantal vergelijkingen kan het op toeval "
-                                            "berusten ({pname} = {p})."),
+                                            "berusten ({pname} {p})."),
         "reading_suppressed": "{outcome} bij {wave}: te weinig respondenten om te rapporteren (minder dan {threshold}).",
         "p_adjusted": "gecorrigeerde p",
         "p_plain": "p",

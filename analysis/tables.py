@@ -320,7 +320,8 @@ def reading(row: pd.Series, comp: str, plan: AnalysisPlan, study: Study, instrum
     # rather than 'improved more ... may well be chance'
     tail = ("reading_chance_unlikely" if pv < plan.alpha else
             "reading_chance_after_correction" if clear and use_adj else "reading_chance_possible")
-    return sentence + text(lang, tail, pname=pname, p=fmt_p(pv, lang))
+    ptxt = fmt_p(pv, lang)  # '<0,001' reads as 'p <0,001', a value as 'p = 0,003'
+    return sentence + text(lang, tail, pname=pname, p=ptxt if ptxt.startswith(("<", ">")) else f"= {ptxt}")
 
 
 def display_table(shown: pd.DataFrame, plan: AnalysisPlan, study: Study, instruments: dict[str, Instrument],

@@ -457,6 +457,19 @@ def derive_stopped(df: pd.DataFrame, baseline: str) -> tuple[pd.DataFrame, pd.Da
     return out.reset_index(drop=True), base[base["person_id"].isin(at_risk)], int((~keep).sum())
 
 
+def _model_rows(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan, study: Study, covariates: list[str],
+                extra: list[str]) -> tuple[pd.DataFrame, list[str], list[str], list[str], list[str]]:
+    """An outcome's rows as its refits (bootstrap, IPW, MI) see them: (rows, covariates that vary, arms,
+    comparison arms, waves present), time columns in `extra` filled from the planned wave offsets."""
+    filled, _ = fill_planned_time(data, study, extra, spec)
+    df, _ = select_outcome_rows(filled, spec, plan, study, covariates, extra)
+    covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
+    arms = _arms_present(df, plan)
+    comparisons = [a for a in plan.comparison_arms if a in arms]
+    waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+    return df, covariates, arms, comparisons, waves
+
+
 def fill_planned_time(data: pd.DataFrame, study: Study, columns: list[str], spec: OutcomeSpec
                       ) -> tuple[pd.DataFrame, int]:
     """Missing time-since-T0 values of this outcome's rows -> the wave's planned offset (in months or days)."""
@@ -873,12 +886,7 @@ def bootstrap_outcome(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan,
     time_col = plan.defaults.time_column
     if time_col in data.columns and time_col not in extra:
         extra.append(time_col)
-    filled, _ = fill_planned_time(data, study, extra, spec)
-    df, _ = select_outcome_rows(filled, spec, plan, study, covariates, extra)
-    covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
-    arms = _arms_present(df, plan)
-    comparisons = [a for a in plan.comparison_arms if a in arms]
-    waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+    df, covariates, arms, comparisons, waves = _model_rows(data, spec, plan, study, covariates, extra)
     baseline = study.baseline_wave if study.baseline_wave in waves else None
     X, info = build_design(df, arms, waves, covariates)
     cvs = [c for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline)
@@ -978,12 +986,7 @@ def _analyse_outcome(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan, 
             "household": re.household and "household intercept" not in res.fallback,
             "person": re.person and "person intercept" not in res.fallback})
     extra = [c for c in [re.slope] if c]
-    filled_data, _ = fill_planned_time(data, study, extra, spec)
-    df, _ = select_outcome_rows(filled_data, spec, plan, study, covariates, extra)
-    covariates = [c for c in covariates if df[c].nunique(dropna=True) >= 2]
-    arms = _arms_present(df, plan)
-    comparisons = [a for a in plan.comparison_arms if a in arms]
-    waves = [w for w in _wave_order(study) if w in set(df["wave"])]
+    df, covariates, arms, comparisons, waves = _model_rows(data, spec, plan, study, covariates, extra)
     side = main[["outcome", "contrast", "arm", "arm2", "wave", "estimate", "lower", "upper", "p"]].rename(
         columns={"estimate": "main_estimate", "lower": "main_lower", "upper": "main_upper", "p": "main_p"})
     analyses = []

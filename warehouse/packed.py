@@ -65,10 +65,13 @@ def reasons_texts(items: Sequence[str], reasons: np.ndarray) -> list[str | None]
     None when the row has no reason."""
     has = ~pd.isna(reasons)
     out: list[str | None] = [None] * len(reasons)
-    for i in np.flatnonzero(has.any(axis=1)):
-        row = reasons[i]
-        out[i] = json.dumps({items[j]: str(row[j]) for j in np.flatnonzero(has[i])}, ensure_ascii=False,
-                            separators=(",", ":"))
+    rows = np.flatnonzero(has.any(axis=1))
+    if not len(rows):
+        return out
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    keys = list(items)
+    for i, row, mask in zip(rows.tolist(), reasons[rows].tolist(), has[rows].tolist(), strict=True):
+        out[i] = dumps({k: str(v) for k, v, m in zip(keys, row, mask, strict=True) if m})
     return out
 
 

@@ -57,11 +57,18 @@ def item_values_frame(engine: Engine, instrument: str | None = None, include_sup
         "instrument": pd.array(_joined(insts, object), dtype="str"),
         "item": pd.array(_joined(items, object), dtype="str"),
         "value": _joined(values, np.float64),
-        "missing_reason": pd.Series(_joined(reasons, object), dtype=object),
+        "missing_reason": _text_column(_joined(reasons, object)),
     })
     df = df.sort_values(["response_id", "item", "instrument"], kind="stable").reset_index(drop=True)
     df["item_key"] = df["instrument"] + "_" + df["item"]
     return df
+
+
+def _text_column(values: np.ndarray) -> pd.Series:
+    """A text column as `pd.read_sql` gives it: `str` dtype (NaN = NULL), or object Nones when all are NULL."""
+    if any(v is not None for v in values):
+        return pd.Series(pd.array(values, dtype="str"))
+    return pd.Series(values, dtype=object)
 
 
 @dataclass

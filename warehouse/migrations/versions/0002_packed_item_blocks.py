@@ -109,7 +109,7 @@ def downgrade() -> None:
     _create_long()
     conn = op.get_bind()
     layouts = {r.id: (r.instrument, json.loads(r.items))
-               for r in conn.execute(sa.select(item_layout.c.id, item_layout.c.instrument, item_layout.c.items))}
+               for r in conn.execute(sa.select(item_layout.c.id, item_layout.c.instrument, item_layout.c["items"]))}
     q = sa.text("SELECT response_id, instrument, layout_id, codes, reasons FROM item_block "
                 "WHERE response_id >= :lo AND response_id < :hi ORDER BY response_id, instrument")
     for lo, hi in _id_ranges(conn, 'item_block'):

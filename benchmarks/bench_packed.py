@@ -12,6 +12,11 @@ Usage: python benchmarks/bench_packed.py --warehouse OLD.sqlite [--work DIR] [--
   stores) and as one block per response (all instruments of the response in one layout): insert time (SQLite
   multi-row executemany; PostgreSQL COPY when --database-url is given, into a scratch schema `bench_packed`
   that is dropped afterwards) and read time into per-instrument float64 matrices.
+* writer: the loader's item writer on the same synthetic answers (N responses x 3 instruments, 51 items, 5%
+  missing with a reason, the shape of a factor-10 CSV inbox): the long rows of the code before packing (one
+  row per answer into a table shaped like `item_value`, with its foreign key; the old `_insert_item_values`
+  copied here) against `warehouse.load._insert_item_values` (blocks), alternately in one process, SQLite and
+  (with --database-url, public schema dropped!) PostgreSQL COPY. With --only-writer no warehouse is needed.
 Prints figures and the load average; nothing is asserted.
 """
 
@@ -238,16 +243,107 @@ def granularity(packed: Path, work: Path, pg_url: str | None) -> None:
               f"per-instrument matrices {ra:.2f} s vs {rb:.2f} s | load avg {load_average()}", flush=True)
 
 
+def _old_long_insert(conn, resp_ids, inst, item, codes, reasons) -> None:  # noqa: ANN001
+    """The item writer before packing (warehouse/load.py at 005a505), into `item_value_long`."""
+    import pandas as pd
+
+    from cohortflow.warehouse.load import _bulk
+
+    n, k = codes.shape
+    order = sorted(range(k), key=lambda j: (inst[j], item[j]))
+    codes, reasons = codes[:, order], reasons[:, order]
+    vals = codes.astype(object)
+    vals[np.isnan(codes) | ~pd.isna(reasons)] = None
+    rows = np.empty((n * k, 5), dtype=object)
+    rows[:, 0] = np.repeat(resp_ids.astype(object), k)
+    rows[:, 1] = np.tile(np.array([inst[j] for j in order], dtype=object), n)
+    rows[:, 2] = np.tile(np.array([item[j] for j in order], dtype=object), n)
+    rows[:, 3] = vals.ravel()
+    rows[:, 4] = reasons.ravel()
+    _bulk(conn, "item_value_long", ["response_id", "instrument", "item", "value", "missing_reason"], rows)
+
+
+def writer(n: int, work: Path, pg_url: str | None, repeat: int = 2) -> None:
+    """Old long rows vs packed blocks for the same n responses, alternately, per backend."""
+    from cohortflow.warehouse.db import get_engine, init_warehouse
+    from cohortflow.warehouse.load import _bulk, _insert_item_values
+
+    rng = np.random.default_rng(7)
+    sizes = {"inst_a": 25, "inst_b": 17, "inst_c": 9}
+    inst = [c for c, m in sizes.items() for _ in range(m)]
+    item = [f"{j + 1:02d}" for m in sizes.values() for j in range(m)]
+    codes = rng.integers(0, 5, size=(n, len(inst))).astype(float)
+    miss = rng.random(codes.shape) < 0.05
+    codes[miss] = np.nan
+    reasons = np.full(codes.shape, None, dtype=object)
+    reasons[miss] = "not_answered"
+    for label, url in [("sqlite", f"sqlite:///{work / 'writer.sqlite'}"), ("postgresql", pg_url)]:
+        if url is None:
+            continue
+        if label == "sqlite":
+            (work / "writer.sqlite").unlink(missing_ok=True)
+        e = get_engine(url)
+        pg = e.dialect.name == "postgresql"
+        if pg:
+            with e.begin() as conn:
+                conn.exec_driver_sql("DROP SCHEMA IF EXISTS public CASCADE")
+                conn.exec_driver_sql("CREATE SCHEMA public")
+        init_warehouse(e)
+        runs = 2 * repeat
+        with e.begin() as conn:
+            tail = "" if pg else " WITHOUT ROWID"
+            conn.exec_driver_sql("CREATE TABLE item_value_long (response_id INTEGER NOT NULL REFERENCES response (id), "
+                                 "instrument VARCHAR(50) NOT NULL, item VARCHAR(50) NOT NULL, value FLOAT, "
+                                 "missing_reason VARCHAR(50), PRIMARY KEY (response_id, instrument, item))" + tail)
+            conn.exec_driver_sql("INSERT INTO batch (id, file_name, sha256, size_bytes, status, rows_in, rows_loaded, "
+                                 "rows_quarantined, rows_duplicate, item_values) VALUES "
+                                 "(1, 'f', 'x', 0, 'loaded', 0, 0, 0, 0, 0)")
+            conn.exec_driver_sql("INSERT INTO household (household_id, arm, site, first_batch_id) VALUES "
+                                 "('h', 'a', 's', 1)")
+            conn.exec_driver_sql("INSERT INTO person (person_id, household_id, first_batch_id) VALUES ('p', 'h', 1)")
+            f = False if pg else 0
+            _bulk(conn, "response", ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role",
+                                     "arm", "site", "wave", "superseded"],
+                  [(i, 1, i, "h", "p", "p", "r", "a", "s", "w", f) for i in range(1, runs * n + 1)])
+        times: dict[str, list[float]] = {"long rows": [], "blocks": []}
+        for r in range(runs):
+            kind = "long rows" if r % 2 == 0 else "blocks"
+            ids = np.arange(r * n + 1, (r + 1) * n + 1, dtype=np.int64)
+            with e.begin() as conn:
+                t = time.perf_counter()
+                if kind == "long rows":
+                    _old_long_insert(conn, ids, inst, item, codes, reasons)
+                else:
+                    _insert_item_values(conn, ids, inst, item, codes, reasons)
+                times[kind].append(time.perf_counter() - t)
+        if pg:
+            with e.begin() as conn:
+                conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+                conn.exec_driver_sql("CREATE SCHEMA public")
+        e.dispose()
+        lo, bl = min(times["long rows"]), min(times["blocks"])
+        print(f"writer [{label}] {n:,} responses x {len(inst)} answers = {n * len(inst):,} item values: long rows "
+              f"{lo:.2f} s ({n * len(inst) / lo:,.0f} values/s, {n * len(inst):,} rows), blocks {bl:.2f} s "
+              f"({n * len(inst) / bl:,.0f} values/s, {n * len(sizes):,} rows) = {lo / bl:.1f}x faster (best of "
+              f"{repeat}; all: {times}) | load avg {load_average()}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--warehouse", type=Path, required=True, help="old-schema SQLite warehouse (copied, not changed)")
+    ap.add_argument("--warehouse", type=Path, default=None, help="old-schema SQLite warehouse (copied, not changed)")
+    ap.add_argument("--writer-responses", type=int, default=80_000)
+    ap.add_argument("--only-writer", action="store_true")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench_packed"))
     ap.add_argument("--old-src", default=None, help="source tree of the code before packing (PYTHONPATH)")
     ap.add_argument("--database-url", default=None, help="PostgreSQL for the granularity test (scratch schema)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["scoring", "granularity"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["scoring", "granularity", "writer"])
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {load_average()}", flush=True)
+    if "writer" not in args.skip:
+        writer(args.writer_responses, args.work, args.database_url)
+    if args.only_writer or args.warehouse is None:
+        return
     packed = migrate(args.warehouse, args.work)
     if "scoring" not in args.skip:
         scoring_read("packed: item_matrices", packed, SCORING_NEW, None)

@@ -153,8 +153,8 @@ def test_long_readers_match_the_item_value_table(loaded):
             pd.testing.assert_frame_equal(new, old, check_dtype=True)
     assert len(item_values_frame(engine, include_superseded=True)) > len(item_values_frame(engine))
     kinds = {"response_id": "int", "instrument": "cat", "item": "cat", "value": "float"}
-    for sup in (False, True):
-        new = item_values_compact(engine, include_superseded=sup)
+    for sup, chunk in ((False, 65_536), (True, 65_536), (False, 7)):  # 7: many sealed chunks per layout
+        new = item_values_compact(engine, include_superseded=sup, chunk_rows=chunk)
         old = read_compact(ref, "item_value", kinds)
         if not sup:
             gone = set(responses_frame(engine, include_superseded=True).query("superseded").response_id)
@@ -178,6 +178,11 @@ def test_wide_reader_is_the_pivot_of_the_long_values(loaded):
             index=b.response_ids, columns=b.item_codes)
         np.testing.assert_array_equal(b.values, wide.to_numpy(dtype=float))  # NaN where NaN
         assert b.values.dtype == np.float64
+    chunked = list(item_matrices(engine, chunk_rows=5))
+    for a, b in zip(blocks, chunked, strict=True):
+        assert (a.instrument, a.item_codes) == (b.instrument, b.item_codes)
+        np.testing.assert_array_equal(a.response_ids, b.response_ids)
+        np.testing.assert_array_equal(a.values, b.values)
     only = list(item_matrices(engine, instrument="pss"))
     assert len(only) == 1 and only[0].instrument == "pss"
 

@@ -98,9 +98,14 @@ def _layouts(engine: Engine) -> dict[int, _Layout]:
 
 
 def _layout_groups(engine: Engine, instrument: str | None, include_superseded: bool, with_reasons: bool = False,
-                   chunk_rows: int = 100_000) -> Iterator[tuple[_Layout, np.ndarray, np.ndarray, list]]:
-    """Per layout: (layout, response ids, codes matrix, reasons texts or []) of the stored blocks (one pass
-    over item_block; superseded responses dropped by id unless `include_superseded`)."""
+                   chunk_rows: int = 65_536) -> Iterator[tuple[_Layout, np.ndarray, np.ndarray, list]]:
+    """Per layout: (layout, response ids, codes matrix n x k, reasons texts or []) of the stored blocks, in
+    one pass over item_block; superseded responses dropped by id unless `include_superseded`.
+
+    Memory: the blocks of a layout are joined into one bytes chunk (and their ids into an int64 array) every
+    `chunk_rows` blocks, so the pass holds about the raw codes (8 bytes per answer), not Python objects per
+    block; each layout's matrix is then filled chunk by chunk, freeing the chunks as it goes.
+    """
     layouts = _layouts(engine)
     cols = "response_id, layout_id, codes" + (", reasons" if with_reasons else "")
     sql, params = f"SELECT {cols} FROM item_block", {}
@@ -110,38 +115,55 @@ def _layout_groups(engine: Engine, instrument: str | None, include_superseded: b
     ids: dict[int, list[int]] = {}
     blobs: dict[int, list[bytes]] = {}
     why: dict[int, list] = {}
+    chunks: dict[int, list[tuple[np.ndarray, bytes]]] = {}
+
+    def seal(lid: int) -> None:
+        if ids[lid]:
+            chunks[lid].append((np.asarray(ids[lid], dtype=np.int64), b"".join(blobs[lid])))
+            ids[lid], blobs[lid] = [], []
+
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(text_sql(sql), params)
         for part in result.partitions(chunk_rows):
             for row in part:
                 lid = row[1]
                 if lid not in ids:
-                    ids[lid], blobs[lid], why[lid] = [], [], []
+                    ids[lid], blobs[lid], why[lid], chunks[lid] = [], [], [], []
                 ids[lid].append(row[0])
                 blobs[lid].append(bytes(row[2]))
                 if with_reasons:
                     why[lid].append(row[3])
+                if len(ids[lid]) >= chunk_rows:
+                    seal(lid)
     old = None if include_superseded else superseded_response_ids(engine)
     for lid in sorted(ids):
+        seal(lid)
         lay = layouts[lid]
-        rid = np.asarray(ids.pop(lid), dtype=np.int64)
-        codes = unpack_rows(blobs.pop(lid), len(lay.items))
+        k = len(lay.items)
+        parts = chunks.pop(lid)
+        rid = np.concatenate([p[0] for p in parts])
+        codes = np.empty((len(rid), k), dtype=np.float64)
+        lo = 0
+        while parts:
+            r, buf = parts.pop(0)
+            codes[lo:lo + len(r)] = unpack_rows([buf], len(r) * k).reshape(len(r), k)
+            lo += len(r)
         texts = why.pop(lid)
         if old is not None and len(old):
             keep = ~np.isin(rid, old)
             if not keep.all():
                 rid, codes = rid[keep], codes[keep]
-                texts = [t for t, k in zip(texts, keep, strict=False) if k] if texts else texts
+                texts = [t for t, k_ in zip(texts, keep, strict=False) if k_] if texts else texts
         if len(rid):
             yield lay, rid, codes, texts
 
 
-def item_matrices(engine: Engine, include_superseded: bool = False,
-                  instrument: str | None = None) -> Iterator[InstrumentItems]:
+def item_matrices(engine: Engine, include_superseded: bool = False, instrument: str | None = None,
+                  chunk_rows: int = 65_536) -> Iterator[InstrumentItems]:
     """Wide raw codes per instrument (ordered by instrument code), straight from the item blocks: no long
     frame is built, memory is about the float64 matrices (8 bytes per stored answer)."""
     by_inst: dict[str, list[tuple[_Layout, np.ndarray, np.ndarray]]] = {}
-    for lay, rid, codes, _ in _layout_groups(engine, instrument, include_superseded):
+    for lay, rid, codes, _ in _layout_groups(engine, instrument, include_superseded, chunk_rows=chunk_rows):
         by_inst.setdefault(lay.instrument, []).append((lay, rid, codes))
     for name in sorted(by_inst):
         parts = by_inst.pop(name)

@@ -61,17 +61,23 @@ def unpack_rows(blobs: Sequence[bytes], k: int) -> np.ndarray:
 
 
 def reasons_texts(items: Sequence[str], reasons: np.ndarray) -> list[str | None]:
-    """Per row of an object matrix of missing reasons (None/NaN = none): a JSON object {item: reason}, or
-    None when the row has no reason."""
+    """Per row of an object matrix of missing reasons (None/NaN = none): a JSON object {item: reason} (items
+    in column order), or None when the row has no reason. Built from per-cell pieces (one text per distinct
+    reason), not one dict and encoder call per row."""
     has = ~pd.isna(reasons)
     out: list[str | None] = [None] * len(reasons)
-    rows = np.flatnonzero(has.any(axis=1))
+    rows, cols = np.nonzero(has)
     if not len(rows):
         return out
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    keys = list(items)
-    for i, row, mask in zip(rows.tolist(), reasons[rows].tolist(), has[rows].tolist(), strict=True):
-        out[i] = dumps({k: str(v) for k, v, m in zip(keys, row, mask, strict=True) if m})
+    keys = [json.dumps(str(it), ensure_ascii=False) + ":" for it in items]
+    quoted: dict[object, str] = {}
+    for v in set(reasons[rows, cols].tolist()):
+        quoted[v] = json.dumps(str(v), ensure_ascii=False)
+    pieces = [keys[j] + quoted[v] for j, v in zip(cols.tolist(), reasons[rows, cols].tolist(), strict=True)]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    for i, lo, hi in zip(rows[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+        out[i] = "{" + ",".join(pieces[lo:hi]) + "}"
     return out
 
 

@@ -100,7 +100,9 @@ def item_block(
         lo, hi = inst.age_range_years
         age = rows["subject_age"].to_numpy()
         codes[~((age >= lo) & (age < hi))] = np.nan
-    return pd.DataFrame(codes, columns=[p.key for p in params], index=rows.index)
+    # float32 halves the memory of a study's items: codes, -9/-7 and integers are exact; one-decimal numbers
+    # are rounded back to one decimal when exported
+    return pd.DataFrame(codes.astype(np.float32), columns=[p.key for p in params], index=rows.index)
 
 
 def build_role_blocks(

@@ -148,6 +148,32 @@ def _float_text(v: float) -> str:
     return t[:-2] if t.endswith(",0") else t
 
 
+def _float_texts(arr: np.ndarray) -> np.ndarray:
+    """CSV text of floats with a decimal comma and no trailing ',0' (what `_float_text` gives), quickly for
+    one-decimal values (durations): from integer tenths."""
+    missing = np.isnan(arr)
+    vals = np.where(missing, 0.0, arr)
+    tenths = np.round(vals * 10.0)
+    if np.all(tenths / 10.0 == vals) and np.all(np.abs(tenths) < 2**52):
+        t = tenths.astype(np.int64)
+        return _via_unique(t, missing, lambda v: f"{'-' if v < 0 else ''}{abs(v) // 10}"
+                                                 + (f",{abs(v) % 10}" if v % 10 else ""))
+    return _via_unique(arr, missing, _float_text)
+
+
+def _texts(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(object array of the column's values as text with '' for missing, missing mask); only non-str
+    values are converted one by one."""
+    arr = s.to_numpy(dtype=object)
+    missing = pd.isna(arr)
+    if missing.any():
+        arr = arr.copy()
+        arr[missing] = ""
+    if not all(t is str for t in set(map(type, arr))):
+        arr = np.array([v if type(v) is str else str(v) for v in arr], dtype=object)
+    return arr, missing
+
+
 def _csv_columns(frame: pd.DataFrame, spec: ExportSpec) -> list[np.ndarray]:
     """Per column, the CSV field text of each row (object arrays)."""
     cols: list[np.ndarray] = []
@@ -160,13 +186,12 @@ def _csv_columns(frame: pd.DataFrame, spec: ExportSpec) -> list[np.ndarray]:
             arr = s.to_numpy(dtype=float)
             txt = _via_unique(arr, np.isnan(arr), lambda v: str(int(v)))
         elif pd.api.types.is_float_dtype(s):
-            arr = s.to_numpy(dtype=float)
-            txt = _via_unique(arr, np.isnan(arr), _float_text)
+            txt = _float_texts(s.to_numpy(dtype=float))
         else:
-            txt = np.array(["" if pd.isna(v) else str(v) for v in s.tolist()], dtype=object)
-            special = pd.Series(txt, dtype=object).str.contains('[;"\r\n]', regex=True).to_numpy(bool)
-            for i in np.flatnonzero(special):
-                txt[i] = _csv_field(txt[i])
+            txt, _ = _texts(s)
+            joined = "\0".join(txt)
+            if any(ch in joined for ch in ';"\r\n'):  # rare: quote only the fields that need it
+                txt = np.array([_csv_field(v) for v in txt], dtype=object)
         cols.append(txt)
     return cols
 
@@ -287,8 +312,11 @@ def _xlsx_cells(frame: pd.DataFrame, spec: ExportSpec) -> list[np.ndarray]:
                                 (lambda v: f"<c><v>{int(v)}</v></c>") if integer else
                                 (lambda v: f"<c><v>{float(v)!r}</v></c>"), "<c/>")
         else:
-            cells = np.array(["<c/>" if pd.isna(v) else f'<c t="inlineStr"><is><t>{escape(str(v))}</t></is></c>'
-                              for v in s.tolist()], dtype=object)
+            txt, missing = _texts(s)
+            if any(ch in "\0".join(txt) for ch in "&<>"):
+                txt = np.array([escape(v) for v in txt], dtype=object)
+            cells = np.array(['<c t="inlineStr"><is><t>' + v + "</t></is></c>" for v in txt], dtype=object)
+            cells[missing] = "<c/>"
         out.append(cells)
     return out
 

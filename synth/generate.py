@@ -89,16 +89,16 @@ def _file_frame(be: _BlockExport, rows: np.ndarray, pa: dict[str, np.ndarray], a
     inf = b.rows["informant"].to_numpy()[rows]
     sub = b.rows["subject"].to_numpy()[rows]
     want = all_columns if columns is None else [c for c in all_columns if c in set(columns)]
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, np.ndarray | pd.Series] = {}
     for c in want:
         if c in be.item_columns:
             j, one_decimal = be.item_columns[c]
             v = be.items[rows, j].astype(np.float64)
             out[c] = np.round(v, 1) if one_decimal else v
-        elif c == "kind_id":
-            out[c] = pa["resp_id"][sub]
+        elif c == "kind_id":  # object Series: pandas would otherwise convert text to its str dtype (slow)
+            out[c] = pd.Series(pa["resp_id"][sub], dtype=object, copy=False)
         elif c in TEXT_COLUMNS:
-            out[c] = pa[c][inf]
+            out[c] = pd.Series(pa[c][inf], dtype=object, copy=False)
         elif c == "geboortedatum":
             out[c] = pa["birth_date"][inf]
         elif c == "geslacht":

@@ -197,7 +197,7 @@ def participation(
     dropout = pd.Series(pd.NA, index=hh.index, dtype="string")
     sev = np.zeros(len(hh)) if severity is None else severity
     for i, w in enumerate(waves):
-        measured = hh["arm"].map(lambda a, wc=w.code: wc in study.waves_of(a)).to_numpy(bool)
+        measured = hh["arm"].isin([a for a in study.arm_codes if w.code in study.waves_of(a)]).to_numpy(bool)
         if i == 0:
             now = measured.copy()
         else:

@@ -86,7 +86,7 @@ def _fix_sav_timestamp(path: Path) -> None:
 
 
 _SPSS_EPOCH = np.datetime64("1582-10-14", "D")
-_CHUNK_ROWS = 20_000  # rows per piece of text when writing CSV/XLSX (bounded memory)
+_CHUNK_ROWS = 10_000  # rows per piece of text when writing CSV/XLSX (bounded memory)
 
 
 def _days(s: pd.Series) -> np.ndarray:
@@ -199,10 +199,9 @@ def _csv_columns(frame: pd.DataFrame, spec: ExportSpec) -> list[np.ndarray]:
 def _csv_chunks(frame: pd.DataFrame, spec: ExportSpec):  # noqa: ANN202 - generator of str
     """The CSV text in pieces of at most _CHUNK_ROWS rows (header first), CRLF line ends."""
     yield ";".join(_csv_field(str(c)) for c in frame.columns) + "\r\n"
-    cols = _csv_columns(frame, spec)
     for lo in range(0, len(frame), _CHUNK_ROWS):
-        part = [c[lo:lo + _CHUNK_ROWS] for c in cols]
-        yield "".join([";".join(row) + "\r\n" for row in zip(*part, strict=True)])
+        cols = _csv_columns(frame.iloc[lo:lo + _CHUNK_ROWS], spec)
+        yield "".join([";".join(row) + "\r\n" for row in zip(*cols, strict=True)])
 
 
 def csv_text(frame: pd.DataFrame, spec: ExportSpec) -> str:
@@ -326,7 +325,6 @@ def write_xlsx(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
     system-missing. Written as plain SpreadsheetML in pieces (openpyxl is 50x slower); readable by
     openpyxl/pandas."""
     header = "".join(f'<c t="inlineStr"><is><t>{escape(str(c))}</t></is></c>' for c in frame.columns)
-    cols = _xlsx_cells(frame, spec)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, text in _XLSX_STATIC.items():
             zi = zipfile.ZipInfo(name, date_time=FIXED_TIME)
@@ -340,9 +338,9 @@ def write_xlsx(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
                       '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
                       f'<sheetData><row r="1">{header}</row>').encode())
             for lo in range(0, len(frame), _CHUNK_ROWS):
-                part = [c[lo:lo + _CHUNK_ROWS] for c in cols]
+                cols = _xlsx_cells(frame.iloc[lo:lo + _CHUNK_ROWS], spec)
                 fh.write("".join([f'<row r="{lo + i + 2}">' + "".join(row) + "</row>"
-                                  for i, row in enumerate(zip(*part, strict=True))]).encode("utf-8"))
+                                  for i, row in enumerate(zip(*cols, strict=True))]).encode("utf-8"))
             fh.write(b"</sheetData></worksheet>")
 
 

@@ -44,10 +44,27 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
 TEXT_COLUMNS = ("gezin_id", "resp_id", "naam", "email", "telefoon", "adres", "bsn", "site")
 
 
-def _person_arrays(pop: Population) -> dict[str, np.ndarray]:
-    """Person columns as numpy arrays (text as object), converted once for all export files."""
+def release_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc's malloc_trim, Arrow's pool), so that the
+    peak memory of a large study stays near what is really in use; a no-op elsewhere."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL(name).malloc_trim(0)
+
+
+def _person_arrays(pop: Population) -> dict[str, object]:
+    """Person columns for the export files: text as the frame's own (Arrow-backed) arrays, taken per file
+    (compact: Python string objects are made per file, when written), the rest as numpy arrays."""
     p = pop.persons
-    out = {c: p[c].to_numpy(dtype=object) for c in TEXT_COLUMNS}
+    out: dict[str, object] = {c: p[c].array for c in TEXT_COLUMNS}
     out["birth_date"] = p["birth_date"].to_numpy()
     out["sex"] = p["sex"].to_numpy()
     out["registration"] = pop.households["registration"].to_numpy()[p["hh_idx"].to_numpy()]
@@ -62,7 +79,6 @@ class _BlockExport:
     block: RoleBlock
     parent: bool
     duration: np.ndarray  # per block row (NaN where not answered)
-    items: np.ndarray  # block items (rows x item keys), float32
     item_columns: dict[str, tuple[int, bool]]  # export column -> (block column, one decimal)
 
 
@@ -70,18 +86,17 @@ def _block_export(block: RoleBlock, keep: np.ndarray, study: Study, instruments:
                   decimals: set[str], rng: np.random.Generator) -> _BlockExport:
     """Durations of the answered rows (about 15 s per answered item plus start-up, right-skewed, one decimal)
     and the item column map of one block."""
-    items = block.items.to_numpy(dtype=np.float32)
-    answered = (~np.isnan(items[keep])).sum(axis=1)
+    answered = (~np.isnan(block.codes[keep])).sum(axis=1)
     duration = np.full(len(block.rows), np.nan)
     duration[keep] = np.round(1.5 + 0.25 * answered * rng.lognormal(0.0, 0.35, len(answered)), 1)
     cols = {}
-    for j, key in enumerate(block.items.columns):
+    for j, key in enumerate(block.item_keys):
         inst = _instrument_of(key, instruments)
         cols[item_column(inst, key[len(inst.code) + 1:])] = (j, key in decimals)
-    return _BlockExport(block, study.role(block.role).informant == "parent", duration, items, cols)
+    return _BlockExport(block, study.role(block.role).informant == "parent", duration, cols)
 
 
-def _file_frame(be: _BlockExport, rows: np.ndarray, pa: dict[str, np.ndarray], all_columns: list[str],
+def _file_frame(be: _BlockExport, rows: np.ndarray, pa: dict[str, object], all_columns: list[str],
                 columns: list[str] | None = None) -> pd.DataFrame:
     """Export rows (Contract 7 columns, item columns upper-case) of block rows `rows`; only `columns` if
     given (same values as in the whole frame)."""
@@ -89,16 +104,16 @@ def _file_frame(be: _BlockExport, rows: np.ndarray, pa: dict[str, np.ndarray], a
     inf = b.rows["informant"].to_numpy()[rows]
     sub = b.rows["subject"].to_numpy()[rows]
     want = all_columns if columns is None else [c for c in all_columns if c in set(columns)]
-    out: dict[str, np.ndarray | pd.Series] = {}
+    out: dict[str, object] = {}
     for c in want:
         if c in be.item_columns:
             j, one_decimal = be.item_columns[c]
-            v = be.items[rows, j].astype(np.float64)
+            v = b.codes[rows, j].astype(np.float64)
             out[c] = np.round(v, 1) if one_decimal else v
-        elif c == "kind_id":  # object Series: pandas would otherwise convert text to its str dtype (slow)
-            out[c] = pd.Series(pa["resp_id"][sub], dtype=object, copy=False)
+        elif c == "kind_id":
+            out[c] = pa["resp_id"].take(sub)
         elif c in TEXT_COLUMNS:
-            out[c] = pd.Series(pa[c][inf], dtype=object, copy=False)
+            out[c] = pa[c].take(inf)
         elif c == "geboortedatum":
             out[c] = pa["birth_date"][inf]
         elif c == "geslacht":
@@ -164,18 +179,30 @@ def generate_study(
     used_insts = sorted({c for codes in avail.values() for c in codes})
     constructs = sorted({instruments[c].construct_code for c in used_insts})
 
-    pop = build_population(study, model, quest, factor, _rng(seed, "population"))
-    problems = {c: draw_problem(study, model, pop, c, _rng(seed, f"latent:{c}")) for c in constructs}
-    blocks = build_role_blocks(study, pop, {c: instruments[c] for c in used_insts}, avail, problems, model,
-                               _rng(seed, "items"))
+    # the truth first: its Monte Carlo arrays come and go before the study's own data take memory
+    used_by_arm = {c: sorted({a for (a, _r), codes in avail.items() if c in codes}) for c in used_insts}
+    truth = compute_truth(study, model, instruments, used_by_arm, _rng(seed, "truth"), truth_persons_per_arm)
+    truth.update({"seed": seed, "factor": factor})
+    release_memory()
 
-    # baseline response, observed baseline severity, then MAR attrition at the follow-ups
+    pop = build_population(study, model, quest, factor, _rng(seed, "population"))
+    release_memory()
+    problems = {c: draw_problem(study, model, pop, c, _rng(seed, f"latent:{c}")) for c in constructs}
+    # baseline questionnaires, baseline response, observed baseline severity, then MAR attrition at the
+    # follow-ups; follow-up questionnaires are drawn for the responding informants only
+    insts_used = {c: instruments[c] for c in used_insts}
+    items_rng = _rng(seed, "items")
+    base = study.baseline_wave
+    blocks = build_role_blocks(study, pop, insts_used, avail, problems, model, items_rng, waves=[base])
     u = _rng(seed, "person_response").random((len(pop.persons), len(study.wave_codes)))
     hh0, _ = participation(study, model, pop, None, _rng(seed, "attrition"))
     responded0 = person_response(study, model, pop, hh0, u)
-    severity = observed_severity(blocks, study.baseline_wave, pop, instruments, responded0)
+    severity = observed_severity(blocks, base, pop, instruments, responded0)
     hh_resp, dropout = participation(study, model, pop, severity, _rng(seed, "attrition"))
     responded = person_response(study, model, pop, hh_resp, u)
+    blocks += build_role_blocks(study, pop, insts_used, avail, problems, model, items_rng,
+                                waves=[w for w in study.wave_codes if w != base], responded=responded)
+    release_memory()
 
     # export files per arm/site/wave/role: planned here, each frame built only when written (bounded memory)
     dur_rng = _rng(seed, "duration")
@@ -193,10 +220,10 @@ def generate_study(
         role_answered[b.role][informant[keep]] = True
         be = _block_export(b, keep, study, instruments, decimals, dur_rng)
         kept = np.flatnonzero(keep)
-        order = pd.DataFrame({"arm": b.rows["arm"].to_numpy()[kept], "site": pa["site"][informant[kept]],
-                              "resp_id": pa["resp_id"][informant[kept]]})
+        order = pd.DataFrame({"arm": b.rows["arm"].to_numpy()[kept], "site": pa["site"].take(informant[kept]),
+                              "resp_id": pa["resp_id"].take(informant[kept])})
         if be.parent:
-            order["kind_id"] = pa["resp_id"][b.rows["subject"].to_numpy()[kept]]
+            order["kind_id"] = pa["resp_id"].take(b.rows["subject"].to_numpy()[kept])
         order = order.sort_values(list(order.columns), kind="stable")
         for (arm, site), g in order.groupby(["arm", "site"], sort=True):
             rows = kept[g.index.to_numpy()]
@@ -228,6 +255,7 @@ def generate_study(
     for f in files.values():
         WRITERS[f.format](f.frame, out_dir / f.path, f.spec)
         f.release()
+    release_memory()
     manifest_files = [ManifestFile(path=f.path, arm=f.arm, site=f.site, wave=f.wave, role=f.role, format=f.format,
                                    n_rows=f.n_rows) for f in files.values()]
     for kind, f, extra in file_fault_targets:
@@ -244,9 +272,6 @@ def generate_study(
     # truth
     truth_dir = out_dir / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
-    used_by_arm = {c: sorted({a for (a, _r), codes in avail.items() if c in codes}) for c in used_insts}
-    truth = compute_truth(study, model, instruments, used_by_arm, _rng(seed, "truth"), truth_persons_per_arm)
-    truth.update({"seed": seed, "factor": factor})
     (truth_dir / "truth.json").write_text(json.dumps(truth, indent=2, sort_keys=False), encoding="utf-8")
     persons_table(study, pop, problems, answered, dropout, role_answered).to_parquet(
         truth_dir / "persons.parquet", index=False)

@@ -111,10 +111,34 @@ def _via_unique(values: np.ndarray, missing: np.ndarray, fmt, empty: str = "") -
 
 
 def write_sav(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
-    """SPSS .sav with variable labels, value labels and -9/-7 declared user-missing on item columns.
+    """SPSS .sav with variable labels, value labels and -9/-7 declared user-missing on item columns, dates
+    as DATE11; written by `synth.sav` (numpy), or by pyreadstat when a text is longer than 255 bytes."""
+    from .sav import MAX_STRING, SavVariable, write_sav_file
 
-    Dates go in as SPSS seconds since 1582-10-14 with format DATE11 (pyreadstat converts date objects cell by
-    cell; the file is the same)."""
+    variables = []
+    for c in frame.columns:
+        s = frame[c]
+        label = spec.variable_labels.get(c, c)
+        labels = {float(k): v for k, v in spec.value_labels.get(c, {}).items()}
+        missing = [float(NOT_ANSWERED), float(DONT_KNOW)] if c in spec.item_columns else []
+        if c in DATE_COLUMNS:
+            days = _days(s)
+            secs = (days - _SPSS_EPOCH).astype("timedelta64[D]").astype(np.int64).astype(float) * 86400.0
+            secs[np.isnat(days)] = np.nan
+            variables.append(SavVariable(c, secs, label, is_date=True, value_labels=labels))
+        elif c in spec.item_columns or c in ("geslacht", "kind_geslacht") or pd.api.types.is_numeric_dtype(s):
+            variables.append(SavVariable(c, s.to_numpy(dtype=float), label, value_labels=labels, missing=missing))
+        else:
+            variables.append(SavVariable(c, _texts(s)[0], label))
+    if any(v.is_string and max((len(x.encode("utf-8")) for x in v.values.tolist()), default=0) > MAX_STRING
+           for v in variables):
+        _write_sav_pyreadstat(frame, path, spec)
+        return
+    write_sav_file(path, variables, len(frame), ("20 Nov 24", "12:00:00"))
+
+
+def _write_sav_pyreadstat(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
+    """write_sav through pyreadstat (cell by cell; for texts longer than 255 bytes)."""
     import pyreadstat
 
     cols: dict[str, object] = {}
@@ -141,6 +165,19 @@ def write_sav(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
 
 def _csv_field(v: str) -> str:
     return '"' + v.replace('"', '""') + '"' if (";" in v or '"' in v or "\n" in v or "\r" in v) else v
+
+
+_DATE_TEXT: dict[int, str] = {}
+
+
+def _date_text(day: np.datetime64) -> str:
+    """dd-mm-yyyy of a datetime64[D] (cached: exports share a few thousand dates)."""
+    key = int(day.astype(np.int64))
+    text = _DATE_TEXT.get(key)
+    if text is None:
+        d = day.astype(object)  # datetime.date
+        text = _DATE_TEXT[key] = f"{d.day:02d}-{d.month:02d}-{d.year:04d}"
+    return text
 
 
 def _float_text(v: float) -> str:
@@ -181,7 +218,7 @@ def _csv_columns(frame: pd.DataFrame, spec: ExportSpec) -> list[np.ndarray]:
         s = frame[c]
         if c in DATE_COLUMNS:
             days = _days(s)
-            txt = _via_unique(days, np.isnat(days), lambda d: pd.Timestamp(d).strftime("%d-%m-%Y"))
+            txt = _via_unique(days, np.isnat(days), _date_text)
         elif c in spec.item_columns or c in ("geslacht", "kind_geslacht"):
             arr = s.to_numpy(dtype=float)
             txt = _via_unique(arr, np.isnan(arr), lambda v: str(int(v)))

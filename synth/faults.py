@@ -23,7 +23,8 @@ FAULTS: dict[str, str] = {
     "duplicate_row": "a data row repeated directly below itself in the same file (the copy is the fault row)",
     "out_of_range": "one item cell holds a code outside the item's allowed codes and missing codes",
     "unknown_id": "a follow-up row whose resp_id is malformed (the household number is missing)",
-    "date_outside_window": "datum_invullen lies after the wave's window (days after datum_melding)",
+    "date_outside_window": "datum_invullen lies after the wave's window (days after datum_melding, and days after "
+                           "any baseline response)",
     "renamed_column": "one item column renamed in one file (leading zero dropped, e.g. PSS_03 -> PSS_3)",
     "truncated_file": "a CSV cut in the middle of its last row (a .sav cut in half when there is no CSV)",
     "empty_file": "a 0-byte file with a valid export name",
@@ -158,17 +159,24 @@ class FaultInjector:
                      value=new, original=old)
 
     def date_outside_window(self) -> None:
-        f = self._pick("date_outside_window", lambda f: True)
+        # a role without an upper age (adults): the later date cannot also push a subject past the role's age
+        try:
+            f = self._pick("date_outside_window", lambda f: self.study.role(f.role).max_age_years is None)
+        except FaultError:
+            f = self._pick("date_outside_window", lambda f: True)
         i = self._row(f)
         hi = self.study.wave(f.wave).window_days[1]
+        # past the window counted from registration AND from any baseline response (those lie at most the
+        # baseline window's end after registration), so both readings of "the window" see the fault
+        days = hi + 45 + max(0, self.study.wave(self.study.baseline_wave).window_days[1])
         old = pd.Timestamp(f.frame.at[i, "datum_invullen"])
-        new = pd.Timestamp(f.frame.at[i, "datum_melding"]) + pd.Timedelta(days=hi + 45)
+        new = pd.Timestamp(f.frame.at[i, "datum_melding"]) + pd.Timedelta(days=days)
         f.frame.at[i, "datum_invullen"] = new
         f.frame = f.frame  # changed in place: keep it (release() must not rebuild it)
         self._record("date_outside_window", f, [i + 1], "datum_invullen",
-                     f"datum_invullen {new:%d-%m-%Y} is {hi + 45} days after datum_melding; window of "
+                     f"datum_invullen {new:%d-%m-%Y} is {days} days after datum_melding; window of "
                      f"{f.wave} is {list(self.study.wave(f.wave).window_days)}",
-                     value=f"{new:%Y-%m-%d}", original=f"{old:%Y-%m-%d}", days_after_registration=hi + 45)
+                     value=f"{new:%Y-%m-%d}", original=f"{old:%Y-%m-%d}", days_after_registration=days)
 
     def renamed_column(self) -> None:
         def renamable(f: ExportFile) -> bool:

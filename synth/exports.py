@@ -85,24 +85,81 @@ def _fix_sav_timestamp(path: Path) -> None:
         fh.write(b"20 Nov 2412:00:00")
 
 
+_SPSS_EPOCH = np.datetime64("1582-10-14", "D")
+_CHUNK_ROWS = 10_000  # rows per piece of text when writing CSV/XLSX (bounded memory)
+
+
+def _days(s: pd.Series) -> np.ndarray:
+    """Dates of a column as datetime64[D] (NaT kept)."""
+    return pd.to_datetime(s).to_numpy().astype("datetime64[D]")
+
+
+def _via_unique(values: np.ndarray, missing: np.ndarray, fmt, empty: str = "") -> np.ndarray:  # noqa: ANN001
+    """Object array of `fmt(value)` per element, formatting each distinct value once; `empty` where missing.
+
+    `values` must be sortable (numbers, datetime64); a column has few distinct values (codes, dates)."""
+    out = np.empty(len(values), dtype=object)
+    if missing.all():
+        out[:] = empty
+        return out
+    present = values[~missing]
+    uniq, inv = np.unique(present, return_inverse=True)
+    texts = np.array([fmt(u) for u in uniq] + [empty], dtype=object)
+    idx = np.full(len(values), len(uniq), dtype=np.int64)
+    idx[~missing] = inv.ravel()
+    return texts[idx]
+
+
 def write_sav(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
-    """SPSS .sav with variable labels, value labels and -9/-7 declared user-missing on item columns."""
+    """SPSS .sav with variable labels, value labels and -9/-7 declared user-missing on item columns, dates
+    as DATE11; written by `synth.sav` (numpy), or by pyreadstat when a text is longer than 255 bytes."""
+    from .sav import MAX_STRING, SavVariable, write_sav_file
+
+    variables = []
+    for c in frame.columns:
+        s = frame[c]
+        label = spec.variable_labels.get(c, c)
+        labels = {float(k): v for k, v in spec.value_labels.get(c, {}).items()}
+        missing = [float(NOT_ANSWERED), float(DONT_KNOW)] if c in spec.item_columns else []
+        if c in DATE_COLUMNS:
+            days = _days(s)
+            secs = (days - _SPSS_EPOCH).astype("timedelta64[D]").astype(np.int64).astype(float) * 86400.0
+            secs[np.isnat(days)] = np.nan
+            variables.append(SavVariable(c, secs, label, is_date=True, value_labels=labels))
+        elif c in spec.item_columns or c in ("geslacht", "kind_geslacht") or pd.api.types.is_numeric_dtype(s):
+            variables.append(SavVariable(c, s.to_numpy(dtype=float), label, value_labels=labels, missing=missing))
+        else:
+            variables.append(SavVariable(c, _texts(s)[0], label))
+    if any(v.is_string and max((len(x.encode("utf-8")) for x in v.values.tolist()), default=0) > MAX_STRING
+           for v in variables):
+        _write_sav_pyreadstat(frame, path, spec)
+        return
+    write_sav_file(path, variables, len(frame), ("20 Nov 24", "12:00:00"))
+
+
+def _write_sav_pyreadstat(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
+    """write_sav through pyreadstat (cell by cell; for texts longer than 255 bytes)."""
     import pyreadstat
 
-    out = frame.copy()
-    for c in DATE_COLUMNS:
-        if c in out:
-            out[c] = pd.Series([None if pd.isna(v) else v.date() for v in out[c]], index=out.index, dtype=object)
-    for c in spec.item_columns + ["geslacht", "kind_geslacht"]:
-        if c in out:
-            out[c] = out[c].astype(float)
-    for c in out.columns:  # pyreadstat is several times faster on object than on pandas' str dtype
-        if pd.api.types.is_string_dtype(out[c]) and c not in DATE_COLUMNS:
-            out[c] = out[c].astype(object)
+    cols: dict[str, object] = {}
+    formats: dict[str, str] = {}
+    for c in frame.columns:
+        s = frame[c]
+        if c in DATE_COLUMNS:
+            days = _days(s)
+            secs = (days - _SPSS_EPOCH).astype("timedelta64[D]").astype(np.int64).astype(float) * 86400.0
+            secs[np.isnat(days)] = np.nan
+            cols[c] = secs
+            formats[c] = "DATE11"
+        elif c in spec.item_columns or c in ("geslacht", "kind_geslacht") or pd.api.types.is_numeric_dtype(s):
+            cols[c] = s.to_numpy(dtype=float)
+        else:  # pyreadstat is several times faster on object than on pandas' str dtype
+            cols[c] = s.to_numpy(dtype=object)
+    out = pd.DataFrame(cols, copy=False)
     value_labels = {c: {float(k): v for k, v in lab.items()} for c, lab in spec.value_labels.items()}
     missing = {c: [float(NOT_ANSWERED), float(DONT_KNOW)] for c in spec.item_columns}
     pyreadstat.write_sav(out, str(path), column_labels={c: spec.variable_labels.get(c, c) for c in out.columns},
-                         variable_value_labels=value_labels, missing_ranges=missing)
+                         variable_value_labels=value_labels, missing_ranges=missing, variable_format=formats)
     _fix_sav_timestamp(path)
 
 
@@ -110,31 +167,90 @@ def _csv_field(v: str) -> str:
     return '"' + v.replace('"', '""') + '"' if (";" in v or '"' in v or "\n" in v or "\r" in v) else v
 
 
-def csv_text(frame: pd.DataFrame, spec: ExportSpec) -> str:
-    """The CSV content: `;` separated, decimal comma, dates dd-mm-yyyy, item codes as integers, CRLF."""
-    cols: list[list[str]] = []
+_DATE_TEXT: dict[int, str] = {}
+
+
+def _date_text(day: np.datetime64) -> str:
+    """dd-mm-yyyy of a datetime64[D] (cached: exports share a few thousand dates)."""
+    key = int(day.astype(np.int64))
+    text = _DATE_TEXT.get(key)
+    if text is None:
+        d = day.astype(object)  # datetime.date
+        text = _DATE_TEXT[key] = f"{d.day:02d}-{d.month:02d}-{d.year:04d}"
+    return text
+
+
+def _float_text(v: float) -> str:
+    t = repr(float(v)).replace(".", ",")
+    return t[:-2] if t.endswith(",0") else t
+
+
+def _float_texts(arr: np.ndarray) -> np.ndarray:
+    """CSV text of floats with a decimal comma and no trailing ',0' (what `_float_text` gives), quickly for
+    one-decimal values (durations): from integer tenths."""
+    missing = np.isnan(arr)
+    vals = np.where(missing, 0.0, arr)
+    tenths = np.round(vals * 10.0)
+    if np.all(tenths / 10.0 == vals) and np.all(np.abs(tenths) < 2**52):
+        t = tenths.astype(np.int64)
+        return _via_unique(t, missing, lambda v: f"{'-' if v < 0 else ''}{abs(v) // 10}"
+                                                 + (f",{abs(v) % 10}" if v % 10 else ""))
+    return _via_unique(arr, missing, _float_text)
+
+
+def _texts(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(object array of the column's values as text with '' for missing, missing mask); only non-str
+    values are converted one by one."""
+    arr = s.to_numpy(dtype=object)
+    missing = pd.isna(arr)
+    if missing.any():
+        arr = arr.copy()
+        arr[missing] = ""
+    if not all(t is str for t in set(map(type, arr))):
+        arr = np.array([v if type(v) is str else str(v) for v in arr], dtype=object)
+    return arr, missing
+
+
+def _csv_columns(frame: pd.DataFrame, spec: ExportSpec) -> list[np.ndarray]:
+    """Per column, the CSV field text of each row (object arrays)."""
+    cols: list[np.ndarray] = []
     for c in frame.columns:
         s = frame[c]
         if c in DATE_COLUMNS:
-            txt = pd.to_datetime(s).dt.strftime("%d-%m-%Y").fillna("").tolist()
+            days = _days(s)
+            txt = _via_unique(days, np.isnat(days), _date_text)
         elif c in spec.item_columns or c in ("geslacht", "kind_geslacht"):
             arr = s.to_numpy(dtype=float)
-            txt = np.where(np.isnan(arr), "", np.nan_to_num(arr).astype(np.int64).astype(str)).tolist()
+            txt = _via_unique(arr, np.isnan(arr), lambda v: str(int(v)))
         elif pd.api.types.is_float_dtype(s):
-            arr = s.to_numpy(dtype=float)
-            txt = ["" if np.isnan(v) else repr(float(v)).replace(".", ",") for v in arr]
-            txt = [t[:-2] if t.endswith(",0") else t for t in txt]
+            txt = _float_texts(s.to_numpy(dtype=float))
         else:
-            txt = [_csv_field("" if pd.isna(v) else str(v)) for v in s.tolist()]
+            txt, _ = _texts(s)
+            joined = "\0".join(txt)
+            if any(ch in joined for ch in ';"\r\n'):  # rare: quote only the fields that need it
+                txt = np.array([_csv_field(v) for v in txt], dtype=object)
         cols.append(txt)
-    lines = [";".join(_csv_field(str(c)) for c in frame.columns)]
-    lines += [";".join(row) for row in zip(*cols, strict=True)]
-    return "\r\n".join(lines) + "\r\n"
+    return cols
+
+
+def _csv_chunks(frame: pd.DataFrame, spec: ExportSpec):  # noqa: ANN202 - generator of str
+    """The CSV text in pieces of at most _CHUNK_ROWS rows (header first), CRLF line ends."""
+    yield ";".join(_csv_field(str(c)) for c in frame.columns) + "\r\n"
+    for lo in range(0, len(frame), _CHUNK_ROWS):
+        cols = _csv_columns(frame.iloc[lo:lo + _CHUNK_ROWS], spec)
+        yield "".join([";".join(row) + "\r\n" for row in zip(*cols, strict=True)])
+
+
+def csv_text(frame: pd.DataFrame, spec: ExportSpec) -> str:
+    """The CSV content: `;` separated, decimal comma, dates dd-mm-yyyy, item codes as integers, CRLF."""
+    return "".join(_csv_chunks(frame, spec))
 
 
 def write_csv(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
     """CSV as exported from Excel on Dutch Windows: `;`, decimal comma, cp1252."""
-    path.write_bytes(csv_text(frame, spec).encode("cp1252"))
+    with open(path, "wb") as fh:
+        for piece in _csv_chunks(frame, spec):
+            fh.write(piece.encode("cp1252"))
 
 
 def _col_letter(i: int) -> str:
@@ -215,50 +331,54 @@ _XLSX_STATIC = {
 _EXCEL_EPOCH = np.datetime64("1899-12-30", "D")
 
 
-def _xlsx_cells(frame: pd.DataFrame, spec: ExportSpec) -> list[list[str]]:
-    """Per column, the cell XML fragments of its data rows (empty string = no cell)."""
+def _xlsx_cells(frame: pd.DataFrame, spec: ExportSpec) -> list[np.ndarray]:
+    """Per column, the cell XML of each data row (object arrays; `<c/>` = empty cell). Cells carry no `r`
+    reference: SpreadsheetML places them in order, so an empty cell is written as `<c/>`."""
     out = []
-    for j, c in enumerate(frame.columns):
-        letter = _col_letter(j)
+    for c in frame.columns:
         s = frame[c]
-        refs = [f"{letter}{i + 2}" for i in range(len(frame))]
         if c in DATE_COLUMNS:
-            days = (pd.to_datetime(s).to_numpy().astype("datetime64[D]") - _EXCEL_EPOCH).astype(float)
-            nat = pd.isna(s).to_numpy()
-            cells = ["" if n else f'<c r="{r}" s="1"><v>{int(d)}</v></c>' for r, d, n in zip(refs, days, nat, strict=True)]
+            days = _days(s)
+            serial = (days - _EXCEL_EPOCH).astype("timedelta64[D]").astype(np.int64)
+            cells = _via_unique(serial, np.isnat(days), lambda d: f'<c s="1"><v>{int(d)}</v></c>', "<c/>")
         elif c in spec.item_columns or c in ("geslacht", "kind_geslacht") or pd.api.types.is_numeric_dtype(s):
             arr = s.to_numpy(dtype=float)
             integer = c in spec.item_columns or c in ("geslacht", "kind_geslacht")
-            cells = ["" if np.isnan(v) else f'<c r="{r}"><v>{int(v) if integer else repr(float(v))}</v></c>'
-                     for r, v in zip(refs, arr, strict=True)]
+            cells = _via_unique(arr, np.isnan(arr),
+                                (lambda v: f"<c><v>{int(v)}</v></c>") if integer else
+                                (lambda v: f"<c><v>{float(v)!r}</v></c>"), "<c/>")
         else:
-            cells = ["" if pd.isna(v) else f'<c r="{r}" t="inlineStr"><is><t>{escape(str(v))}</t></is></c>'
-                     for r, v in zip(refs, s, strict=True)]
+            txt, missing = _texts(s)
+            if any(ch in "\0".join(txt) for ch in "&<>"):
+                txt = np.array([escape(v) for v in txt], dtype=object)
+            cells = np.array(['<c t="inlineStr"><is><t>' + v + "</t></is></c>" for v in txt], dtype=object)
+            cells[missing] = "<c/>"
         out.append(cells)
     return out
 
 
 def write_xlsx(frame: pd.DataFrame, path: Path, spec: ExportSpec) -> None:
     """.xlsx with one sheet `data`: header row, dates as Excel dates (dd-mm-yyyy), empty cells for
-    system-missing. Written as plain SpreadsheetML (openpyxl is 50x slower); readable by openpyxl/pandas."""
-    header = "".join(f'<c r="{_col_letter(j)}1" t="inlineStr"><is><t>{escape(str(c))}</t></is></c>'
-                     for j, c in enumerate(frame.columns))
-    cols = _xlsx_cells(frame, spec)
-    rows = [f'<row r="1">{header}</row>']
-    for i in range(len(frame)):
-        rows.append(f'<row r="{i + 2}">' + "".join(col[i] for col in cols) + "</row>")
-    sheet = (
-        '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
-        '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
-        "<sheetData>" + "".join(rows) + "</sheetData></worksheet>"
-    )
-    parts = dict(_XLSX_STATIC)
-    parts["xl/worksheets/sheet1.xml"] = sheet
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, text in parts.items():
+    system-missing. Written as plain SpreadsheetML in pieces (openpyxl is 50x slower); readable by
+    openpyxl/pandas."""
+    header = "".join(f'<c t="inlineStr"><is><t>{escape(str(c))}</t></is></c>' for c in frame.columns)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, text in _XLSX_STATIC.items():
             zi = zipfile.ZipInfo(name, date_time=FIXED_TIME)
             zi.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(zi, text.encode("utf-8"))
+            zf.writestr(zi, text.encode("utf-8"), compresslevel=1)
+        zi = zipfile.ZipInfo("xl/worksheets/sheet1.xml", date_time=FIXED_TIME)
+        zi.compress_type = zipfile.ZIP_DEFLATED
+        zi._compresslevel = 1  # noqa: SLF001 - ZipFile.open(..., "w") takes the level from the ZipInfo
+        with zf.open(zi, "w") as fh:
+            fh.write(('<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
+                      '<worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+                      f'<sheetData><row r="1">{header}</row>').encode())
+            for lo in range(0, len(frame), _CHUNK_ROWS):
+                cols = _xlsx_cells(frame.iloc[lo:lo + _CHUNK_ROWS], spec)
+                fh.write("".join([f'<row r="{lo + i + 2}">' + "".join(row) + "</row>"
+                                  for i, row in enumerate(zip(*cols, strict=True))]).encode("utf-8"))
+            fh.write(b"</sheetData></worksheet>")
 
 
 WRITERS = {"sav": write_sav, "xlsx": write_xlsx, "csv": write_csv}

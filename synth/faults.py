@@ -8,7 +8,6 @@ change the truth (truth.json, persons.parquet describe the generated population)
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ FAULTS: dict[str, str] = {
     "duplicate_row": "a data row repeated directly below itself in the same file (the copy is the fault row)",
     "out_of_range": "one item cell holds a code outside the item's allowed codes and missing codes",
     "unknown_id": "a follow-up row whose resp_id is malformed (the household number is missing)",
-    "date_outside_window": "datum_invullen lies after the wave's window (days after datum_melding)",
+    "date_outside_window": "datum_invullen lies after the wave's window (days after datum_melding, and days after "
+                           "any baseline response)",
     "renamed_column": "one item column renamed in one file (leading zero dropped, e.g. PSS_03 -> PSS_3)",
     "truncated_file": "a CSV cut in the middle of its last row (a .sav cut in half when there is no CSV)",
     "empty_file": "a 0-byte file with a valid export name",
@@ -34,19 +34,49 @@ FAULTS: dict[str, str] = {
 }
 
 
-@dataclass
 class ExportFile:
-    """One export before writing: its frame, labels and where it belongs."""
+    """One export before writing: where it belongs, its labels and its rows.
 
-    path: str  # relative to out_dir
-    arm: str
-    site: str
-    wave: str
-    role: str
-    format: str
-    frame: pd.DataFrame
-    spec: ExportSpec
-    instruments: list[Instrument] = field(default_factory=list)
+    The frame is built on first use by `builder(columns)` (None = all columns) and dropped by `release()`
+    after writing, so a whole study never sits in memory at once; a frame set by a fault stays until
+    released. `columns` and `n_rows` are known without building it."""
+
+    def __init__(self, path: str, arm: str, site: str, wave: str, role: str, format: str, spec: ExportSpec,
+                 instruments: list[Instrument], columns: list[str], n_rows: int,
+                 builder: Callable[[list[str] | None], pd.DataFrame]) -> None:
+        self.path = path  # relative to out_dir
+        self.arm, self.site, self.wave, self.role, self.format = arm, site, wave, role, format
+        self.spec = spec
+        self.instruments = instruments
+        self.columns = list(columns)
+        self.n_rows = n_rows
+        self._builder = builder
+        self._frame: pd.DataFrame | None = None
+        self._modified = False
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        if self._frame is None:
+            self._frame = self._builder(None)
+        return self._frame
+
+    @frame.setter
+    def frame(self, value: pd.DataFrame) -> None:
+        self._frame = value
+        self._modified = True
+        self.columns = list(value.columns)
+        self.n_rows = len(value)
+
+    def column(self, name: str) -> pd.Series:
+        """One column without building the whole frame."""
+        if self._frame is not None:
+            return self._frame[name]
+        return self._builder([name])[name]
+
+    def release(self) -> None:
+        """Drop the built frame (a fault-modified frame is kept: it cannot be rebuilt)."""
+        if not self._modified:
+            self._frame = None
 
 
 class FaultError(ValueError):
@@ -71,7 +101,7 @@ class FaultInjector:
 
     # --- helpers -------------------------------------------------------------------------------
     def _pick(self, kind: str, ok: Callable[[ExportFile], bool]) -> ExportFile:
-        cands = [f for p, f in self.files.items() if p not in self.used and len(f.frame) > 0 and ok(f)]
+        cands = [f for p, f in self.files.items() if p not in self.used and f.n_rows > 0 and ok(f)]
         if not cands:
             raise FaultError(f"fault {kind!r}: no unused generated file fits it; generate a larger study "
                              "(factor) or request fewer faults")
@@ -80,7 +110,7 @@ class FaultInjector:
         return f
 
     def _row(self, f: ExportFile, ok: np.ndarray | None = None) -> int:
-        idx = np.arange(len(f.frame)) if ok is None else np.flatnonzero(ok)
+        idx = np.arange(f.n_rows) if ok is None else np.flatnonzero(ok)
         if len(idx) == 0:
             raise FaultError(f"fault in {f.path}: no row fits")
         return int(idx[int(self.rng.integers(len(idx)))])
@@ -112,6 +142,7 @@ class FaultInjector:
         bad = (max(allowed) if allowed else 0) + 10
         old = float(f.frame.at[i, col])
         f.frame.at[i, col] = float(bad)
+        f.frame = f.frame  # changed in place: keep it (release() must not rebuild it)
         self._record("out_of_range", f, [i + 1], col, f"{col} = {bad}, allowed codes {sorted(allowed)}",
                      value=bad, original=old)
 
@@ -123,20 +154,29 @@ class FaultInjector:
         parts = old.split("-")
         new = "-".join(parts[:-2] + parts[-1:])  # drop the household number: G-PT03-0012-V1 -> G-PT03-V1
         f.frame.at[i, "resp_id"] = new
+        f.frame = f.frame  # changed in place: keep it (release() must not rebuild it)
         self._record("unknown_id", f, [i + 1], "resp_id", f"resp_id {new!r} lacks the household number",
                      value=new, original=old)
 
     def date_outside_window(self) -> None:
-        f = self._pick("date_outside_window", lambda f: True)
+        # a role without an upper age (adults): the later date cannot also push a subject past the role's age
+        try:
+            f = self._pick("date_outside_window", lambda f: self.study.role(f.role).max_age_years is None)
+        except FaultError:
+            f = self._pick("date_outside_window", lambda f: True)
         i = self._row(f)
         hi = self.study.wave(f.wave).window_days[1]
+        # past the window counted from registration AND from any baseline response (those lie at most the
+        # baseline window's end after registration), so both readings of "the window" see the fault
+        days = hi + 45 + max(0, self.study.wave(self.study.baseline_wave).window_days[1])
         old = pd.Timestamp(f.frame.at[i, "datum_invullen"])
-        new = pd.Timestamp(f.frame.at[i, "datum_melding"]) + pd.Timedelta(days=hi + 45)
+        new = pd.Timestamp(f.frame.at[i, "datum_melding"]) + pd.Timedelta(days=days)
         f.frame.at[i, "datum_invullen"] = new
+        f.frame = f.frame  # changed in place: keep it (release() must not rebuild it)
         self._record("date_outside_window", f, [i + 1], "datum_invullen",
-                     f"datum_invullen {new:%d-%m-%Y} is {hi + 45} days after datum_melding; window of "
+                     f"datum_invullen {new:%d-%m-%Y} is {days} days after datum_melding; window of "
                      f"{f.wave} is {list(self.study.wave(f.wave).window_days)}",
-                     value=f"{new:%Y-%m-%d}", original=f"{old:%Y-%m-%d}", days_after_registration=hi + 45)
+                     value=f"{new:%Y-%m-%d}", original=f"{old:%Y-%m-%d}", days_after_registration=days)
 
     def renamed_column(self) -> None:
         def renamable(f: ExportFile) -> bool:
@@ -177,13 +217,13 @@ class FaultInjector:
         base = self.study.baseline_wave
         baseline_rows: dict[tuple[str, str, str], tuple[str, pd.Series]] = {}
         for p, g in self.files.items():
-            if g.wave == base and len(g.frame) and "kind_id" not in g.frame:
-                baseline_rows[(g.arm, g.site, g.role)] = (p, g.frame["resp_id"])
+            if g.wave == base and g.n_rows and "kind_id" not in g.columns:
+                baseline_rows[(g.arm, g.site, g.role)] = (p, g.column("resp_id"))
 
         def has_pair(f: ExportFile) -> bool:
             b = baseline_rows.get((f.arm, f.site, f.role))
-            return f.wave != base and "kind_id" not in f.frame and b is not None and \
-                bool(f.frame["resp_id"].isin(set(b[1])).any())
+            return f.wave != base and "kind_id" not in f.columns and b is not None and f.n_rows > 0 and \
+                bool(f.column("resp_id").isin(set(b[1])).any())
 
         f = self._pick("sex_conflict", has_pair)
         bpath, bids = baseline_rows[(f.arm, f.site, f.role)]
@@ -192,6 +232,7 @@ class FaultInjector:
         rid = str(f.frame.at[i, "resp_id"])
         old = int(f.frame.at[i, "geslacht"])
         f.frame.at[i, "geslacht"] = 3 - old
+        f.frame = f.frame  # changed in place: keep it (release() must not rebuild it)
         brow = int(np.flatnonzero(bids.to_numpy() == rid)[0]) + 1
         self._record("sex_conflict", f, [i + 1], "geslacht",
                      f"{rid} has geslacht {3 - old} here but {old} in {bpath} row {brow}",
@@ -207,7 +248,7 @@ class FaultInjector:
             fmts = ("csv", "sav", "xlsx")
         for fmt in fmts:
             try:
-                return self._pick(kind, lambda f, fmt=fmt: f.format == fmt and len(f.frame) >= 2)
+                return self._pick(kind, lambda f, fmt=fmt: f.format == fmt and f.n_rows >= 2)
             except FaultError:
                 continue
         raise FaultError(f"fault {kind!r}: no unused file of format {fmts} with at least 2 rows")
@@ -220,7 +261,7 @@ class FaultInjector:
             line_len = len(data.rstrip(b"\r\n")) - last_start
             cut = last_start + max(1, line_len // 2)
             path.write_bytes(data[:cut])
-            n = len(f.frame)
+            n = f.n_rows
             self._record("truncated_file", f, [n], None,
                          f"file cut after {cut} of {len(data)} bytes, in the middle of row {n}",
                          bytes_kept=cut, original_size=len(data), complete_rows=n - 1)

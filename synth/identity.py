@@ -48,29 +48,26 @@ def bsn_is_valid(bsn: str) -> bool:
 
 
 def fake_bsns(rng: np.random.Generator, n: int) -> np.ndarray:
-    """`n` distinct 9-digit strings starting with 9 that pass the 11-test."""
-    out: list[str] = []
-    seen: set[str] = set()
-    while len(out) < n:
-        m = (n - len(out)) * 2 + 16
+    """`n` distinct 9-digit strings starting with 9 that pass the 11-test (first draws kept on repeats)."""
+    chosen = np.empty(0, dtype=np.int64)
+    while len(chosen) < n:
+        m = (n - len(chosen)) * 2 + 16
         digits = rng.integers(0, 10, size=(m, 8))
         digits[:, 0] = 9
         check = (digits @ _BSN_WEIGHTS) % 11
         ok = check < 10
-        digits, check = digits[ok], check[ok]
-        for row, c in zip(digits, check, strict=True):
-            s = "".join(map(str, row)) + str(int(c))
-            if s not in seen:
-                seen.add(s)
-                out.append(s)
-                if len(out) == n:
-                    break
-    return np.array(out, dtype=object)
+        nums = (digits[ok] @ (10 ** np.arange(8, 0, -1, dtype=np.int64))) + check[ok]
+        allnums = np.concatenate([chosen, nums])
+        _, first = np.unique(allnums, return_index=True)
+        chosen = allnums[np.sort(first)][:n]  # distinct, in order of first draw
+    return np.array([f"{x:09d}" for x in chosen.tolist()], dtype=object)
+
+
+_ASCII = str.maketrans("ëéèêöóïíüúäáçşıÖÇŞ", "eeeeooiiuuaacsiOCS")
 
 
 def _ascii_local(name: str) -> str:
-    table = str.maketrans("ëéèêöóïíüúäáçşıÖÇŞ", "eeeeooiiuuaacsiOCS")
-    return name.translate(table).lower().replace(" ", "")
+    return name.translate(_ASCII).lower().replace(" ", "")
 
 
 def fake_identities(
@@ -96,20 +93,23 @@ def fake_identities(
     m_idx = rng.integers(0, len(FIRST_MALE), n)
     first = np.where(sex == 2, np.array(FIRST_FEMALE, dtype=object)[f_idx], np.array(FIRST_MALE, dtype=object)[m_idx])
     last = np.array(LAST, dtype=object)[last_idx]
-    naam = np.array([f"{a} {b}" for a, b in zip(first, last, strict=True)], dtype=object)
+    naam = np.array([f"{a} {b}" for a, b in zip(first.tolist(), last.tolist(), strict=True)], dtype=object)
     tag = rng.integers(1, 999, n)
+    ascii_of = {v: _ascii_local(v) for v in FIRST_FEMALE + FIRST_MALE + LAST}
     email = np.array(
-        [f"{_ascii_local(a)}.{_ascii_local(b)}{t}@example.org" for a, b, t in zip(first, last, tag, strict=True)],
+        [f"{ascii_of[a]}.{ascii_of[b]}{t}@example.org"
+         for a, b, t in zip(first.tolist(), last.tolist(), tag.tolist(), strict=True)],
         dtype=object,
     )
     email[is_child & (age_years < 12)] = ""
     phone_digits = rng.integers(10_000_000, 99_999_999, n)
-    telefoon = np.array([f"06-{d}" for d in phone_digits], dtype=object)
+    telefoon = np.array([f"06-{d}" for d in phone_digits.tolist()], dtype=object)
     telefoon[is_child & (age_years < 10)] = ""
     adres_hh = np.array(
         [
             f"{STREETS[s]} {h}, {p} {chr(65 + a)}{chr(65 + b)} {PLACES[pl]}"
-            for s, h, p, (a, b), pl in zip(hh_street, hh_number, hh_post, hh_letters, hh_place, strict=True)
+            for s, h, p, (a, b), pl in zip(hh_street.tolist(), hh_number.tolist(), hh_post.tolist(),
+                                           hh_letters.tolist(), hh_place.tolist(), strict=True)
         ],
         dtype=object,
     )

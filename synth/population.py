@@ -85,7 +85,7 @@ def build_population(
     # household numbers within site in registration order: G-<site>-<nnnn>
     hh = hh.sort_values(["arm", "site", "registration"], kind="stable").reset_index(drop=True)
     hh["number"] = hh.groupby(["arm", "site"]).cumcount() + 1
-    hh["gezin_id"] = "G-" + hh["site"].astype(str) + "-" + hh["number"].map("{:04d}".format)
+    hh["gezin_id"] = "G-" + hh["site"].astype(str) + "-" + hh["number"].astype(str).str.zfill(4)
     hh.index.name = "hh_idx"
 
     # wave dates per household: offset plus jitter inside the window (days after registration)
@@ -96,7 +96,7 @@ def build_population(
         sd = (hi - lo) / 6.0
         jit = np.clip(np.round(rng.normal(0.0, sd, len(hh))), lo - w.offset_days + 1, hi - w.offset_days - 11)
         day = (w.offset_days + jit).astype(float)
-        measured = hh["arm"].map(lambda a, wc=w.code: wc in study.waves_of(a)).to_numpy(bool)
+        measured = hh["arm"].isin([a for a in study.arm_codes if w.code in study.waves_of(a)]).to_numpy(bool)
         day[~measured] = np.nan
         hh_wave_day[w.code] = day
 

@@ -12,7 +12,7 @@ from cohortflow.config.study import Role, Study
 from cohortflow.instruments.model import Instrument
 
 from .config import Questionnaires, SynthModel
-from .items import ItemParams, instrument_direction, item_params, primary_scale, sample_items, score_sum
+from .items import ItemParams, ItemScorer, instrument_direction, item_params, primary_scale, sample_items
 from .population import Population, age_years
 
 NOT_ANSWERED = -9
@@ -23,15 +23,21 @@ DONT_KNOW = -7
 class RoleBlock:
     """All candidate questionnaires of one role at one wave, before attrition.
 
-    `rows`: informant/subject person index, arm, date, subject age; `items`: item codes keyed by item key
-    (NaN = system-missing, -9/-7 missing codes) for the instruments in `instruments`.
+    `rows`: informant/subject person index, arm, date, subject age; `codes`: item codes (rows x `item_keys`,
+    float32, column-major; NaN = system-missing, -9/-7 missing codes) for the instruments in `instruments`.
     """
 
     wave: str
     role: str
     rows: pd.DataFrame
-    items: pd.DataFrame
+    codes: np.ndarray
+    item_keys: list[str]
     instruments: dict[str, list[str]] = field(default_factory=dict)  # arm -> instrument codes
+
+    @property
+    def items(self) -> pd.DataFrame:
+        """The item codes as a frame (columns = item keys, index = rows' index)."""
+        return pd.DataFrame(self.codes, columns=self.item_keys, index=self.rows.index)
 
 
 def available_instruments(
@@ -81,7 +87,7 @@ def candidate_rows(pop: Population, role: Role, wave: str, arms: list[str], rng:
 def item_block(
     rows: pd.DataFrame, inst: Instrument, params: list[ItemParams], problem: pd.DataFrame, wave: str,
     model: SynthModel, rng: np.random.Generator,
-) -> pd.DataFrame:
+) -> np.ndarray:
     """Item codes of `inst` for `rows` (subject's latent problem at `wave`), with missing codes and age range."""
     sign = 1.0 if instrument_direction(inst) != "higher_better" else -1.0
     theta = sign * problem[wave].to_numpy()[rows["subject"].to_numpy()]
@@ -100,33 +106,43 @@ def item_block(
         lo, hi = inst.age_range_years
         age = rows["subject_age"].to_numpy()
         codes[~((age >= lo) & (age < hi))] = np.nan
-    return pd.DataFrame(codes, columns=[p.key for p in params], index=rows.index)
+    return codes
 
 
 def build_role_blocks(
     study: Study, pop: Population, instruments: dict[str, Instrument], avail: dict[tuple[str, str], list[str]],
     problems: dict[str, pd.DataFrame], model: SynthModel, rng: np.random.Generator,
+    waves: list[str] | None = None, responded: pd.DataFrame | None = None,
 ) -> list[RoleBlock]:
-    """Candidate rows and items per (wave, role), over all arms whose questionnaire has instruments."""
+    """Candidate rows and items per (wave, role), over all arms whose questionnaire has instruments.
+
+    `waves` (default all, in study order) limits the waves; with `responded` (person x wave booleans) only
+    the rows whose informant responds get items (follow-ups, after attrition: less memory and work)."""
     params = {c: item_params(inst, model.items) for c, inst in instruments.items()}
     blocks: list[RoleBlock] = []
-    for wave in study.wave_codes:
+    for wave in waves if waves is not None else study.wave_codes:
         for role in study.roles:
             arm_insts = {a: codes for (a, r), codes in avail.items() if r == role.code and wave in study.waves_of(a)}
             if not arm_insts:
                 continue
             rows = candidate_rows(pop, role, wave, sorted(arm_insts), rng, model.households.second_parent_report)
+            if responded is not None:
+                rows = rows[responded[wave].to_numpy()[rows["informant"].to_numpy()]].reset_index(drop=True)
             inst_codes = list(dict.fromkeys(c for codes in arm_insts.values() for c in codes))
-            frames = []
+            keys = [p.key for code in inst_codes for p in params[code]]
+            # float32 halves the memory of a study's items: codes, -9/-7 and integers are exact; one-decimal
+            # numbers are rounded back to one decimal when exported
+            codes = np.empty((len(rows), len(keys)), dtype=np.float32, order="F")
+            j = 0
             for code in inst_codes:
                 inst = instruments[code]
                 block = item_block(rows, inst, params[code], problems[inst.construct_code], wave, model, rng)
-                arms_using = [a for a, codes in arm_insts.items() if code in codes]
+                arms_using = [a for a, cs in arm_insts.items() if code in cs]
                 uses = rows["arm"].isin(arms_using).to_numpy(bool)
                 block[~uses] = np.nan
-                frames.append(block)
-            items = pd.concat(frames, axis=1) if frames else pd.DataFrame(index=rows.index)
-            blocks.append(RoleBlock(wave, role.code, rows, items, arm_insts))
+                codes[:, j:j + block.shape[1]] = block
+                j += block.shape[1]
+            blocks.append(RoleBlock(wave, role.code, rows, codes, keys, arm_insts))
     return blocks
 
 
@@ -143,19 +159,28 @@ def observed_severity(
     for b in blocks:
         if b.wave != baseline:
             continue
-        keep = responded[baseline].to_numpy()[b.rows["informant"].to_numpy()]
+        keep = np.flatnonzero(responded[baseline].to_numpy()[b.rows["informant"].to_numpy()])
+        col_of = {k: j for j, k in enumerate(b.item_keys)}
+
+        def answered_codes(key: str, b: RoleBlock = b, keep: np.ndarray = keep,
+                           col_of: dict[str, int] = col_of) -> np.ndarray:
+            v = b.codes[keep, col_of[key]].astype(np.float64)
+            v[v < 0] = np.nan  # -9/-7 are missing here
+            return v
+
         for code in dict.fromkeys(c for codes in b.instruments.values() for c in codes):
             inst = instruments[code]
             sc = primary_scale(inst)
             if sc is None:
                 continue
-            cols = [inst.item_key(i) for i in inst.item_codes]
-            codes = b.items.loc[keep, cols].where(lambda f: f >= 0)
-            s = score_sum(inst, sc, codes)
-            z = (s - s.mean()) / (s.std() if s.std() > 0 else 1.0)
+            s = ItemScorer(inst, answered_codes).score(sc)
+            if not np.isfinite(s).any():
+                continue
+            sd = np.nanstd(s, ddof=1) if np.sum(~np.isnan(s)) > 1 else np.nan
+            z = (s - np.nanmean(s)) / (sd if sd > 0 else 1.0)
             if sc.direction == "higher_better":
                 z = -z
-            parts.append(pd.DataFrame({"hh": hh_of[b.rows.loc[keep, "informant"].to_numpy()], "z": z.to_numpy()}))
+            parts.append(pd.DataFrame({"hh": hh_of[b.rows["informant"].to_numpy()[keep]], "z": z}))
     sev = np.zeros(len(pop.households))
     if parts:
         allz = pd.concat(parts).dropna()
@@ -195,7 +220,7 @@ def participation(
     dropout = pd.Series(pd.NA, index=hh.index, dtype="string")
     sev = np.zeros(len(hh)) if severity is None else severity
     for i, w in enumerate(waves):
-        measured = hh["arm"].map(lambda a, wc=w.code: wc in study.waves_of(a)).to_numpy(bool)
+        measured = hh["arm"].isin([a for a in study.arm_codes if w.code in study.waves_of(a)]).to_numpy(bool)
         if i == 0:
             now = measured.copy()
         else:

@@ -10,13 +10,12 @@ arms and waves (common random numbers), so differences in change carry little Mo
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from cohortflow.config.study import Study
 from cohortflow.instruments.model import Instrument
 
 from .config import SynthModel
-from .items import instrument_direction, item_params, sample_items, score_sum, synth_scorable
+from .items import ItemScorer, instrument_direction, item_noise, item_params, sample_items, synth_scorable
 from .latent import arm_wave_means
 
 
@@ -54,16 +53,20 @@ def compute_truth(
         res = {f"{inst.code}.{sc.code}": {"instrument": inst.code, "scale": sc.code, "construct": c,
                                             "direction": sc.direction, "mean": {}, "sd": {}, "mc_se": {},
                                             "above_cutoff": {}} for sc in scales}
+        noise: dict[str, np.ndarray] = {}  # common random numbers: the same item draws for every arm
         for arm in study.arms:
             if arm.code not in used[code]:
                 continue
             for w in study.waves_of(arm.code):
-                item_rng = np.random.default_rng([d["item_seed"], waves.index(w)])
+                if w not in noise:
+                    noise[w] = item_noise(np.random.default_rng([d["item_seed"], waves.index(w)]), n, len(params))
                 problem = means.loc[arm.code, w] + d["base"] + d["slope"] * offsets[w] + d["noise"][w]
-                codes = pd.DataFrame(sample_items(sign * problem, params, item_rng), columns=[p.key for p in params])
+                codes = sample_items(sign * problem, params, None, noise[w])
+                col_of = {p.key: j for j, p in enumerate(params)}
+                scorer = ItemScorer(inst, lambda key, codes=codes, col_of=col_of: codes[:, col_of[key]])
                 for sc in scales:
                     key = f"{inst.code}.{sc.code}"
-                    s = score_sum(inst, sc, codes).to_numpy()
+                    s = scorer.score(sc)
                     r = res[key]
                     r["mean"].setdefault(arm.code, {})[w] = float(np.mean(s))
                     r["sd"].setdefault(arm.code, {})[w] = float(np.std(s, ddof=1))

@@ -303,12 +303,13 @@ def _check_group(preps: list[_Prepared], study: Study) -> None:
         return
     which = {rule: np.searchsorted(starts, d["pos"].to_numpy(), side="right") - 1 for rule, d in details.items()
              if len(d)}
+    none = no_failures()  # one empty frame shared by the files' passing rules (details are only read)
     for k, p in enumerate(preps):
         lo, hi = int(starts[k]), int(starts[k + 1])
         p.details = {}
         for rule, d in details.items():
             if rule not in which or not (sel := which[rule] == k).any():
-                p.details[rule] = no_failures()
+                p.details[rule] = none
                 continue
             sub = d[sel].reset_index(drop=True)
             sub["pos"] = sub["pos"].to_numpy() - lo

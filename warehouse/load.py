@@ -308,8 +308,9 @@ class _AllRowsInvalid(Exception):
 
 def _row_failures(mapped: MappedFile, outcome: ValidationOutcome, study_rows: list[dict]) -> pd.DataFrame:
     """All row-level failures: reading issues, study fields, ids, validation; private values redacted."""
-    parts = [mapped.row_issues, pd.DataFrame(study_rows, columns=ROW_FAILURE_COLUMNS),
-             pd.DataFrame(id_checks(mapped), columns=[*ROW_FAILURE_COLUMNS, "expected"]), outcome.row_failures]
+    ids = id_checks(mapped)
+    parts = [mapped.row_issues, pd.DataFrame(study_rows, columns=ROW_FAILURE_COLUMNS) if study_rows else None,
+             pd.DataFrame(ids, columns=[*ROW_FAILURE_COLUMNS, "expected"]) if ids else None, outcome.row_failures]
     parts = [p for p in parts if p is not None and len(p)]
     if not parts:
         return pd.DataFrame(columns=ROW_FAILURE_COLUMNS)

@@ -527,3 +527,4 @@ CHECKS: dict[str, Callable[[Context], pd.DataFrame]] = {
     "missing_share": check_missing_share,
     "missing_share_high": check_missing_share_high,
 }
+HISTORY_RULES = frozenset({"sex_birth_year_consistency"})  # the checks that read the persons history

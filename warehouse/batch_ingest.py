@@ -73,7 +73,7 @@ def _stored_persons(engine: Engine, pseudonyms: Iterable[str]) -> dict[str, tupl
     if not ids:
         return {}
     with engine.connect() as conn:
-        rows = select_in(conn, "SELECT person_id, sex, birth_year FROM person WHERE person_id IN ({})", ids,
+        rows = select_in(conn, "SELECT person_id, sex, birth_year FROM person WHERE person_id IN ({ins})", ids,
                          order=None)
     return {pid: (sex, None if by is None else int(by)) for pid, sex, by in rows}
 

@@ -248,7 +248,7 @@ def stored_batches(engine: Engine, shas: Iterable[str]) -> dict[str, tuple[int, 
     """SHA-256 -> (batch id, status) of the given digests already in the warehouse (one query per 900)."""
     with engine.connect() as conn:
         return {sha: (bid, status) for bid, sha, status in select_in(
-            conn, "SELECT id, sha256, status FROM batch WHERE sha256 IN ({})", sorted(set(shas)))}
+            conn, "SELECT id, sha256, status FROM batch WHERE sha256 IN ({ins})", sorted(set(shas)))}
 
 
 def read_file(path: Path, sources: list[SourceDefinition], instruments: dict[str, Instrument], report: BatchReport,
@@ -525,9 +525,14 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     # every current response for each file instead of looking the file's persons up
     skip = set(earlier)
     existing: dict[tuple, tuple[int, int]] = {}
+    # only the file's waves, roles and arms can match (a few values each; no index, checked per person row)
+    narrow = {c: sorted({v for v in cand[c].tolist() if v is not None}) for c in ("wave", "role", "arm")}
+    cond = "".join(f" AND {c} IN ({', '.join(['{m}'] * len(v))})" for c, v in narrow.items())
+    if not all(narrow.values()):  # rows without a wave/role/arm match no stored response
+        persons = []
     for rid, pid, sid, role, wave, arm, bid, sup in select_in(
             conn, "SELECT id, person_id, subject_id, role, wave, arm, batch_id, superseded FROM response "
-                  "WHERE person_id IN ({})", persons):
+                  "WHERE person_id IN ({ins})" + cond, persons, extra=[v for vs in narrow.values() for v in vs]):
         if not sup and bid not in skip:
             existing[(pid, sid, role, wave, arm)] = (rid, bid)
     _sex_conflicts(conn, cand, earlier, quarantine)
@@ -566,7 +571,7 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
     skip = set(earlier)
     known: dict[str, tuple[str, int]] = {}
     for sid, sex, bid, sup in select_in(  # superseded filtered here, not in SQL: see _against_warehouse
-            conn, "SELECT subject_id, subject_sex, batch_id, superseded FROM response WHERE subject_id IN ({}) "
+            conn, "SELECT subject_id, subject_sex, batch_id, superseded FROM response WHERE subject_id IN ({ins}) "
                   "AND subject_sex IS NOT NULL", subjects):
         if not sup and bid not in skip:
             known.setdefault(sid, (sex, bid))
@@ -581,17 +586,20 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
 
 
 def select_in(conn: Connection, sql: str, values: list[Any], order: str | None = "id",
-              chunk: int = 900) -> list[tuple]:
-    """Rows of `sql` (its `{}` is the IN list) for `values` in chunks, each chunk ordered by `order` (a
-    value's rows all come from one chunk); plain driver statements (no SQLAlchemy compilation per file)."""
+              extra: list[Any] | None = None, chunk: int = 800) -> list[tuple]:
+    """Rows of `sql` for `values` in chunks, each chunk ordered by `order` (a value's rows all come from one
+    chunk); plain driver statements (no SQLAlchemy compilation per file). In `sql`, `{ins}` is the IN list of
+    a chunk and each `{m}` one of the `extra` parameters, bound after the chunk's values."""
     if not values:
         return []
     mark = "%s" if conn.dialect.name == "postgresql" else "?"
     tail = f" ORDER BY {order}" if order else ""
+    more = tuple(extra or ())
     out: list[tuple] = []
     for i in range(0, len(values), chunk):
         part = values[i:i + chunk]
-        out.extend(conn.exec_driver_sql(sql.format(", ".join([mark] * len(part))) + tail, tuple(part)).all())
+        stmt = sql.format(ins=", ".join([mark] * len(part)), m=mark) + tail
+        out.extend(conn.exec_driver_sql(stmt, tuple(part) + more).all())
     return out
 
 

@@ -603,17 +603,18 @@ def select_in(conn: Connection, sql: str, values: list[Any], order: str | None =
     return out
 
 
-def _upsert(conn: Connection, table, rows: list[dict[str, Any]], key: str) -> None:  # noqa: ANN001
-    """Insert rows whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so writers never deadlock."""
+def _upsert(conn: Connection, table, cols: list[str], rows: list[tuple], key: str) -> None:  # noqa: ANN001
+    """Insert rows (tuples in `cols` order) whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so
+    writers never deadlock."""
     if not rows:
         return
-    rows = sorted(rows, key=lambda r: r[key])
-    cols = list(rows[0])
+    k = cols.index(key)
+    rows = sorted(rows, key=lambda r: r[k])
     mark = "%s" if conn.dialect.name == "postgresql" else "?"
     sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))}) "
            f"ON CONFLICT ({key}) DO NOTHING")
     for i in range(0, len(rows), 20_000):
-        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows[i:i + 20_000]])
+        conn.exec_driver_sql(sql, rows[i:i + 20_000])
 
 
 def _none(v: Any) -> Any:
@@ -624,18 +625,19 @@ def person_attributes(ld: pd.DataFrame) -> dict[str, list[Any]]:
     """Person pseudonym -> [household_id, sex, birth_year] as the `person` rows of these prepared rows
     (subjects and informants; the first row giving a value wins)."""
     people: dict[str, list[Any]] = {}
-    for pid, h, sx, by in (*zip(ld["subject_id"], ld["household_id"], ld["subject_sex"], ld["subject_birth_year"],
-                                strict=True),
-                           *zip(ld["person_id"], ld["household_id"], ld["informant_sex"], ld["informant_birth_year"],
-                                strict=True)):
-        sx = sx if isinstance(sx, str) else None
-        by = None if by is None or pd.isna(by) else int(by)
-        cur = people.get(pid)
-        if cur is None:
-            people[pid] = [h, sx, by]
-        else:
-            cur[1] = cur[1] or sx
-            cur[2] = cur[2] or by
+    homes = ld["household_id"].tolist()
+    for id_col, sex_col, year_col in (("subject_id", "subject_sex", "subject_birth_year"),
+                                      ("person_id", "informant_sex", "informant_birth_year")):
+        for pid, h, sx, by in zip(ld[id_col].tolist(), homes, ld[sex_col].tolist(), ld[year_col].tolist(),
+                                  strict=True):
+            sx = sx if isinstance(sx, str) else None
+            by = None if by is None or (by != by if isinstance(by, float) else pd.isna(by)) else int(by)
+            cur = people.get(pid)
+            if cur is None:
+                people[pid] = [h, sx, by]
+            else:
+                cur[1] = cur[1] or sx
+                cur[2] = cur[2] or by
     return people
 
 
@@ -680,13 +682,11 @@ def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int
     reg = (_dates(pd.Series(reg_days)) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
            else [None if np.isnat(v) else v.item() for v in reg_days])
     arms, sites = ld["arm"].to_numpy(dtype=object)[rows], ld["site"].to_numpy(dtype=object)[rows]
-    _upsert(conn, Household.__table__, [
-        {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
-        for h, a, s, r in zip(first, arms.tolist(), sites.tolist(), reg, strict=True)], "household_id")
-    people = person_attributes(ld)
-    _upsert(conn, Person.__table__, [
-        {"person_id": pid, "household_id": v[0], "sex": v[1], "birth_year": v[2], "first_batch_id": batch_id}
-        for pid, v in people.items()], "person_id")
+    _upsert(conn, Household.__table__, ["household_id", "arm", "site", "registration_date", "first_batch_id"],
+            [(h, a, s, r, batch_id) for h, a, s, r in zip(first, arms.tolist(), sites.tolist(), reg, strict=True)],
+            "household_id")
+    _upsert(conn, Person.__table__, ["person_id", "household_id", "sex", "birth_year", "first_batch_id"],
+            [(pid, v[0], v[1], v[2], batch_id) for pid, v in person_attributes(ld).items()], "person_id")
 
 
 RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",

@@ -967,6 +967,10 @@ def _analyse_outcome(data: pd.DataFrame, spec: OutcomeSpec, plan: AnalysisPlan, 
     from .sensitivity import conclusion_changes, ipw_analysis, mi_analysis
 
     out: dict = {"result": None, "methods": {}, "failures": {}, "side": None, "balance": []}
+    # This outcome's rows once (every step below selects them again, and filling planned times copied the
+    # whole long frame per step: ~2 GB per copy at factor 100); same rows in the same order.
+    if "outcome" in data.columns:
+        data = data[data["outcome"] == spec.name]
     try:
         res = fit_outcome_model(data, spec, plan, study)
     except Exception as exc:  # noqa: BLE001 - report and continue with the other outcomes

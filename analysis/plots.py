@@ -142,37 +142,67 @@ def save_png(fig: Figure, path: Path) -> bytes:
     return data
 
 
-def plot_residual_diagnostics(res, title: str) -> Figure:
-    """Three panels for a mixed model (`diagnostics.LmmResiduals`): conditional residuals against fitted values,
-    a normal QQ plot of the standardised residuals (resid / sigma) and one of the person BLUPs (standardised by
-    their SD; the household BLUPs when persons have no intercept). English: the technical appendix."""
+#: at most this many points are drawn per scatter panel of the residual diagnostics (an even, seeded sample
+#: of the observations) and per QQ panel (quantiles at evenly spaced probabilities); the lowess curve is
+#: smoothed over the drawn sample. The summary numbers beside the plot (residual_summary) use every value.
+MAX_PLOT_POINTS = 5000
+
+
+def plot_sample(n: int, max_points: int = MAX_PLOT_POINTS, seed: int = 0):
+    """Indices of at most `max_points` of `n` observations (all when n <= max_points; else a seeded random
+    sample without replacement, sorted), so a plot of millions of residuals draws as fast as one of thousands."""
+    import numpy as np
+
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
+
+
+def qq_points(x, max_points: int = MAX_PLOT_POINTS):
+    """(normal quantiles, sample quantiles) of `x` for a QQ plot: every sorted value with plotting positions
+    (i - 0.5) / n when n <= max_points, else the sorted values at `max_points` evenly spaced ranks (first
+    and last included), so the extremes and the shape stay exact while the marker count is bounded."""
     import numpy as np
     from scipy import stats
 
+    x = np.sort(np.asarray(x, float))
+    n = len(x)
+    ranks = np.arange(n) if n <= max_points else np.unique(np.linspace(0, n - 1, max_points).round().astype(int))
+    return stats.norm.ppf((ranks + 0.5) / n), x[ranks]
+
+
+def plot_residual_diagnostics(res, title: str) -> Figure:
+    """Three panels for a mixed model (`diagnostics.LmmResiduals`): conditional residuals against fitted values
+    (with a lowess curve), a normal QQ plot of the standardised residuals (resid / sigma) and one of the person
+    BLUPs (standardised by their SD; the household BLUPs when persons have no intercept). English: the
+    technical appendix. Large fits draw at most MAX_PLOT_POINTS points per panel (`plot_sample`, `qq_points`)."""
+    import numpy as np
+
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
     ax = axes[0]
-    ax.scatter(res.fitted, res.resid, s=6, alpha=0.35, color=OKABE_ITO[0], edgecolors="none")
+    pick = plot_sample(len(res.fitted))
+    fitted, resid = np.asarray(res.fitted)[pick], np.asarray(res.resid)[pick]
+    ax.scatter(fitted, resid, s=6, alpha=0.35, color=OKABE_ITO[0], edgecolors="none")
     ax.axhline(0, color="#555555", lw=0.8)
-    if len(res.fitted) > 10:
+    if len(fitted) > 10:
         from statsmodels.nonparametric.smoothers_lowess import lowess
 
-        sm = lowess(res.resid, res.fitted, frac=0.3, it=1, return_sorted=True)
+        sm = lowess(resid, fitted, frac=0.3, it=1, return_sorted=True)
         ax.plot(sm[:, 0], sm[:, 1], color="#D55E00", lw=1.2, label="lowess")
         ax.legend(fontsize=8, frameon=False, loc="upper left")
     ax.set_xlabel("fitted value (conditional on the BLUPs)")
     ax.set_ylabel("conditional residual")
-    ax.set_title("Residuals vs fitted", fontsize=10)
+    ax.set_title("Residuals vs fitted" + (f" (sample of {len(pick):,})"
+                                          if len(pick) < len(res.fitted) else ""), fontsize=10)
 
     def qq(ax, x: np.ndarray, what: str) -> None:
-        x = np.sort(np.asarray(x, float))
-        n = len(x)
-        theo = stats.norm.ppf((np.arange(1, n + 1) - 0.5) / n)
-        ax.scatter(theo, x, s=6, alpha=0.5, color=OKABE_ITO[0], edgecolors="none")
-        lim = [min(theo.min(), x.min()), max(theo.max(), x.max())]
+        theo, xs = qq_points(x)
+        ax.scatter(theo, xs, s=6, alpha=0.5, color=OKABE_ITO[0], edgecolors="none")
+        lim = [min(theo.min(), xs.min()), max(theo.max(), xs.max())]
         ax.plot(lim, lim, color="#D55E00", lw=0.9)
         ax.set_xlabel("normal quantile")
         ax.set_ylabel(f"standardised {what}")
-        ax.set_title(f"Normal QQ: {what} (n={n})", fontsize=10)
+        ax.set_title(f"Normal QQ: {what} (n={len(x)})", fontsize=10)
 
     qq(axes[1], res.resid / res.sigma if res.sigma > 0 else res.resid, "residuals")
     blup_name = next((k for k in ("person", "person:(Intercept)") if k in res.blups), next(iter(res.blups), None))

@@ -8,14 +8,21 @@ stage times of the first build are printed. Then `run_analysis` is timed with 1 
 (outcomes side by side), and optionally the household bootstrap of the primary outcomes as the plan runs it
 (`sensitivity.bootstrap`, 1,000 resamples).
 
+`--parquet PATH [PATH ...]` times given analysis datasets instead (e.g. the pipeline's
+`outputs/analysis_long.parquet`, or the factor-100 one grown by bench_scale.py); `--report DIR` also times
+`write_report` (HTML, appendix, plots, tables) of the last run into DIR. Peak RSS of this process (and, for
+the forked workers, of the largest child) is printed beside every figure.
+
 Usage: .venv/bin/python benchmarks/bench_model_flow.py [--factors 1 10] [--workers 1 2] [--imputations 20]
        [--data-root /tmp/cohortflow_bench] [--bootstrap 1000] [--boot-workers 2] [--engines fast]
+       [--parquet PATH ...] [--report DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 import warnings
 from pathlib import Path
@@ -90,6 +97,24 @@ def time_bootstrap(data: pd.DataFrame, result, resamples: int, workers: int) -> 
     return out
 
 
+def peak_rss() -> str:
+    """Peak resident memory so far of this process and of its largest finished child, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return f"peak RSS {own:,.0f} MiB (largest worker {child:,.0f} MiB)"
+
+
+def time_report(result, out_dir: Path) -> float:
+    """Seconds of `write_report` (tables, HTML report, appendix, plots) of `result` into `out_dir`."""
+    from cohortflow.analysis.report import default_run_info, write_report
+    from cohortflow.instruments.registry import load_instruments
+
+    t0 = time.perf_counter()
+    write_report(result, load_analysis_plan(), load_study(), load_instruments(), out_dir,
+                 default_run_info("bench", "bench"))
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--factors", type=float, nargs="+", default=[1.0, 10.0])
@@ -99,11 +124,16 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=Path("/tmp/cohortflow_bench"))
     ap.add_argument("--bootstrap", type=int, default=0, help="also time the plan's bootstrap with this many resamples")
     ap.add_argument("--boot-workers", type=int, default=2)
+    ap.add_argument("--parquet", type=Path, nargs="+", help="time these analysis datasets instead of --factors")
+    ap.add_argument("--report", type=Path, help="also time write_report of the last run into this folder")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
     print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()[0]:.1f}", flush=True)
-    for factor in a.factors:
-        data = analysis_dataset(a.data_root, factor)
+    inputs = [(str(p), p) for p in a.parquet] if a.parquet else [(f"{f:g}", f) for f in a.factors]
+    for factor, source in inputs:
+        t0 = time.perf_counter()
+        data = pd.read_parquet(source) if isinstance(source, Path) else analysis_dataset(a.data_root, source)
+        print(f"{factor}: analysis dataset read in {time.perf_counter() - t0:.1f} s; {peak_rss()}", flush=True)
         n_hh = data["household_id"].nunique()
         res = None
         for engine in a.engines:
@@ -111,13 +141,20 @@ def main() -> None:
                 load0 = os.getloadavg()[0]
                 sec, res = time_flow(data, engine, a.imputations, w)
                 backends = sorted({str(r.engine) for r in res.outcomes.values() if r.family == "gaussian"})
-                print(f"factor {factor:g}: {len(data):,} rows, {n_hh:,} households; engine {engine}, {w} worker(s): "
+                print(f"factor {factor}: {len(data):,} rows, {n_hh:,} households; engine {engine}, {w} worker(s): "
                       f"run_analysis (all outcomes, IPW, MI x{a.imputations}) {sec:.1f} s; fitted by {backends}; "
-                      f"failures {sorted(res.failures)}; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}",
-                      flush=True)
+                      f"failures {sorted(res.failures)}; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
+                      f"{peak_rss()}", flush=True)
+        if a.report and res is not None:
+            del data
+            load0 = os.getloadavg()[0]
+            sec = time_report(res, a.report)
+            print(f"factor {factor}: write_report {sec:.1f} s; load average {load0:.1f} -> "
+                  f"{os.getloadavg()[0]:.1f}; {peak_rss()}", flush=True)
+            continue
         if a.bootstrap and res is not None:
             for key, sec, hh in time_bootstrap(data, res, a.bootstrap, a.boot_workers):
-                print(f"factor {factor:g}: bootstrap of {key}: {a.bootstrap} resamples of {hh:,} households "
+                print(f"factor {factor}: bootstrap of {key}: {a.bootstrap} resamples of {hh:,} households "
                       f"({a.boot_workers} worker(s)) {sec:.1f} s; load average {os.getloadavg()[0]:.1f}", flush=True)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from cohortflow import __version__
 
@@ -184,7 +185,11 @@ def link_task(database_url: str, outputs_dir: str):
     return data, snapshot_hash(data)
 
 
-@task(name="fit-models")
+# The model and report tasks take the analysis dataset (23 M rows at factor 100) and the analysis result as
+# inputs. Prefect's default cache policy hashes a task's inputs (JSON, else cloudpickle of the whole object:
+# 0.5 s at factor 1, ~1 min and a pickled copy of the frame in memory at factor 100) to build a cache key
+# that nothing here uses (results are not persisted): NO_CACHE skips it.
+@task(name="fit-models", cache_policy=NO_CACHE)
 def analyse_task(data, plan_path: str | None):
     """Fit every outcome of the analysis plan (main and sensitivity analyses)."""
     from cohortflow.analysis.models import run_analysis
@@ -195,7 +200,7 @@ def analyse_task(data, plan_path: str | None):
     return run_analysis(data, plan, load_study()), plan
 
 
-@task(name="write-report")
+@task(name="write-report", cache_policy=NO_CACHE)
 def report_task(result, plan, outputs_dir: str, run_info: dict):
     """Write effect tables (xlsx, csv, md), the HTML report, the appendix and plots."""
     from cohortflow.analysis.report import write_report

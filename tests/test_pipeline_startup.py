@@ -1,0 +1,68 @@
+"""The Prefect start-up helpers (flows/startup.py): a migrated API database is kept as a template and seeds cold
+homes; no server is started here (that costs seconds), the file handling is checked with small SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("COHORTFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _db(path, rows: int) -> None:
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")  # as Prefect's server keeps it: recent pages live in the -wal file
+    con.execute("CREATE TABLE alembic_version (version_num TEXT)")
+    con.executemany("INSERT INTO alembic_version VALUES (?)", [(f"rev{i}",) for i in range(rows)])
+    con.commit()
+    return con
+
+
+def test_template_is_saved_once_and_seeds_only_a_cold_home(cache, tmp_path):
+    from cohortflow.flows.startup import prefect_template_path, save_prefect_template, seed_prefect_database
+
+    template = prefect_template_path()
+    assert template.parent == cache and "prefect-" in template.name
+    warm = tmp_path / "home1" / "prefect.db"
+    warm.parent.mkdir()
+    con = _db(warm, 3)  # still open: its last pages are only in the WAL, the backup must include them
+    save_prefect_template(warm)
+    con.close()
+    assert template.exists()
+    got = sqlite3.connect(template).execute("SELECT count(*) FROM alembic_version").fetchone()[0]
+    assert got == 3
+    # a second save does not overwrite the template
+    other = tmp_path / "home2" / "prefect.db"
+    other.parent.mkdir()
+    _db(other, 5).close()
+    save_prefect_template(other)
+    assert sqlite3.connect(template).execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 3
+    # an existing (warm) home is never replaced
+    assert seed_prefect_database(other) is False
+    assert sqlite3.connect(other).execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 5
+    # a cold home gets the template's tables
+    cold = tmp_path / "home3" / "prefect.db"
+    assert seed_prefect_database(cold) is True
+    assert sqlite3.connect(cold).execute("SELECT version_num FROM alembic_version ORDER BY 1").fetchall() == [
+        ("rev0",), ("rev1",), ("rev2",)]
+
+
+def test_no_template_no_seed(cache, tmp_path):
+    from cohortflow.flows.startup import seed_prefect_database
+
+    assert seed_prefect_database(tmp_path / "home" / "prefect.db") is False
+    assert not (tmp_path / "home" / "prefect.db").exists()
+
+
+def test_local_database_follows_prefect_home(tmp_path, monkeypatch):
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
+    from cohortflow.flows.startup import local_prefect_database
+
+    with temporary_settings({PREFECT_HOME: str(tmp_path / "ph")}):
+        assert local_prefect_database() == tmp_path / "ph" / "prefect.db"

@@ -146,16 +146,39 @@ def _parse_dates(s: pd.Series, fmt: str | None) -> tuple[pd.Series, pd.Series]:
     txt = np.array([None if m else str(v).strip() or None for v, m in zip(vals.tolist(), na.tolist(), strict=True)],
                    dtype=object)
     blank = np.array([t is None for t in txt.tolist()], dtype=bool)
-    if fmt:
-        out = np.asarray(pd.to_datetime(txt, format=fmt, errors="coerce"), dtype="datetime64[ns]")
-        retry = np.isnat(out) & ~blank
-        if retry.any():  # ISO dates are always accepted too
-            iso = np.asarray(pd.to_datetime(np.where(retry, txt, None), format="ISO8601", errors="coerce"),
-                             dtype="datetime64[ns]")
-            out = np.where(retry, iso, out)
-    else:
-        out = np.asarray(pd.to_datetime(txt, format="mixed", dayfirst=True, errors="coerce"), dtype="datetime64[ns]")
+    out = _parse_texts(txt, fmt)
     return pd.Series(out, index=s.index), pd.Series(~blank & np.isnat(out), index=s.index)
+
+
+_DATE_CACHE: dict[str | None, dict[str, np.datetime64]] = {}  # format -> date text -> parsed (NaT: not a date)
+_DATE_CACHE_MAX = 200_000
+
+
+def _parse_texts(txt: np.ndarray, fmt: str | None) -> np.ndarray:
+    """datetime64[ns] of stripped date texts (None: blank); each distinct text parsed once per process.
+
+    With `fmt`, texts in that format, else ISO 8601; without, any format with the day first. Every text is
+    parsed on its own (pandas' format="mixed"/explicit formats), so caching per text changes no result."""
+    cache = _DATE_CACHE.setdefault(fmt, {})
+    if len(cache) > _DATE_CACHE_MAX:
+        cache.clear()
+    texts = txt.tolist()
+    new = sorted({t for t in texts if t is not None and t not in cache})
+    if new:
+        arr = np.array(new, dtype=object)
+        if fmt:
+            parsed = np.asarray(pd.to_datetime(arr, format=fmt, errors="coerce"), dtype="datetime64[ns]")
+            retry = np.isnat(parsed)
+            if retry.any():  # ISO dates are always accepted too
+                iso = np.asarray(pd.to_datetime(np.where(retry, arr, None), format="ISO8601", errors="coerce"),
+                                 dtype="datetime64[ns]")
+                parsed = np.where(retry, iso, parsed)
+        else:
+            parsed = np.asarray(pd.to_datetime(arr, format="mixed", dayfirst=True, errors="coerce"),
+                                dtype="datetime64[ns]")
+        cache.update(zip(new, parsed, strict=True))
+    nat = np.datetime64("NaT", "ns")
+    return np.array([nat if t is None else cache[t] for t in texts], dtype="datetime64[ns]")
 
 
 def _first_present(cands: list[str], columns: set[str]) -> str | None:
@@ -236,12 +259,16 @@ def read_export(
         if fs.column is not None:
             if fs.column not in columns:
                 raise missing_col(fs.column, f)
-            s = df[fs.column].astype("object").map(lambda v: None if pd.isna(v) else str(v).strip() or None)
+            raw_vals = df[fs.column].to_numpy(dtype=object)
+            texts = [None if m else str(v).strip() or None
+                     for v, m in zip(raw_vals.tolist(), pd.isna(raw_vals).tolist(), strict=True)]
             if fs.map:
-                s = s.map(lambda v, mp=fs.map: mp.get(v, v) if v is not None else None)
-            vals = s.dropna().unique()
-            file_level[f] = str(vals[0]) if len(vals) == 1 and s.notna().all() else None
-            out[f] = s.to_numpy(dtype=object)
+                texts = [fs.map.get(v, v) if v is not None else None for v in texts]
+            distinct = set(texts)
+            file_level[f] = str(texts[0]) if len(distinct) == 1 and texts[0] is not None else None
+            arr = np.empty(n, dtype=object)
+            arr[:] = texts
+            out[f] = arr
         else:
             v = fs.value if fs.value is not None else (m.group(fs.filename_group) if m else None)
             if v is None:
@@ -302,8 +329,11 @@ def read_export(
             out[name] = np.full(n, None, dtype=object)
             continue
         used_demo.add(col)
-        s = df[col].map(lambda v: None if pd.isna(v) else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()))
-        out[name] = s.map(lambda v, c=codes: c.get(v) if v is not None else None).to_numpy(dtype=object)
+        raw_vals = df[col].to_numpy(dtype=object)
+        arr = np.empty(n, dtype=object)
+        arr[:] = [None if m else codes.get(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip())
+                  for v, m in zip(raw_vals.tolist(), pd.isna(raw_vals).tolist(), strict=True)]
+        out[name] = arr
 
     # --- items -----------------------------------------------------------------------------------
     index = _item_index(instruments)

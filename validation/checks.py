@@ -403,9 +403,11 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
 
 def _per_file(file: pd.Series, ids: pd.Series) -> pd.Series:
     """Identifiers made unique per file of a stacked frame ('<file>:<id>'; missing stays missing)."""
-    ids = ids.astype("object")
-    out = file.astype("int64").astype(str).str.cat(ids.astype(str), sep=":").astype("object")
-    return out.where(ids.notna(), None)
+    vals = ids.to_numpy(dtype=object)
+    out = np.empty(len(vals), dtype=object)
+    out[:] = [None if m else f"{k}:{v}" for k, v, m in zip(file.to_numpy(dtype="int64").tolist(), vals.tolist(),
+                                                          pd.isna(vals).tolist(), strict=True)]
+    return pd.Series(out, index=ids.index, dtype=object)
 
 
 def _differs(a: object, b: object) -> bool:
@@ -527,3 +529,4 @@ CHECKS: dict[str, Callable[[Context], pd.DataFrame]] = {
     "missing_share": check_missing_share,
     "missing_share_high": check_missing_share_high,
 }
+HISTORY_RULES = frozenset({"sex_birth_year_consistency"})  # the checks that read the persons history

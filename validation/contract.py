@@ -49,8 +49,15 @@ except ImportError:  # pragma: no cover - exercised only before the merge
         rule_results: pd.DataFrame = field(default_factory=lambda: empty_frame(RULE_RESULT_COLUMNS))
 
 
+_EMPTY: dict[tuple[str, ...], pd.DataFrame] = {}
+
+
 def empty_frame(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
+    """An empty frame with these object columns (a shallow copy of one built once per column list)."""
+    cols = tuple(columns)
+    if cols not in _EMPTY:
+        _EMPTY[cols] = pd.DataFrame({c: pd.Series(dtype="object") for c in cols})
+    return _EMPTY[cols].copy(deep=False)
 
 
 @dataclass
@@ -86,9 +93,17 @@ def make_outcome(file_errors: list[str], row_failures: pd.DataFrame, rule_result
     """Build the Contract 2 outcome with its columns in the agreed order."""
     return ValidationOutcome(
         file_errors=list(file_errors),
-        row_failures=row_failures[ROW_FAILURE_COLUMNS].reset_index(drop=True),
-        rule_results=rule_results[RULE_RESULT_COLUMNS].reset_index(drop=True),
+        row_failures=_ordered(row_failures, ROW_FAILURE_COLUMNS),
+        rule_results=_ordered(rule_results, RULE_RESULT_COLUMNS),
     )
+
+
+def _ordered(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """`frame` with exactly `columns` in that order and a 0..n-1 index (itself when it already is)."""
+    if list(frame.columns) == columns and isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 \
+            and frame.index.step == 1:
+        return frame
+    return frame[columns].reset_index(drop=True)
 
 
 def file_missing_codes(meta: dict[str, Any]) -> tuple[float, ...]:
@@ -126,10 +141,11 @@ def source_of(meta: dict[str, Any]) -> object | None:
 
 def with_pseudonyms(frame: pd.DataFrame, key: bytes) -> pd.DataFrame:
     """Add person_id / subject_id pseudonyms (ingest's function) when the frame lacks them."""
-    from cohortflow.ingest.pseudonymise import pseudonymise_series
+    from cohortflow.ingest.pseudonymise import pseudonyms
 
-    out = frame.copy()
-    for raw, pseudo in (("person_raw", "person_id"), ("subject_raw", "subject_id")):
-        if pseudo not in out.columns and raw in out.columns:
-            out[pseudo] = pseudonymise_series(key, "person", out[raw])
-    return out
+    add = {pseudo: pseudonyms(key, "person", frame[raw]) for raw, pseudo in
+           (("person_raw", "person_id"), ("subject_raw", "subject_id"))
+           if pseudo not in frame.columns and raw in frame.columns}
+    if not add:
+        return frame.copy(deep=False)
+    return frame.assign(**{c: pd.Series(v, index=frame.index, dtype=object) for c, v in add.items()})

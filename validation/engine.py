@@ -23,7 +23,7 @@ import pandas as pd
 from cohortflow.config.study import Study
 from cohortflow.instruments.model import Instrument
 
-from .checks import CHECKS, FILE_COLUMN, build_context, no_failures
+from .checks import CHECKS, FILE_COLUMN, HISTORY_RULES, build_context, no_failures
 from .contract import (
     ID_COLUMNS,
     REQUIRED_COLUMNS,
@@ -303,12 +303,13 @@ def _check_group(preps: list[_Prepared], study: Study) -> None:
         return
     which = {rule: np.searchsorted(starts, d["pos"].to_numpy(), side="right") - 1 for rule, d in details.items()
              if len(d)}
+    none = no_failures()  # one empty frame shared by the files' passing rules (details are only read)
     for k, p in enumerate(preps):
         lo, hi = int(starts[k]), int(starts[k + 1])
         p.details = {}
         for rule, d in details.items():
             if rule not in which or not (sel := which[rule] == k).any():
-                p.details[rule] = no_failures()
+                p.details[rule] = none
                 continue
             sub = d[sel].reset_index(drop=True)
             sub["pos"] = sub["pos"].to_numpy() - lo
@@ -485,7 +486,59 @@ def validate_mapped_files(
                 local["required_columns"] = [-1]
             preps[i].timings.update(gx_seconds=gx_share, n_expectations=len(gx_results))
             outcomes[i] = _conclude(preps[i], local, None)
+            outcomes[i].gx_frame = preps[i].gx_frame  # type: ignore[union-attr]  # for validate_again
+            outcomes[i].check_details = preps[i].details  # type: ignore[union-attr]
     return [o for o in outcomes if o is not None]
+
+
+def validate_again(
+    mapped: object,
+    study: Study,
+    instruments: dict[str, Instrument],
+    previous: ValidationOutcome,
+    history: pd.DataFrame | None = None,
+    *,
+    key: bytes | None = None,
+) -> ValidationOutcome:
+    """Validate a file again with another `history`; outcome as from validate_mapped_file.
+
+    `previous`: the file's outcome from validate_mapped_files. Only the checks that read the history
+    (HISTORY_RULES) are derived again; the others depend on the file alone and are taken from `previous`.
+    When the derived check columns equal those Great Expectations already validated (e.g. the other
+    history changed nothing this file's rows are compared with), GX would give the same results, so
+    `previous` is returned as it is (its timings say `reused`); otherwise the file runs through GX alone.
+    """
+    before = getattr(previous, "gx_frame", None)
+    details_before = getattr(previous, "check_details", None)
+    if before is None or details_before is None:
+        return validate_mapped_file(mapped, study, instruments, history=history, key=key)
+    p = _prepare_head(mapped, study, instruments, None, history, key)
+    if p.errors:
+        return _finish(p.errors, [], p.results, p.mi, None)
+    assert p.frame is not None
+    t = time.perf_counter()
+    rules = [r for r in p.suite.rules if r in HISTORY_RULES and r in details_before]
+    details = dict(details_before)
+    gx = before
+    if rules:
+        ctx = build_context(p.frame, study, p.suite.instruments, {}, p.suite.policy, history, p.extra_missing)
+        gx = before.copy()
+        for rule in rules:
+            details[rule] = CHECKS[rule](ctx)
+            gx[check_column(rule)] = _details_to_column(len(p.frame), details[rule])
+    p.timings["checks_seconds"] = time.perf_counter() - t
+    if gx.equals(before):
+        previous.timings = {**(getattr(previous, "timings", None) or {}), "reused": 1.0,  # type: ignore[attr-defined]
+                            "gx_seconds": 0.0, "checks_seconds": p.timings["checks_seconds"]}
+        return previous
+    p.details, p.gx_frame = details, gx
+    t_gx = time.perf_counter()
+    gx_results = _run_ephemeral(gx, p.suite)
+    p.timings["gx_seconds"] = time.perf_counter() - t_gx
+    p.timings["n_expectations"] = len(gx_results)
+    outcome = _conclude(p, _failing_positions(gx_results, p.mi.file_name), None)
+    outcome.gx_frame, outcome.check_details = gx, details  # type: ignore[attr-defined]
+    return outcome
 
 
 def _finish(errors: list[str], row_parts: list[pd.DataFrame], results: list[dict[str, Any]], mi: MappedInput,

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from cohortflow.config.sources import SourceDefinition
 from cohortflow.config.study import Study
+from cohortflow.ingest.mapping import file_digest
 from cohortflow.ingest.outcome import MappedFile, ValidationOutcome
 from cohortflow.instruments.model import Instrument
 
@@ -41,8 +42,9 @@ from .load import (
     person_frame,
     read_file,
     refuse,
+    select_in,
+    stored_batches,
 )
-from .models import Person
 
 DataDocs = Literal["failures", "quarantine", "all", "none"]
 HISTORY_COLUMNS = ["pseudonym", "sex", "birth_year"]
@@ -68,13 +70,12 @@ def _history_frame(hist: dict[str, tuple[Any, Any]]) -> pd.DataFrame:
 def _stored_persons(engine: Engine, pseudonyms: Iterable[str]) -> dict[str, tuple[Any, Any]]:
     """(sex, birth_year) of the given persons as the warehouse holds them now."""
     ids = sorted(set(pseudonyms))
-    out: dict[str, tuple[Any, Any]] = {}
+    if not ids:
+        return {}
     with engine.connect() as conn:
-        for i in range(0, len(ids), 900):
-            for r in conn.execute(select(Person.person_id, Person.sex, Person.birth_year)
-                                  .where(Person.person_id.in_(ids[i:i + 900]))):
-                out[r.person_id] = (r.sex, None if r.birth_year is None else int(r.birth_year))
-    return out
+        rows = select_in(conn, "SELECT person_id, sex, birth_year FROM person WHERE person_id IN ({ins})", ids,
+                         order=None)
+    return {pid: (sex, None if by is None else int(by)) for pid, sex, by in rows}
 
 
 def has_quarantine(outcome: ValidationOutcome) -> bool:
@@ -116,12 +117,15 @@ def ingest_files(
     each file's plain-text validation summary, `on_outcome(file_name, outcome)` each ValidationOutcome
     (e.g. to post it as an artifact). Bad files never raise: they come back refused, as from ingest_file.
     """
-    from cohortflow.validation import summarise, validate_mapped_file, validate_mapped_files
+    from cohortflow.validation import summarise, validate_again, validate_mapped_file, validate_mapped_files
 
     files: list[_File] = []
-    for p in paths:
-        path, t0 = Path(p), time.perf_counter()
-        f = _File(path, already_loaded(path, engine), t0)
+    paths = [Path(p) for p in paths]
+    digests = {p: file_digest(p) for p in paths if p.is_file()}
+    known = stored_batches(engine, (d[0] for d in digests.values()))
+    for path in paths:
+        t0 = time.perf_counter()
+        f = _File(path, already_loaded(path, engine, known, digests.get(path)), t0)
         if f.report.status != "skipped":
             f.source, f.mapped, f.error = read_file(path, sources, instruments, f.report, t0)
         files.append(f)
@@ -153,10 +157,12 @@ def ingest_files(
         actual = _stored_persons(engine, f.pseudonyms or [])
         outcome = f.outcome
         want_docs = docs_dir is not None and _wants_docs(outcome, data_docs)
-        if actual != f.assumed or want_docs:  # earlier files did not load as assumed, or a Data Docs page
+        if want_docs:  # a Data Docs page: this file through a GX file context
             outcome = validate_mapped_file(f.mapped, study, instruments, history=_history_frame(actual), key=key,
-                                           docs_dir=docs_dir if want_docs else None)
-            if want_docs is False and docs_dir is not None and data_docs in ("failures", "quarantine") \
+                                           docs_dir=docs_dir)
+        elif actual != f.assumed:  # earlier files did not load as assumed: GX again only when the checks differ
+            outcome = validate_again(f.mapped, study, instruments, outcome, history=_history_frame(actual), key=key)
+            if docs_dir is not None and data_docs in ("failures", "quarantine") \
                     and _wants_docs(outcome, data_docs):
                 outcome = validate_mapped_file(f.mapped, study, instruments, history=_history_frame(actual),
                                                key=key, docs_dir=docs_dir)

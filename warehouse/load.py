@@ -33,7 +33,7 @@ from cohortflow.config.study import Study
 from cohortflow.ingest.checks import basic_validation, id_checks, study_field_checks
 from cohortflow.ingest.mapping import file_digest, match_source, read_export
 from cohortflow.ingest.outcome import ROW_FAILURE_COLUMNS, MappedFile, ValidationOutcome
-from cohortflow.ingest.pseudonymise import pseudonymise_series
+from cohortflow.ingest.pseudonymise import pseudonyms
 from cohortflow.ingest.readers import BadFileError
 from cohortflow.instruments.model import Instrument
 
@@ -118,7 +118,7 @@ def _jsonable(v: Any) -> Any:
 
 def _ymd(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Year, month, day (float arrays, NaN where missing) and the missing mask of a date column."""
-    a = pd.to_datetime(s).to_numpy(dtype="datetime64[D]")
+    a = _day_array(s)
     nat = np.isnat(a)
     y = a.astype("datetime64[Y]").astype("int64") + 1970
     m = a.astype("datetime64[M]").astype("int64") % 12 + 1
@@ -127,6 +127,13 @@ def _ymd(s: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     for v in out:
         v[nat] = np.nan
     return out[0], out[1], out[2], nat
+
+
+def _day_array(s: pd.Series) -> np.ndarray:
+    """A date column as datetime64[D] (NaT where missing); no pandas conversion when it already is datetime64."""
+    if s.dtype.kind == "M":
+        return s.to_numpy().astype("datetime64[D]")
+    return pd.to_datetime(s).to_numpy(dtype="datetime64[D]")
 
 
 def _months_between(birth: pd.Series, at: pd.Series) -> np.ndarray:
@@ -138,7 +145,7 @@ def _months_between(birth: pd.Series, at: pd.Series) -> np.ndarray:
 
 def _dates(s: pd.Series) -> list[Any]:
     """ISO date strings (None for NaT): what SQLAlchemy's Date stores on SQLite and COPY accepts."""
-    a = pd.to_datetime(s).to_numpy(dtype="datetime64[D]")
+    a = _day_array(s)
     txt = np.datetime_as_string(a, unit="D").astype(object)
     txt[np.isnat(a)] = None
     return txt.tolist()
@@ -218,16 +225,31 @@ def ingest_file(
     return load_validated(engine, path, source, mapped, outcome, study, key, report, t0)
 
 
-def already_loaded(path: Path, engine: Engine) -> BatchReport:
-    """A fresh report for `path` (SHA-256, size); status `skipped` when that SHA-256 is already loaded."""
-    sha, size = file_digest(path)
+def already_loaded(path: Path, engine: Engine, known: dict[str, tuple[int, str]] | None = None,
+                   digest: tuple[str, int] | None = None) -> BatchReport:
+    """A fresh report for `path` (SHA-256, size); status `skipped` when that SHA-256 is already loaded.
+
+    `known`: the batches of these files as `stored_batches` gave them (no query then); `digest`: the
+    file's (SHA-256, size) when already computed."""
+    sha, size = digest if digest is not None else file_digest(path)
     report = BatchReport(file_name=path.name, sha256=sha, size=size, status="pending")
-    with engine.connect() as conn:
-        row = conn.execute(select(Batch.id, Batch.status).where(Batch.sha256 == sha)).first()
-    if row is not None and row.status != "refused":
-        report.status, report.batch_id = "skipped", row.id
-        report.message = f"{path.name}: already loaded as batch {row.id} (same SHA-256); nothing to do."
+    if known is None:
+        with engine.connect() as conn:
+            found = conn.execute(select(Batch.id, Batch.status).where(Batch.sha256 == sha)).first()
+        row = None if found is None else (found.id, found.status)
+    else:
+        row = known.get(sha)
+    if row is not None and row[1] != "refused":
+        report.status, report.batch_id = "skipped", row[0]
+        report.message = f"{path.name}: already loaded as batch {row[0]} (same SHA-256); nothing to do."
     return report
+
+
+def stored_batches(engine: Engine, shas: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """SHA-256 -> (batch id, status) of the given digests already in the warehouse (one query per 900)."""
+    with engine.connect() as conn:
+        return {sha: (bid, status) for bid, sha, status in select_in(
+            conn, "SELECT id, sha256, status FROM batch WHERE sha256 IN ({ins})", sorted(set(shas)))}
 
 
 def read_file(path: Path, sources: list[SourceDefinition], instruments: dict[str, Instrument], report: BatchReport,
@@ -287,8 +309,9 @@ class _AllRowsInvalid(Exception):
 
 def _row_failures(mapped: MappedFile, outcome: ValidationOutcome, study_rows: list[dict]) -> pd.DataFrame:
     """All row-level failures: reading issues, study fields, ids, validation; private values redacted."""
-    parts = [mapped.row_issues, pd.DataFrame(study_rows, columns=ROW_FAILURE_COLUMNS),
-             pd.DataFrame(id_checks(mapped), columns=[*ROW_FAILURE_COLUMNS, "expected"]), outcome.row_failures]
+    ids = id_checks(mapped)
+    parts = [mapped.row_issues, pd.DataFrame(study_rows, columns=ROW_FAILURE_COLUMNS) if study_rows else None,
+             pd.DataFrame(ids, columns=[*ROW_FAILURE_COLUMNS, "expected"]) if ids else None, outcome.row_failures]
     parts = [p for p in parts if p is not None and len(p)]
     if not parts:
         return pd.DataFrame(columns=ROW_FAILURE_COLUMNS)
@@ -325,23 +348,22 @@ class _Prepared:
 def _prepare_rows(mapped: MappedFile, key: bytes, quarantine: dict[int, list[dict]]) -> _Prepared:
     """Pseudonymise ids, derive age and T0 days, drop private columns, find duplicates within the file."""
     f = mapped.frame
-    d = pd.DataFrame({
-        "row_number": f["row_number"].astype("int64"),
-        "arm": f["arm"], "site": f["site"], "wave": f["wave"], "role": f["role"],
-        "household_id": pseudonymise_series(key, "household", f["household_raw"]),
-        "person_id": pseudonymise_series(key, "person", f["person_raw"]),
-        "subject_id": pseudonymise_series(key, "person", f["subject_raw"]),
-        "response_date": f["response_date"], "registration_date": f["registration_date"],
-        "subject_sex": f["subject_sex"], "informant_sex": f["informant_sex"],
-        "subject_birth_year": _ymd(f["subject_birth_date"])[0],
-        "informant_birth_year": _ymd(f["informant_birth_date"])[0],
-    })
-    d["subject_age_months"] = _months_between(f["subject_birth_date"], f["response_date"])
-    resp = pd.to_datetime(f["response_date"]).to_numpy(dtype="datetime64[D]")
-    reg = pd.to_datetime(f["registration_date"]).to_numpy(dtype="datetime64[D]")
+    resp = _day_array(f["response_date"])
+    reg = _day_array(f["registration_date"])
     days = (resp - reg).astype("int64").astype("float64")
     days[np.isnat(resp) | np.isnat(reg)] = np.nan
-    d["days_since_t0"] = days
+    d = _frame({
+        "row_number": f["row_number"].to_numpy(dtype="int64"),
+        "arm": _objects(f["arm"]), "site": _objects(f["site"]), "wave": _objects(f["wave"]),
+        "role": _objects(f["role"]),
+        **_pseudonym_columns(mapped, key),
+        "response_date": f["response_date"].to_numpy(), "registration_date": f["registration_date"].to_numpy(),
+        "subject_sex": _objects(f["subject_sex"]), "informant_sex": _objects(f["informant_sex"]),
+        "subject_birth_year": _ymd(f["subject_birth_date"])[0],
+        "informant_birth_year": _ymd(f["informant_birth_date"])[0],
+        "subject_age_months": _months_between(f["subject_birth_date"], f["response_date"]),
+        "days_since_t0": days,
+    }, f.index)
     keys = mapped.item_columns
     codes = _columns(f, keys, "float64")
     reasons = _columns(mapped.missing_reasons, keys, object)
@@ -499,17 +521,21 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     cand = d[load_mask]
     if cand.empty:
         return
-    persons = sorted(set(cand["person_id"].dropna()))
+    persons = sorted({p for p in cand["person_id"].tolist() if p is not None})
     # `superseded` is filtered here, not in SQL: SQLite would otherwise pick its low-selectivity index and scan
     # every current response for each file instead of looking the file's persons up
-    q = select(Response.id, Response.person_id, Response.subject_id, Response.role, Response.wave, Response.arm,
-               Response.batch_id, Response.superseded).order_by(Response.id)
     skip = set(earlier)
     existing: dict[tuple, tuple[int, int]] = {}
-    for i in range(0, len(persons), 900):
-        for r in conn.execute(q.where(Response.person_id.in_(persons[i:i + 900]))):
-            if not r.superseded and r.batch_id not in skip:
-                existing[(r.person_id, r.subject_id, r.role, r.wave, r.arm)] = (r.id, r.batch_id)
+    # only the file's waves, roles and arms can match (a few values each; no index, checked per person row)
+    narrow = {c: sorted({v for v in cand[c].tolist() if v is not None}) for c in ("wave", "role", "arm")}
+    cond = "".join(f" AND {c} IN ({', '.join(['{m}'] * len(v))})" for c, v in narrow.items())
+    if not all(narrow.values()):  # rows without a wave/role/arm match no stored response
+        persons = []
+    for rid, pid, sid, role, wave, arm, bid, sup in select_in(
+            conn, "SELECT id, person_id, subject_id, role, wave, arm, batch_id, superseded FROM response "
+                  "WHERE person_id IN ({ins})" + cond, persons, extra=[v for vs in narrow.values() for v in vs]):
+        if not sup and bid not in skip:
+            existing[(pid, sid, role, wave, arm)] = (rid, bid)
     _sex_conflicts(conn, cand, earlier, quarantine)
     if not existing:
         return
@@ -539,15 +565,14 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
 def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
                    quarantine: dict[int, list[dict]]) -> None:
     """Rows giving a subject another sex than current responses already loaded for that person."""
-    subjects = sorted(set(cand["subject_id"].dropna()))
-    q = select(Response.subject_id, Response.subject_sex, Response.batch_id, Response.superseded).order_by(
-        Response.id)  # filtered here, not in SQL: see _against_warehouse
+    subjects = sorted({s for s in cand["subject_id"].tolist() if s is not None})
     skip = set(earlier)
     known: dict[str, tuple[str, int]] = {}
-    for i in range(0, len(subjects), 900):
-        for r in conn.execute(q.where(Response.subject_id.in_(subjects[i:i + 900]))):
-            if not r.superseded and r.subject_sex is not None and r.batch_id not in skip:
-                known.setdefault(r.subject_id, (r.subject_sex, r.batch_id))
+    for sid, sex, bid, sup in select_in(  # superseded filtered here, not in SQL: see _against_warehouse
+            conn, "SELECT subject_id, subject_sex, batch_id, superseded FROM response WHERE subject_id IN ({ins}) "
+                  "AND subject_sex IS NOT NULL", subjects):
+        if not sup and bid not in skip:
+            known.setdefault(sid, (sex, bid))
     if not known:
         return
     for rn, sid, sex in zip(cand["row_number"].tolist(), cand["subject_id"], cand["subject_sex"], strict=True):
@@ -558,17 +583,36 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
                 "expected": f"{k[0]}, as in batch {k[1]}"})
 
 
-def _upsert(conn: Connection, table, rows: list[dict[str, Any]], key: str) -> None:  # noqa: ANN001
-    """Insert rows whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so writers never deadlock."""
+def select_in(conn: Connection, sql: str, values: list[Any], order: str | None = "id",
+              extra: list[Any] | None = None, chunk: int = 800) -> list[tuple]:
+    """Rows of `sql` for `values` in chunks, each chunk ordered by `order` (a value's rows all come from one
+    chunk); plain driver statements (no SQLAlchemy compilation per file). In `sql`, `{ins}` is the IN list of
+    a chunk and each `{m}` one of the `extra` parameters, bound after the chunk's values."""
+    if not values:
+        return []
+    mark = "%s" if conn.dialect.name == "postgresql" else "?"
+    tail = f" ORDER BY {order}" if order else ""
+    more = tuple(extra or ())
+    out: list[tuple] = []
+    for i in range(0, len(values), chunk):
+        part = values[i:i + chunk]
+        stmt = sql.format(ins=", ".join([mark] * len(part)), m=mark) + tail
+        out.extend(conn.exec_driver_sql(stmt, tuple(part) + more).all())
+    return out
+
+
+def _upsert(conn: Connection, table, cols: list[str], rows: list[tuple], key: str) -> None:  # noqa: ANN001
+    """Insert rows (tuples in `cols` order) whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so
+    writers never deadlock."""
     if not rows:
         return
-    rows = sorted(rows, key=lambda r: r[key])
-    cols = list(rows[0])
+    k = cols.index(key)
+    rows = sorted(rows, key=lambda r: r[k])
     mark = "%s" if conn.dialect.name == "postgresql" else "?"
     sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))}) "
            f"ON CONFLICT ({key}) DO NOTHING")
     for i in range(0, len(rows), 20_000):
-        conn.exec_driver_sql(sql, [tuple(r[c] for c in cols) for r in rows[i:i + 20_000]])
+        conn.exec_driver_sql(sql, rows[i:i + 20_000])
 
 
 def _none(v: Any) -> Any:
@@ -579,46 +623,68 @@ def person_attributes(ld: pd.DataFrame) -> dict[str, list[Any]]:
     """Person pseudonym -> [household_id, sex, birth_year] as the `person` rows of these prepared rows
     (subjects and informants; the first row giving a value wins)."""
     people: dict[str, list[Any]] = {}
-    for pid, h, sx, by in (*zip(ld["subject_id"], ld["household_id"], ld["subject_sex"], ld["subject_birth_year"],
-                                strict=True),
-                           *zip(ld["person_id"], ld["household_id"], ld["informant_sex"], ld["informant_birth_year"],
-                                strict=True)):
-        sx = sx if isinstance(sx, str) else None
-        by = None if by is None or pd.isna(by) else int(by)
-        cur = people.get(pid)
-        if cur is None:
-            people[pid] = [h, sx, by]
-        else:
-            cur[1] = cur[1] or sx
-            cur[2] = cur[2] or by
+    homes = ld["household_id"].tolist()
+    for id_col, sex_col, year_col in (("subject_id", "subject_sex", "subject_birth_year"),
+                                      ("person_id", "informant_sex", "informant_birth_year")):
+        for pid, h, sx, by in zip(ld[id_col].tolist(), homes, ld[sex_col].tolist(), ld[year_col].tolist(),
+                                  strict=True):
+            sx = sx if isinstance(sx, str) else None
+            by = None if by is None or (by != by if isinstance(by, float) else pd.isna(by)) else int(by)
+            cur = people.get(pid)
+            if cur is None:
+                people[pid] = [h, sx, by]
+            else:
+                cur[1] = cur[1] or sx
+                cur[2] = cur[2] or by
     return people
 
 
 def person_frame(mapped: MappedFile, key: bytes) -> pd.DataFrame:
     """The pseudonymised person columns of a mapped file (what `person_attributes` reads), for all rows."""
     f = mapped.frame
-    return pd.DataFrame({
-        "household_id": pseudonymise_series(key, "household", f["household_raw"]),
-        "person_id": pseudonymise_series(key, "person", f["person_raw"]),
-        "subject_id": pseudonymise_series(key, "person", f["subject_raw"]),
-        "subject_sex": f["subject_sex"], "informant_sex": f["informant_sex"],
+    return _frame({
+        **_pseudonym_columns(mapped, key),
+        "subject_sex": _objects(f["subject_sex"]), "informant_sex": _objects(f["informant_sex"]),
         "subject_birth_year": _ymd(f["subject_birth_date"])[0],
         "informant_birth_year": _ymd(f["informant_birth_date"])[0],
-    })
+    }, pd.RangeIndex(len(f)))
+
+
+def _pseudonym_columns(mapped: MappedFile, key: bytes) -> dict[str, np.ndarray]:
+    """household_id, person_id, subject_id pseudonyms (object arrays) of a mapped file's raw ids."""
+    f = mapped.frame
+    return {"household_id": pseudonyms(key, "household", f["household_raw"]),
+            "person_id": pseudonyms(key, "person", f["person_raw"]),
+            "subject_id": pseudonyms(key, "person", f["subject_raw"])}
+
+
+def _objects(s: pd.Series) -> np.ndarray:
+    return s.to_numpy(dtype=object)
+
+
+def _frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
+    """A frame from numpy columns without pandas' per-column inference (object columns stay object)."""
+    return pd.DataFrame({c: pd.Series(v, index=index, dtype=v.dtype, copy=False) for c, v in columns.items()},
+                        index=index, copy=False)
 
 
 def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
     """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
-    hh = ld.sort_values("registration_date").drop_duplicates("household_id")
-    reg = (_dates(hh["registration_date"]) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
-           else [None if pd.isna(v) else v.date() for v in pd.to_datetime(hh["registration_date"])])
-    _upsert(conn, Household.__table__, [
-        {"household_id": h, "arm": a, "site": s, "registration_date": r, "first_batch_id": batch_id}
-        for h, a, s, r in zip(hh["household_id"], hh["arm"], hh["site"], reg, strict=True)], "household_id")
-    people = person_attributes(ld)
-    _upsert(conn, Person.__table__, [
-        {"person_id": pid, "household_id": v[0], "sex": v[1], "birth_year": v[2], "first_batch_id": batch_id}
-        for pid, v in people.items()], "person_id")
+    days = _day_array(ld["registration_date"])
+    first: dict[Any, int] = {}  # household -> its row with the earliest registration date (NaT last)
+    order = np.argsort(days, kind="stable")
+    for i, h in zip(order.tolist(), ld["household_id"].to_numpy(dtype=object)[order].tolist(), strict=True):
+        first.setdefault(h, i)
+    rows = list(first.values())
+    reg_days = days[rows]
+    reg = (_dates(pd.Series(reg_days)) if conn.dialect.name == "sqlite"  # ISO text, as SQLAlchemy stores it
+           else [None if np.isnat(v) else v.item() for v in reg_days])
+    arms, sites = ld["arm"].to_numpy(dtype=object)[rows], ld["site"].to_numpy(dtype=object)[rows]
+    _upsert(conn, Household.__table__, ["household_id", "arm", "site", "registration_date", "first_batch_id"],
+            [(h, a, s, r, batch_id) for h, a, s, r in zip(first, arms.tolist(), sites.tolist(), reg, strict=True)],
+            "household_id")
+    _upsert(conn, Person.__table__, ["person_id", "household_id", "sex", "birth_year", "first_batch_id"],
+            [(pid, v[0], v[1], v[2], batch_id) for pid, v in person_attributes(ld).items()], "person_id")
 
 
 RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",
@@ -723,8 +789,13 @@ def _insert_rule_results(conn: Connection, outcome: ValidationOutcome, failures:
             rows.append({"batch_id": batch_id, "rule": str(rule), "severity": str(grp["severity"].iloc[0]),
                          "n_checked": n, "n_failed": int(grp["row_number"].nunique()),
                          "examples": [int(x) for x in grp["row_number"].head(5)]})
-    if rows:
-        conn.execute(insert(ValidationResult), rows)
+    if rows:  # one driver executemany (JSON as text, as SQLAlchemy's JSON type stores it)
+        mark = "%s" if conn.dialect.name == "postgresql" else "?"
+        cols = ["batch_id", "rule", "severity", "n_checked", "n_failed", "examples"]
+        conn.exec_driver_sql(
+            f"INSERT INTO {ValidationResult.__tablename__} ({', '.join(cols)}) VALUES ({', '.join([mark] * 6)})",
+            [(r["batch_id"], r["rule"], r["severity"], r["n_checked"], r["n_failed"], json.dumps(r["examples"]))
+             for r in rows])
 
 
 def inbox_files(inbox_dir: Path | str) -> list[Path]:

@@ -334,60 +334,171 @@ CATEGORICAL_COLUMNS = ["household_id", "person_id", "informant_id", "role", "arm
                        "outcome", "instrument", "scale"]
 
 
+def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of `keys` in the sorted unique array `sorted_keys` and whether each was found."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+    pos = np.searchsorted(sorted_keys, keys)
+    pos = np.minimum(pos, len(sorted_keys) - 1)
+    return pos, sorted_keys[pos] == keys
+
+
+def _last_codes(col: pd.Series) -> tuple[np.ndarray, int]:
+    """Codes of a categorical (sorted categories) with missing values last, as pandas sorts them, and the
+    number of distinct codes."""
+    codes = np.asarray(col.cat.codes, dtype=np.int64)
+    n = len(col.cat.categories)
+    return np.where(codes < 0, n, codes), n + 1
+
+
+def _pack(columns: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+    """Sort keys (first column most significant) packed into as few int64 arrays as fit in 62 bits each;
+    `columns` are (non-negative codes, number of distinct codes)."""
+    keys: list[np.ndarray] = []
+    cur, used = None, 0
+    for codes, n in columns:
+        bits = max(int(n - 1).bit_length(), 1)
+        if cur is None or used + bits > 62:
+            if cur is not None:
+                keys.append(cur)
+            cur, used = codes.astype(np.int64, copy=True), bits
+        else:
+            cur <<= bits
+            cur |= codes
+            used += bits
+    if cur is not None:
+        keys.append(cur)
+    return keys
+
+
 def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, Instrument] | None,
                 base: str) -> pd.DataFrame:
     """Contract 5 long frame from included responses and their scores (scored scales only; classification
     rows without a score are kept when they carry `above_cutoff`). Text columns are categoricals
-    (`CATEGORICAL_COLUMNS`, categories in sorted order); rows sorted as documented."""
-    s = scores[[c for c in ("response_id", "instrument", "scale", "score", "above_cutoff") if c in scores]]
-    inst, scale = _as_category(s["instrument"]), _as_category(s["scale"])
-    keep = s["response_id"].isin(inc["response_id"]).to_numpy().copy()
+    (`CATEGORICAL_COLUMNS`, categories in sorted order); rows sorted as documented.
+
+    Built by look-ups, not merges: each score row finds its response's row by response id (a sorted-id
+    search), the baseline score of its (person, role, outcome) by a packed integer key, and the final row
+    order is one lexsort of packed codes; the response columns are gathered once, in final order. Same
+    values, dtypes and row order as the merge-and-sort definition (tests/test_linkage_long_frame.py)."""
+    inst, scale = _as_category(scores["instrument"]), _as_category(scores["scale"])
+    s_ids = scores["response_id"].to_numpy(dtype=np.int64)
+    inc_ids = inc["response_id"].to_numpy(dtype=np.int64)
+    sorter = np.argsort(inc_ids, kind="stable")
+    at, found = _lookup(inc_ids[sorter], s_ids)
+    keep = found
     if instruments is not None:
-        keep &= inst.isin(list(instruments)).to_numpy()
-    s = s.assign(instrument=inst, scale=scale)[keep]
-    if "above_cutoff" not in s:
-        s = s.assign(above_cutoff=pd.NA)
-    # outcome = instrument.scale, built once per distinct pair
-    n_scale = max(len(s["scale"].cat.categories), 1)
-    pair = s["instrument"].cat.codes.to_numpy(np.int64) * n_scale + s["scale"].cat.codes.to_numpy(np.int64)
-    codes, uniq = pd.factorize(pair)
-    icat, scat = s["instrument"].cat.categories, s["scale"].cat.categories
+        keep &= np.asarray(inst.isin(list(instruments)), dtype=bool)
+    rows = np.flatnonzero(keep)  # score rows kept, in scores order
+    del found, keep
+    pos = sorter[at[rows]]  # response row (in `inc`) of each kept score row
+    del at
+    # outcome = instrument.scale, built once per distinct pair; categories sorted
+    icodes = np.asarray(inst.cat.codes, dtype=np.int64)[rows]
+    scodes = np.asarray(scale.cat.codes, dtype=np.int64)[rows]
+    n_scale = max(len(scale.cat.categories), 1)
+    ocodes, uniq = pd.factorize(icodes * n_scale + scodes)
+    icat, scat = inst.cat.categories, scale.cat.categories
     names = np.array([f"{icat[u // n_scale]}.{scat[u % n_scale]}" for u in uniq], dtype=object)
-    order = np.argsort(names, kind="stable")
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    outcome = pd.Categorical.from_codes(rank[codes] if len(codes) else codes,
-                                        categories=pd.Index(names[order].tolist(), dtype="str"))
-    s = s.assign(outcome=outcome)
+    order_names = np.argsort(names, kind="stable")
+    rank = np.empty(len(order_names), dtype=np.int64)
+    rank[order_names] = np.arange(len(order_names))
+    ocodes = rank[ocodes] if len(ocodes) else ocodes.astype(np.int64)
+    n_outcome = len(uniq)
+
     cols = ["response_id", "household_id", "subject_id", "person_id", "role", "arm", "site", "wave", "response_date",
             "days_since_t0", "months_since_t0", "age_years", "sex"]
-    left = inc[cols].rename(columns={"person_id": "informant_id", "subject_id": "person_id"})
+    left = inc[cols].rename(columns={"person_id": "informant_id", "subject_id": "person_id"}).reset_index(drop=True)
     left = left.assign(**{c: _as_category(left[c]) for c in
                           ("household_id", "person_id", "informant_id", "role", "arm", "site", "wave", "sex")})
-    m = left.merge(s, on="response_id")
-    m["score"] = pd.to_numeric(m["score"], errors="coerce").astype("float64")
-    m["above_cutoff"] = m["above_cutoff"].astype("boolean")
-    key = ["person_id", "role", "outcome"]
-    b = m[m["wave"] == base].groupby(key, sort=False, observed=True)["score"].first().rename("baseline_score")
-    m = m.merge(b.reset_index(), on=key, how="left")
-    m = m[LONG_COLUMNS + ["response_id", "instrument", "scale", "response_date"]]
-    return m.sort_values(["household_id", "person_id", "role", "outcome", "days_since_t0", "response_id"],
-                         ignore_index=True)
+    score = pd.to_numeric(scores["score"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)[rows]
+
+    # baseline score: per (person, role, outcome) the first non-missing baseline-wave score, in merge order
+    # (response row, then score row); keys with a missing person or role have none
+    person, n_person = _last_codes(left["person_id"])
+    role, n_role = _last_codes(left["role"])
+    wave_codes = np.asarray(left["wave"].cat.codes, dtype=np.int64)
+    base_code = left["wave"].cat.categories.get_indexer([base])[0]
+    key = (person[pos] * n_role + role[pos]) * max(n_outcome, 1) + ocodes
+    valid = (person[pos] < n_person - 1) & (role[pos] < n_role - 1)
+    cand = np.flatnonzero(valid & (wave_codes[pos] == base_code) & ~np.isnan(score)) if base_code >= 0 else \
+        np.array([], dtype=np.int64)
+    cand = cand[np.argsort(pos[cand], kind="stable")]  # merge order: response row, then score row
+    bkeys, first = np.unique(key[cand], return_index=True)
+    bvals = score[cand[first]]
+    del cand, first
+    at, hit = _lookup(bkeys, key)
+    baseline = np.where(hit & valid, bvals[at] if len(bvals) else np.nan, np.nan)
+    del key, at, hit, valid, bkeys, bvals
+
+    # row order: household, person, role, outcome, days since T0 (missing last), response id, merge order
+    hh, n_hh = _last_codes(left["household_id"])
+    days = left["days_since_t0"]
+    d_vals = days.to_numpy(dtype=np.float64, na_value=np.nan)
+    d_uniq, d_rank = np.unique(d_vals, return_inverse=True)  # NaN sorts last
+    d_rank = d_rank.astype(np.int64).ravel()
+    keys = _pack([(hh[pos], n_hh), (person[pos], n_person), (role[pos], n_role), (ocodes, max(n_outcome, 1)),
+                  (d_rank[pos], max(len(d_uniq), 1))])
+    merge_rank = np.argsort(pos, kind="stable")  # rows are already in score order within a response
+    merge_pos = np.empty(len(pos), dtype=np.int64)
+    merge_pos[merge_rank] = np.arange(len(pos))
+    del merge_rank
+    keys += [left["response_id"].to_numpy(dtype=np.int64)[pos], merge_pos]
+    order = np.lexsort(keys[::-1]) if len(pos) else np.arange(0)
+    del keys, merge_pos
+
+    take = pos[order]
+    long = left.drop(columns=["response_id"]).iloc[take].reset_index(drop=True)
+    del take
+    sub = rows[order]
+    above = (scores["above_cutoff"].astype("boolean") if "above_cutoff" in scores
+             else pd.Series(pd.NA, index=scores.index, dtype="boolean"))
+    long["outcome"] = pd.Categorical.from_codes(ocodes[order], categories=pd.Index(names[order_names].tolist(),
+                                                                                    dtype="str"))
+    long["score"] = score[order]
+    long["above_cutoff"] = above.array.take(sub)
+    long["baseline_score"] = baseline[order]
+    long["response_id"] = inc_ids[pos[order]]
+    long["instrument"] = inst.take(sub).reset_index(drop=True)
+    long["scale"] = scale.take(sub).reset_index(drop=True)
+    return long[LONG_COLUMNS + ["response_id", "instrument", "scale", "response_date"]]
 
 
 def _attach_household_context(long: pd.DataFrame, instruments: dict[str, Instrument] | None,
                                constructs: list[str]) -> pd.DataFrame:
     """Add `hh_<instrument>_<scale>` columns: per (household, wave) the highest score of that scale reported
-    by any informant of the household (e.g. legal measures, help received), on every row of it."""
+    by any informant of the household (e.g. legal measures, help received), on every row of it.
+
+    By look-ups: per context outcome, the maxima per packed (household, wave) code are computed with a sort
+    and spread to the rows by a search, with no merge of the long frame."""
     if not instruments or not constructs or long.empty:
         return long
     codes = [c for c, i in instruments.items() if i.construct_code in constructs]
-    ctx = long[long["instrument"].isin(codes)]
-    if ctx.empty:
+    is_ctx = np.asarray(long["instrument"].isin(codes), dtype=bool)
+    if not is_ctx.any():
         return long
-    t = ctx.groupby(["household_id", "wave", "outcome"], observed=True)["score"].max().unstack("outcome")
-    t.columns = ["hh_" + str(c).replace(".", "_") for c in t.columns]
-    return long.merge(t.reset_index(), on=["household_id", "wave"], how="left")
+    hh = np.asarray(long["household_id"].cat.codes, dtype=np.int64)
+    wave = np.asarray(long["wave"].cat.codes, dtype=np.int64)
+    n_wave = len(long["wave"].cat.categories) + 1
+    cell = hh * n_wave + wave
+    cell_ok = (hh >= 0) & (wave >= 0)
+    outcome = np.asarray(long["outcome"].cat.codes, dtype=np.int64)
+    score = long["score"].to_numpy(dtype=np.float64, na_value=np.nan)
+    sel = np.flatnonzero(is_ctx & cell_ok & (outcome >= 0))
+    for oc in np.unique(outcome[sel]):  # categories order = sorted outcome names, as unstack gives them
+        part = sel[outcome[sel] == oc]
+        c, v = cell[part], score[part]
+        srt = np.argsort(c, kind="stable")
+        c, v = c[srt], v[srt]
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        vv = np.where(np.isnan(v), -np.inf, v)
+        mx = np.maximum.reduceat(vv, starts)
+        all_nan = np.logical_and.reduceat(np.isnan(v), starts)
+        mx = np.where(all_nan, np.nan, mx)
+        at, hit = _lookup(c[starts], cell)
+        name = "hh_" + str(long["outcome"].cat.categories[oc]).replace(".", "_")
+        long[name] = np.where(hit & cell_ok, mx[at], np.nan)
+    return long
 
 
 def wide_frame(long: pd.DataFrame, study: Study) -> pd.DataFrame:

@@ -79,7 +79,18 @@ def main() -> None:
                     choices=["score", "store", "restore", "link"])
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line here")
     ap.add_argument("--label", default="")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="folder with older snapshot.py, linkage.py and store.py to time instead (git show REV:...)")
     args = ap.parse_args()
+    if args.baseline:
+        import importlib.util
+
+        for name, file in (("cohortflow.warehouse.snapshot", "snapshot.py"), ("cohortflow.warehouse.linkage", "linkage.py"),
+                           ("cohortflow.scoring.store", "store.py")):
+            spec = importlib.util.spec_from_file_location(name, args.baseline / file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
 
     import pandas as pd
 
@@ -119,7 +130,11 @@ def main() -> None:
                 data = build_analysis_dataset(engine, study, instruments)
                 info["link_build_s"] = round(time.perf_counter() - t, 2)
                 t = time.perf_counter()
-                data.to_parquet(out / "analysis_long.parquet", index=False)
+                if args.baseline:
+                    data.to_parquet(out / "analysis_long.parquet", index=False)
+                else:
+                    from cohortflow.warehouse.linkage import write_long_parquet
+                    write_long_parquet(data, out / "analysis_long.parquet")
                 info["link_parquet_s"] = round(time.perf_counter() - t, 2)
                 t = time.perf_counter()
                 info["snapshot"] = snapshot_hash(data)

@@ -93,3 +93,20 @@ def test_lookup_long_frame_without_instruments_or_rows():
     later = inc[inc["wave"] != base]
     pd.testing.assert_frame_equal(_long_frame(later, scores, INSTRUMENTS, base),
                                   ref_long(later, scores, INSTRUMENTS, base))
+
+
+def test_parquet_written_in_row_groups_reads_back_as_to_parquet(tmp_path):
+    from cohortflow.warehouse.linkage import write_long_parquet
+
+    inc, scores, base = _inputs(5, n_resp=300)
+    long = _attach_household_context(_long_frame(inc, scores, INSTRUMENTS, base), INSTRUMENTS, CONSTRUCTS)
+    long.to_parquet(tmp_path / "whole.parquet", index=False)
+    write_long_parquet(long, tmp_path / "groups.parquet", rows_per_group=400)
+    whole, groups = pd.read_parquet(tmp_path / "whole.parquet"), pd.read_parquet(tmp_path / "groups.parquet")
+    assert len(long) > 1200  # several row groups
+    pd.testing.assert_frame_equal(groups, whole)
+    pd.testing.assert_frame_equal(groups, long)
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(tmp_path / "groups.parquet").equals(pq.read_schema(tmp_path / "whole.parquet"),
+                                                                 check_metadata=True)

@@ -44,7 +44,7 @@ from cohortflow.instruments.model import Instrument
 from .snapshot import snapshot_hash
 
 __all__ = ["LinkageRules", "LinkedData", "link_waves", "build_analysis_dataset", "load_linkage_rules",
-           "snapshot_hash", "wide_frame", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
+           "snapshot_hash", "wide_frame", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
 
 DAYS_PER_MONTH = 365.25 / 12
 LONG_COLUMNS = ["household_id", "person_id", "informant_id", "role", "arm", "site", "wave", "days_since_t0",
@@ -527,6 +527,23 @@ def wide_frame(long: pd.DataFrame, study: Study) -> pd.DataFrame:
     sc = sc.dropna(axis=1, how="all")
     parts.append(sc)
     return pd.concat(parts, axis=1).reset_index()
+
+
+def write_long_parquet(long: pd.DataFrame, path: Path | str, rows_per_group: int = 1_000_000) -> Path:
+    """Write the long frame to Parquet one row group at a time (same file content as
+    `long.to_parquet(path, index=False)`: schema, pandas metadata, values), so only one row group is held in
+    Arrow form at once instead of a second copy of the whole frame. Returns the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    schema = pa.Schema.from_pandas(long.iloc[:0], preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for lo in range(0, max(len(long), 1), rows_per_group):
+            part = long.iloc[lo:lo + rows_per_group]
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False),
+                               row_group_size=rows_per_group)
+    return path
 
 
 def build_analysis_dataset(engine, study: Study, instruments: dict[str, Instrument] | None) -> pd.DataFrame:  # noqa: ANN001

@@ -384,15 +384,22 @@ def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, 
     inst, scale = _as_category(scores["instrument"]), _as_category(scores["scale"])
     s_ids = scores["response_id"].to_numpy(dtype=np.int64)
     inc_ids = inc["response_id"].to_numpy(dtype=np.int64)
-    sorter = np.argsort(inc_ids, kind="stable")
-    at, found = _lookup(inc_ids[sorter], s_ids)
-    keep = found
+    top = int(max(inc_ids.max(initial=-1), s_ids.max(initial=-1)))
+    if inc_ids.min(initial=0) >= 0 and s_ids.min(initial=0) >= 0 and top < 4 * (len(inc_ids) + len(s_ids)) + 1_000_000:
+        lut = np.full(top + 1, -1, dtype=np.int64)  # response id -> row in `inc` (ids are dense integers)
+        lut[inc_ids] = np.arange(len(inc_ids))
+        at = lut[s_ids]
+        del lut
+        keep = at >= 0
+    else:
+        sorter = np.argsort(inc_ids, kind="stable")
+        at, keep = _lookup(inc_ids[sorter], s_ids)
+        at = sorter[at]
     if instruments is not None:
         keep &= np.asarray(inst.isin(list(instruments)), dtype=bool)
     rows = np.flatnonzero(keep)  # score rows kept, in scores order
-    del found, keep
-    pos = sorter[at[rows]]  # response row (in `inc`) of each kept score row
-    del at
+    pos = at[rows]  # response row (in `inc`) of each kept score row
+    del at, keep
     # outcome = instrument.scale, built once per distinct pair; categories sorted
     icodes = np.asarray(inst.cat.codes, dtype=np.int64)[rows]
     scodes = np.asarray(scale.cat.codes, dtype=np.int64)[rows]
@@ -548,18 +555,38 @@ def write_long_parquet(long: pd.DataFrame, path: Path | str, rows_per_group: int
 
 def build_analysis_dataset(engine, study: Study, instruments: dict[str, Instrument] | None) -> pd.DataFrame:  # noqa: ANN001
     """Read the warehouse (current responses, persons, scores) and return the Contract 5 long frame."""
-    return link_warehouse(engine, study, instruments).long
+    return link_warehouse(engine, study, instruments, lean=True).long
+
+
+def _linkage_responses(engine) -> pd.DataFrame:  # noqa: ANN001
+    """Current responses with only the columns `link_waves` reads (no person join, no batch columns): the
+    same values and dtypes as those columns of `read.responses_frame`."""
+    from sqlalchemy import select
+
+    from .models import Response
+
+    q = (select(Response.id.label("response_id"), Response.household_id, Response.person_id, Response.subject_id,
+                Response.role, Response.arm, Response.site, Response.wave, Response.response_date,
+                Response.registration_date, Response.days_since_t0, Response.subject_age_months,
+                Response.subject_sex).where(Response.superseded.is_(False)).order_by(Response.id))
+    with engine.connect() as conn:
+        df = pd.read_sql(q, conn)
+    for c in ("response_date", "registration_date"):
+        df[c] = pd.to_datetime(df[c])
+    return df
 
 
 def link_warehouse(engine, study: Study, instruments: dict[str, Instrument] | None,  # noqa: ANN001
-                   rules: LinkageRules | None = None) -> LinkedData:
-    """Read the warehouse tables and run `link_waves` on them (rules from config/analysis.yaml by default)."""
+                   rules: LinkageRules | None = None, lean: bool = False) -> LinkedData:
+    """Read the warehouse tables and run `link_waves` on them (rules from config/analysis.yaml by default).
+    `lean`: read only the response columns linkage needs (`LinkedData.responses` then lacks batch, row and
+    age-in-years columns; the long frame is the same)."""
     from sqlalchemy import select
 
     from .models import Person
     from .read import responses_frame, scores_compact
 
-    responses = responses_frame(engine)
+    responses = _linkage_responses(engine) if lean else responses_frame(engine)
     scores = scores_compact(engine)
     with engine.connect() as conn:
         persons = pd.read_sql(select(Person.person_id, Person.household_id, Person.sex, Person.birth_year), conn)

@@ -428,15 +428,17 @@ def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, 
     base_code = left["wave"].cat.categories.get_indexer([base])[0]
     key = (person[pos] * n_role + role[pos]) * max(n_outcome, 1) + ocodes
     valid = (person[pos] < n_person - 1) & (role[pos] < n_role - 1)
+    group = pd.factorize(key)[0]  # one hash pass: a group number per (person, role, outcome)
+    del key
+    n_group = int(group.max(initial=-1)) + 1
     cand = np.flatnonzero(valid & (wave_codes[pos] == base_code) & ~np.isnan(score)) if base_code >= 0 else \
         np.array([], dtype=np.int64)
     cand = cand[np.argsort(pos[cand], kind="stable")]  # merge order: response row, then score row
-    bkeys, first = np.unique(key[cand], return_index=True)
-    bvals = score[cand[first]]
-    del cand, first
-    at, hit = _lookup(bkeys, key)
-    baseline = np.where(hit & valid, bvals[at] if len(bvals) else np.nan, np.nan)
-    del key, at, hit, valid, bkeys, bvals
+    firsts, first = np.unique(group[cand], return_index=True)
+    per_group = np.full(n_group, np.nan)
+    per_group[firsts] = score[cand[first]]
+    baseline = np.where(valid, per_group[group], np.nan)
+    del cand, first, firsts, per_group, group, valid
 
     # row order: household, person, role, outcome, days since T0 (missing last), response id, merge order
     hh, n_hh = _last_codes(left["household_id"])

@@ -117,11 +117,12 @@ def replicate_warehouse(url: str, copies: int) -> dict:
             conn.execute(text(f"INSERT INTO response (id, row_number, household_id, person_id, subject_id, {cols}) "
                               f"SELECT id + {k * max_id}, row_number + {k * max_row}, {pid('household_id', k)}, "
                               f"{pid('person_id', k)}, {pid('subject_id', k)}, {cols} FROM response_orig"))
-            conn.execute(text(f"INSERT INTO item_value (response_id, instrument, item, value, missing_reason) "
-                              f"SELECT response_id + {k * max_id}, instrument, item, value, missing_reason "
-                              f"FROM item_value WHERE response_id <= {max_id}"))
+            conn.execute(text(f"INSERT INTO item_block (response_id, instrument, layout_id, codes, reasons) "
+                              f"SELECT response_id + {k * max_id}, instrument, layout_id, codes, reasons "
+                              f"FROM item_block WHERE response_id <= {max_id}"))  # packed: layouts are shared
         counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
-                  for t in ("household", "person", "response", "item_value")}
+                  for t in ("household", "person", "response", "item_block")}
+        counts["item_value"] = conn.execute(text("SELECT sum(length(codes)) / 8 FROM item_block")).scalar() or 0
     return counts
 
 

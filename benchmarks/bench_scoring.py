@@ -8,9 +8,11 @@ classifications, output frame), best of 3 runs. Wall time suffers when other job
 CPU-time column (this process only; the engine is single-threaded) is the steadier figure.
 
 Instrument and item columns are categoricals (as read from Parquet or after `astype("category")`); with
-`--str-columns` they are plain strings and the string-to-category conversion is timed too.
+`--str-columns` they are plain strings and the string-to-category conversion is timed too. With `--wide` the
+same values are given as the warehouse's wide per-instrument blocks (`warehouse.read.InstrumentItems`, what
+`warehouse.read.item_matrices` reads from the packed item blocks and `scoring.store.score_warehouse` scores).
 
-Run: .venv/bin/python benchmarks/bench_scoring.py [--factors 1 10] [--str-columns]
+Run: .venv/bin/python benchmarks/bench_scoring.py [--factors 1 10] [--str-columns | --wide]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pandas as pd
 
 from cohortflow.instruments.registry import load_instruments
 from cohortflow.scoring.engine import score_all
+from cohortflow.warehouse.read import InstrumentItems
 
 BASE_RESPONSES = 3000
 
@@ -59,11 +62,23 @@ def make_item_values(instruments: dict, n_responses: int, seed: int = 1) -> tupl
     return iv, ctx
 
 
+def wide_blocks(iv: pd.DataFrame) -> list[InstrumentItems]:
+    """The long frame as one wide block per instrument (rows by response id, items in definition order)."""
+    out = []
+    for code, part in iv.groupby("instrument", observed=True):
+        items = list(dict.fromkeys(part["item"].astype(str)))
+        wide = part.pivot(index="response_id", columns="item", values="value")
+        out.append(InstrumentItems(str(code), wide.index.to_numpy(dtype=np.int64), items,
+                                   np.ascontiguousarray(wide[items].to_numpy(dtype=np.float64))))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--factors", type=float, nargs="+", default=[1, 10])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--str-columns", action="store_true", help="instrument/item as plain str, not categorical")
+    ap.add_argument("--wide", action="store_true", help="wide per-instrument blocks (the warehouse's scoring input)")
     args = ap.parse_args()
     insts = load_instruments()
     print(f"python {platform.python_version()}, pandas {pd.__version__}, numpy {np.__version__}, {len(insts)} instruments")
@@ -73,10 +88,11 @@ def main() -> None:
         iv, ctx = make_item_values(insts, int(BASE_RESPONSES * factor))
         if args.str_columns:
             iv = iv.astype({"instrument": "str", "item": "str"})
+        data = wide_blocks(iv) if args.wide else iv
         walls, cpus = [], []
         for _ in range(args.repeat):
             t0, c0 = time.perf_counter(), time.process_time()
-            out = score_all(iv, ctx, insts)
+            out = score_all(data, ctx, insts)
             walls.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
         wall, cpu = min(walls), min(cpus)

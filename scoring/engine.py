@@ -42,12 +42,18 @@ def definition_fingerprint(instrument: Instrument) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def item_values_fingerprint(item_values: pd.DataFrame) -> str:
-    """SHA-256 (hex) of the item values `response_id, item, value` whatever their row order.
+def item_values_fingerprint(item_values) -> str:  # noqa: ANN001 - a long frame or wide instrument blocks
+    """SHA-256 (hex) of the item values whatever their row order.
 
-    With `definition_fingerprint` it tells the warehouse when stored scores are stale: recompute when
-    either changes.
+    In: a long frame `response_id, [instrument,] item, value`, or wide blocks per instrument (objects with
+    `instrument, response_ids, item_codes, values`, e.g. `warehouse.read.item_matrices`). The wide form is
+    hashed per instrument (by code) with columns in item-code order and rows by response id, NaN and -0.0
+    canonical, so it changes whenever a value, response or item changes and not with storage order or
+    layout. (The two forms give different hashes for the same data.) With `definition_fingerprint` it tells
+    the warehouse when stored scores are stale: recompute when either changes.
     """
+    if not isinstance(item_values, pd.DataFrame):
+        return _wide_fingerprint(item_values)
     cols = [c for c in ("response_id", "instrument", "item", "value") if c in item_values.columns]
     frame = item_values[cols]
     # Row hashes do not depend on the row's position: hash in chunks (no sorted copy of a 90 M-row frame),
@@ -64,6 +70,20 @@ def item_values_fingerprint(item_values: pd.DataFrame) -> str:
             keys.append(pd.factorize(col, sort=True)[0])
     order = np.lexsort(keys[::-1]) if keys else np.arange(len(frame))
     return hashlib.sha256(row_hashes[order].tobytes()).hexdigest()
+
+
+def _wide_fingerprint(blocks) -> str:  # noqa: ANN001
+    h = hashlib.sha256()
+    for b in sorted(blocks, key=lambda b: str(b.instrument)):
+        rids = np.asarray(b.response_ids, dtype=np.int64)
+        cols = np.argsort(np.array(b.item_codes, dtype=object).astype(str), kind="stable")
+        rows = np.argsort(rids, kind="stable")
+        vals = np.asarray(b.values, dtype=np.float64)[np.ix_(rows, cols)] + 0.0  # -0.0 -> 0.0
+        vals[np.isnan(vals)] = np.nan  # one NaN bit pattern
+        h.update(json.dumps([str(b.instrument), [str(b.item_codes[j]) for j in cols], len(rids)]).encode())
+        h.update(rids[rows].astype("<i8").tobytes())
+        h.update(np.ascontiguousarray(vals, dtype="<f8").tobytes())
+    return h.hexdigest()
 
 
 # --- input -> matrix ------------------------------------------------------------------------------
@@ -140,12 +160,16 @@ def _item_matrix_arrays(
     return ItemMatrix(np.asarray(response_ids), matrix.reshape(n_rows, n_cols), list(instrument.item_codes))
 
 
-def item_matrix(instrument: Instrument, item_values: pd.DataFrame) -> ItemMatrix:
-    """Pivot a long frame `response_id, item, value` (one instrument) into a response x item matrix.
+def item_matrix(instrument: Instrument, item_values) -> ItemMatrix:  # noqa: ANN001
+    """Pivot a long frame `response_id, item, value` (one instrument) into a response x item matrix, or
+    arrange a wide block (`instrument, response_ids, item_codes, values`, as `warehouse.read.item_matrices`
+    yields) in the definition's item order.
 
     `item` may hold item codes ('07') or item keys ('sdq_parent_07'); a (response, item) pair given twice is
     an error. Items not given for a response are missing (NaN).
     """
+    if not isinstance(item_values, pd.DataFrame):
+        return _item_matrix_wide(instrument, item_values)
     for col in ("response_id", "item", "value"):
         if col not in item_values.columns:
             raise ScoringError(
@@ -155,6 +179,29 @@ def item_matrix(instrument: Instrument, item_values: pd.DataFrame) -> ItemMatrix
     return _item_matrix_arrays(
         instrument, item_values["response_id"], _as_categorical(item_values["item"]), _as_values(item_values["value"])
     )
+
+
+def _item_matrix_wide(instrument: Instrument, block) -> ItemMatrix:  # noqa: ANN001
+    cats = pd.Categorical([str(c) for c in block.item_codes])
+    col_idx = _resolve_item_codes(instrument, cats)  # raises on unknown or empty item codes
+    if len(set(col_idx.tolist())) != len(col_idx):
+        raise ScoringError(f"instrument {instrument.code!r}: an item is given twice in a wide block "
+                           f"({list(block.item_codes)}); each item must occur once")
+    rids = np.asarray(block.response_ids)
+    if len(np.unique(rids)) != len(rids):
+        raise ScoringError(f"instrument {instrument.code!r}: a response occurs twice in a wide block; each "
+                           "(response_id, item) must occur once")
+    values = np.asarray(block.values, dtype=np.float64)
+    n_cols = len(instrument.item_codes)
+    if list(col_idx) == list(range(n_cols)):
+        matrix = values
+    else:
+        matrix = np.full((len(rids), n_cols), np.nan)
+        matrix[:, col_idx] = values
+    order = np.argsort(rids, kind="stable")
+    if (order != np.arange(len(rids))).any():
+        rids, matrix = rids[order], matrix[order]
+    return ItemMatrix(rids, matrix, list(instrument.item_codes))
 
 
 def scored_item_matrix(
@@ -560,11 +607,14 @@ def score_all(
     on_unknown: str = "raise",
     on_invalid: str = "raise",
 ) -> pd.DataFrame:
-    """Score every instrument in a long frame `response_id, instrument, item, value` (warehouse item_value).
+    """Score every instrument in a long frame `response_id, instrument, item, value`, or in wide blocks per
+    instrument (`warehouse.read.item_matrices`: `instrument, response_ids, item_codes, values`).
 
     Instruments without a definition raise ScoringError (or are skipped with `on_unknown="skip"`).
     Returns the concatenated Contract 4 frames (instrument, scale and band as categoricals).
     """
+    if not isinstance(item_values_long, pd.DataFrame):
+        return _score_all_wide(list(item_values_long), context, instruments, on_unknown, on_invalid)
     if "instrument" not in item_values_long.columns:
         raise ScoringError("score_all: item values need an 'instrument' column (response_id, instrument, item, value)")
     inst_codes = _as_categorical(item_values_long["instrument"])
@@ -590,6 +640,25 @@ def score_all(
             continue
         inst = instruments[code]
         mat = _item_matrix_arrays(inst, rids[idx], items[idx], values[idx])
+        scored = scored_item_matrix(inst, mat.values, on_invalid=on_invalid, response_ids=mat.response_ids)
+        frames.append(score_block(inst, mat.response_ids, scored, context))
+    return blocks_to_frame(frames)
+
+
+def _score_all_wide(blocks: list, context: pd.DataFrame | None, instruments: dict[str, Instrument],
+                    on_unknown: str, on_invalid: str) -> pd.DataFrame:
+    unknown = sorted({str(b.instrument) for b in blocks if b.instrument not in instruments and len(b.response_ids)})
+    if unknown and on_unknown == "raise":
+        raise ScoringError(
+            f"score_all: no definition for instrument(s) {unknown}; known {sorted(instruments)}. Add a definition "
+            "(instruments/definitions or COHORTFLOW_INSTRUMENT_DIRS) or drop these item values."
+        )
+    frames = []
+    for b in sorted(blocks, key=lambda b: str(b.instrument)):
+        if b.instrument not in instruments or not len(b.response_ids):
+            continue
+        inst = instruments[b.instrument]
+        mat = _item_matrix_wide(inst, b)
         scored = scored_item_matrix(inst, mat.values, on_invalid=on_invalid, response_ids=mat.response_ids)
         frames.append(score_block(inst, mat.response_ids, scored, context))
     return blocks_to_frame(frames)

@@ -4,9 +4,9 @@ Stored scores are stale when an instrument definition or the item values change;
 (`definition_fingerprint`, `item_values_fingerprint`) and recorded on the scoring run, so an unchanged
 warehouse is not scored again.
 
-Built for large warehouses (factor 100: ~20 M item values, ~6 M score rows): item values are read in one
-streamed pass into a compact frame (int ids, categorical instrument/item, float values;
-`warehouse.read.item_values_compact`), scoring is vectorised per instrument, and scores are written in
+Built for large warehouses (factor 100: ~90 M item values, ~6 M score rows): item values are read in one
+streamed pass over the packed item blocks straight into one float64 response x item matrix per instrument
+(`warehouse.read.item_matrices`; no long frame), scoring is vectorised per instrument, and scores are written in
 chunks: PostgreSQL COPY (into `score` directly when it is empty, else into a temporary table merged with
 INSERT ... ON CONFLICT), SQLite executemany of plain tuples (an upsert on the score key when scores exist).
 """
@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, insert, select
 from cohortflow.instruments.model import Instrument
 from cohortflow.warehouse.db import take_write_lock
 from cohortflow.warehouse.models import Run, Score
-from cohortflow.warehouse.read import item_values_compact, scoring_context
+from cohortflow.warehouse.read import item_matrices, scoring_context
 from cohortflow.warehouse.scores import SCORE_COLUMNS, ensure_run
 
 from .engine import definition_fingerprint, item_values_fingerprint, score_all
@@ -42,7 +42,7 @@ def score_warehouse(engine: Engine, instruments: dict[str, Instrument], run_id: 
     Returns the number of score rows stored; 0 when definitions and item values are unchanged since the
     last completed scoring run (unless `force`). Instruments without a definition are skipped.
     """
-    items = item_values_compact(engine)
+    items = list(item_matrices(engine))  # wide per instrument: ~8 bytes per stored answer
     config_hash, data_hash = scoring_fingerprints(instruments, items)
     with engine.connect() as conn:
         last = conn.execute(select(Run.config_hash, Run.data_snapshot).where(Run.kind == "scoring",

@@ -156,7 +156,8 @@ def test_bad_file_refused_whole(sqlite_engine, tmp_path, make, name, what):
     assert what in rep.message, rep.message
     assert any(w in rep.message for w in TODO_WORDS), f"no advice in: {rep.message}"
     after = canonical_dump(engine)
-    for table in ("household", "person", "response", "item_value", "quarantine_row", "validation_result"):
+    for table in ("household", "person", "response", "item_layout", "item_block", "quarantine_row",
+                  "validation_result"):
         assert after[table] == before[table], table
     refused = [b for b in after["batch"] if b not in before["batch"]]
     assert len(refused) == 1 and "refused" in refused[0]

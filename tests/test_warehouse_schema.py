@@ -5,7 +5,7 @@ from sqlalchemy import inspect, text
 from cohortflow.warehouse.db import get_engine, init_warehouse
 from cohortflow.warehouse.models import Base
 
-CONTRACT_TABLES = {"batch", "household", "person", "response", "item_value", "quarantine_row",
+CONTRACT_TABLES = {"batch", "household", "person", "response", "item_layout", "item_block", "quarantine_row",
                    "validation_result", "score", "run"}
 
 

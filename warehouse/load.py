@@ -39,6 +39,7 @@ from cohortflow.instruments.model import Instrument
 
 from .db import take_write_lock
 from .models import Batch, Household, Person, QuarantineRow, Response, ValidationResult
+from .packed import BLOCK_COLUMNS, block_rows, stored_answers
 
 Validator = Callable[[MappedFile], ValidationOutcome]
 FILE_SUFFIXES = (".sav", ".csv", ".xlsx", ".dta")
@@ -512,8 +513,6 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     _sex_conflicts(conn, cand, earlier, quarantine)
     if not existing:
         return
-    from .models import ItemValue
-
     pos = {rn: i for i, rn in enumerate(d["row_number"].tolist())}
     keys = list(zip(cand["person_id"], cand["subject_id"], cand["role"], cand["wave"], cand["arm"], strict=True))
     for rn, k in zip(cand["row_number"].tolist(), keys, strict=True):
@@ -521,8 +520,7 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
             continue
         rec = type("Rec", (), {"row_number": rn})
         rid, bid = existing[k]
-        stored = {(iv.instrument + "_" + iv.item): (iv.value, iv.missing_reason)
-                  for iv in conn.execute(select(ItemValue).where(ItemValue.response_id == rid))}
+        stored = stored_answers(conn, rid)
         i = pos[rec.row_number]
         mine = {}
         for j, key in enumerate(p.item_keys):
@@ -682,22 +680,12 @@ def _insert_responses(conn: Connection, ld: pd.DataFrame, ids: np.ndarray, batch
 
 def _insert_item_values(conn: Connection, resp_ids: np.ndarray, inst: list[str], item: list[str],
                         codes: np.ndarray, reasons: np.ndarray) -> None:
-    """Bulk insert of the long item values in primary-key order (response, instrument, item), built as one
-    object array: multi-row executemany on SQLite, COPY on PostgreSQL."""
+    """Bulk insert of the item answers as packed blocks, one per (response, instrument), in primary-key
+    order (`warehouse.packed`): multi-row executemany on SQLite, COPY on PostgreSQL."""
     n, k = codes.shape
     if n == 0 or k == 0:
         return
-    order = sorted(range(k), key=lambda j: (inst[j], item[j]))  # primary-key order inside each response
-    codes, reasons = codes[:, order], reasons[:, order]
-    vals = codes.astype(object)
-    vals[np.isnan(codes) | ~pd.isna(reasons)] = None
-    rows = np.empty((n * k, 5), dtype=object)
-    rows[:, 0] = np.repeat(resp_ids.astype(object), k)
-    rows[:, 1] = np.tile(np.array([inst[j] for j in order], dtype=object), n)
-    rows[:, 2] = np.tile(np.array([item[j] for j in order], dtype=object), n)
-    rows[:, 3] = vals.ravel()
-    rows[:, 4] = reasons.ravel()
-    _bulk(conn, "item_value", ["response_id", "instrument", "item", "value", "missing_reason"], rows)
+    _bulk(conn, "item_block", BLOCK_COLUMNS, block_rows(conn, resp_ids, inst, item, codes, reasons))
 
 
 def _insert_quarantine(conn: Connection, d: pd.DataFrame, p: _Prepared, quarantine: dict[int, list[dict]],

@@ -1,6 +1,7 @@
 """The warehouse tables (docs/design.md, Contract 3) as SQLAlchemy 2.0 models.
 
-Long and instrument-agnostic: one `response` per loaded data row, one `item_value` per (response, item).
+Long and instrument-agnostic: one `response` per loaded data row; its item answers are packed, one
+`item_block` per (response, instrument) whose items are listed once in a shared `item_layout`.
 Every row traces to its `batch` (file name, SHA-256, row number). Raw values are never changed after load;
 a corrected export arrives as a new batch and marks the earlier batch's rows superseded.
 """
@@ -19,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -117,15 +119,26 @@ class Response(Base):
     __table_args__ = (UniqueConstraint("batch_id", "row_number", name="uq_response_batch_row"),)
 
 
-class ItemValue(Base):
-    """One item answer: the raw code as it arrived (NULL when missing) and why it is missing."""
+class ItemLayout(Base):
+    """One ordered list of an instrument's item codes (JSON array text), shared by every block stored in it."""
 
-    __tablename__ = "item_value"
+    __tablename__ = "item_layout"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instrument: Mapped[str] = mapped_column(String(50), index=True)
+    items: Mapped[str] = mapped_column(Text)
+
+
+class ItemBlock(Base):
+    """The item answers of one response to one instrument, packed: `codes` holds the raw codes as
+    little-endian float64 in the order of the layout's items (NaN = missing); `reasons` is a JSON object
+    {item: missing_reason} for the items that have a missing reason, NULL when none has."""
+
+    __tablename__ = "item_block"
     response_id: Mapped[int] = mapped_column(ForeignKey("response.id"), primary_key=True)
     instrument: Mapped[str] = mapped_column(String(50), primary_key=True)
-    item: Mapped[str] = mapped_column(String(50), primary_key=True)
-    value: Mapped[float | None] = mapped_column(Float)
-    missing_reason: Mapped[str | None] = mapped_column(String(50))
+    layout_id: Mapped[int] = mapped_column(ForeignKey("item_layout.id"))
+    codes: Mapped[bytes] = mapped_column(LargeBinary)
+    reasons: Mapped[str | None] = mapped_column(Text)
     __table_args__ = ({"sqlite_with_rowid": False},)
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, select
+from sqlalchemy import text as text_sql
 
-from .models import Batch, ItemValue, Person, QuarantineRow, Response
+from .models import Batch, Person, QuarantineRow, Response
+from .packed import layout_items, unpack_rows
 
 
 def responses_frame(engine: Engine, include_superseded: bool = False) -> pd.DataFrame:
@@ -27,18 +33,158 @@ def responses_frame(engine: Engine, include_superseded: bool = False) -> pd.Data
 
 
 def item_values_frame(engine: Engine, instrument: str | None = None, include_superseded: bool = False) -> pd.DataFrame:
-    """Long item values of current responses: response_id, instrument, item, item_key, value, missing_reason."""
-    q = (select(ItemValue.response_id, ItemValue.instrument, ItemValue.item, ItemValue.value,
-                ItemValue.missing_reason)
-         .join(Response, Response.id == ItemValue.response_id).order_by(ItemValue.response_id, ItemValue.item))
-    if instrument is not None:
-        q = q.where(ItemValue.instrument == instrument)
-    if not include_superseded:
-        q = q.where(Response.superseded.is_(False))
-    with engine.connect() as conn:
-        df = pd.read_sql(q, conn)
+    """Long item values of current responses: response_id, instrument, item, item_key, value, missing_reason.
+
+    One row per stored (response, item) answer, ordered by response_id, item (then instrument); value NaN
+    when missing, missing_reason None when it has none. Unpacked from the item blocks.
+    """
+    ids, insts, items, values, reasons = [], [], [], [], []
+    for lay, rid, codes, why in _layout_groups(engine, instrument, include_superseded, with_reasons=True):
+        n, k = codes.shape
+        ids.append(np.repeat(rid, k))
+        insts.append(np.full(n * k, lay.instrument, dtype=object))
+        items.append(np.tile(np.array(lay.items, dtype=object), n))
+        values.append(codes.ravel())
+        r = np.full((n, k), None, dtype=object)
+        pos = {it: j for j, it in enumerate(lay.items)}
+        for i, text in enumerate(why):
+            if text:
+                for it, reason in json.loads(text).items():
+                    r[i, pos[it]] = reason
+        reasons.append(r.ravel())
+    df = pd.DataFrame({
+        "response_id": _joined(ids, np.int64).astype(np.int64),
+        "instrument": pd.array(_joined(insts, object), dtype="str"),
+        "item": pd.array(_joined(items, object), dtype="str"),
+        "value": _joined(values, np.float64),
+        "missing_reason": _text_column(_joined(reasons, object)),
+    })
+    df = df.sort_values(["response_id", "item", "instrument"], kind="stable").reset_index(drop=True)
     df["item_key"] = df["instrument"] + "_" + df["item"]
     return df
+
+
+def _text_column(values: np.ndarray) -> pd.Series:
+    """A text column as `pd.read_sql` gives it: `str` dtype (NaN = NULL), or object Nones when all are NULL."""
+    if any(v is not None for v in values):
+        return pd.Series(pd.array(values, dtype="str"))
+    return pd.Series(values, dtype=object)
+
+
+@dataclass
+class InstrumentItems:
+    """The raw codes of one instrument, wide: rows = `response_ids` (ascending), columns = `item_codes`
+    (every item any of its layouts holds), `values` float64 (NaN = missing or not delivered)."""
+
+    instrument: str
+    response_ids: np.ndarray
+    item_codes: list[str]
+    values: np.ndarray
+
+
+@dataclass
+class _Layout:
+    id: int
+    instrument: str
+    items: list[str]
+
+
+def _layouts(engine: Engine) -> dict[int, _Layout]:
+    from .models import ItemLayout
+
+    with engine.connect() as conn:
+        return {r.id: _Layout(r.id, r.instrument, layout_items(r.items))
+                for r in conn.execute(select(ItemLayout.id, ItemLayout.instrument, ItemLayout.items))}
+
+
+def _layout_groups(engine: Engine, instrument: str | None, include_superseded: bool, with_reasons: bool = False,
+                   chunk_rows: int = 65_536) -> Iterator[tuple[_Layout, np.ndarray, np.ndarray, list]]:
+    """Per layout: (layout, response ids, codes matrix n x k, reasons texts or []) of the stored blocks, in
+    one pass over item_block; superseded responses dropped by id unless `include_superseded`.
+
+    Memory: the blocks of a layout are joined into one bytes chunk (and their ids into an int64 array) every
+    `chunk_rows` blocks, so the pass holds about the raw codes (8 bytes per answer), not Python objects per
+    block; each layout's matrix is then filled chunk by chunk, freeing the chunks as it goes.
+    """
+    layouts = _layouts(engine)
+    cols = "response_id, layout_id, codes" + (", reasons" if with_reasons else "")
+    sql, params = f"SELECT {cols} FROM item_block", {}
+    if instrument is not None:
+        sql += " WHERE instrument = :instrument"
+        params = {"instrument": instrument}
+    ids: dict[int, list[int]] = {}
+    blobs: dict[int, list[bytes]] = {}
+    why: dict[int, list] = {}
+    chunks: dict[int, list[tuple[np.ndarray, bytes]]] = {}
+
+    def seal(lid: int) -> None:
+        if ids[lid]:
+            chunks[lid].append((np.asarray(ids[lid], dtype=np.int64), b"".join(blobs[lid])))
+            ids[lid], blobs[lid] = [], []
+
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(text_sql(sql), params)
+        for part in result.partitions(chunk_rows):
+            for row in part:
+                lid = row[1]
+                if lid not in ids:
+                    ids[lid], blobs[lid], why[lid], chunks[lid] = [], [], [], []
+                ids[lid].append(row[0])
+                blobs[lid].append(bytes(row[2]))
+                if with_reasons:
+                    why[lid].append(row[3])
+                if len(ids[lid]) >= chunk_rows:
+                    seal(lid)
+    old = None if include_superseded else superseded_response_ids(engine)
+    for lid in sorted(ids):
+        seal(lid)
+        lay = layouts[lid]
+        k = len(lay.items)
+        parts = chunks.pop(lid)
+        rid = np.concatenate([p[0] for p in parts])
+        codes = np.empty((len(rid), k), dtype=np.float64)
+        lo = 0
+        while parts:
+            r, buf = parts.pop(0)
+            codes[lo:lo + len(r)] = unpack_rows([buf], len(r) * k).reshape(len(r), k)
+            lo += len(r)
+        texts = why.pop(lid)
+        if old is not None and len(old):
+            keep = ~np.isin(rid, old)
+            if not keep.all():
+                rid, codes = rid[keep], codes[keep]
+                texts = [t for t, k_ in zip(texts, keep, strict=False) if k_] if texts else texts
+        if len(rid):
+            yield lay, rid, codes, texts
+
+
+def item_matrices(engine: Engine, include_superseded: bool = False, instrument: str | None = None,
+                  chunk_rows: int = 65_536) -> Iterator[InstrumentItems]:
+    """Wide raw codes per instrument (ordered by instrument code), straight from the item blocks: no long
+    frame is built, memory is about the float64 matrices (8 bytes per stored answer)."""
+    by_inst: dict[str, list[tuple[_Layout, np.ndarray, np.ndarray]]] = {}
+    for lay, rid, codes, _ in _layout_groups(engine, instrument, include_superseded, chunk_rows=chunk_rows):
+        by_inst.setdefault(lay.instrument, []).append((lay, rid, codes))
+    for name in sorted(by_inst):
+        parts = by_inst.pop(name)
+        items: list[str] = []
+        for lay, _, _ in parts:
+            items += [it for it in lay.items if it not in items]
+        if len(parts) == 1 and parts[0][0].items == items:
+            rid, values = parts[0][1], parts[0][2]
+        else:
+            col = {it: j for j, it in enumerate(items)}
+            rid = np.concatenate([p[1] for p in parts])
+            values = np.full((len(rid), len(items)), np.nan)
+            lo = 0
+            for lay, r, codes in parts:
+                values[lo:lo + len(r), [col[it] for it in lay.items]] = codes
+                lo += len(r)
+            del parts
+        order = np.argsort(rid, kind="stable")
+        if (order != np.arange(len(rid))).any():
+            rid, values = rid[order], values[order]
+        yield InstrumentItems(name, rid, items, np.ascontiguousarray(values))
 
 
 def batches_frame(engine: Engine) -> pd.DataFrame:
@@ -174,14 +320,33 @@ def read_compact(engine: Engine, table: str, kinds: dict[str, str], chunk_rows: 
 def item_values_compact(engine: Engine, include_superseded: bool = False,
                         chunk_rows: int = _CHUNK_ROWS) -> pd.DataFrame:
     """All item values as a compact frame `response_id` (int64), `instrument`, `item` (categoricals with
-    sorted categories), `value` (float64, NaN = missing); unordered.
+    sorted categories: every instrument and item code stored, superseded responses included), `value`
+    (float64, NaN = missing); unordered. About 20 bytes per item value, unpacked from the item blocks."""
+    ids, insts, items, values = [], [], [], []
+    in_use = _layouts_in_use(engine)
+    inst_names = sorted({lay.instrument for lay in in_use})
+    item_names = sorted({it for lay in in_use for it in lay.items})
+    ipos = {v: i for i, v in enumerate(inst_names)}
+    tpos = {v: i for i, v in enumerate(item_names)}
+    for lay, rid, codes, _ in _layout_groups(engine, None, include_superseded, chunk_rows=chunk_rows):
+        n, k = codes.shape
+        ids.append(np.repeat(rid, k))
+        insts.append(np.full(n * k, ipos[lay.instrument], dtype=np.int32))
+        items.append(np.tile(np.array([tpos[it] for it in lay.items], dtype=np.int32), n))
+        values.append(codes.ravel())
+    return pd.DataFrame({
+        "response_id": _joined(ids, np.int64).astype(np.int64),
+        "instrument": pd.Categorical.from_codes(_joined(insts, np.int32),
+                                                categories=pd.Index(inst_names, dtype="str")),
+        "item": pd.Categorical.from_codes(_joined(items, np.int32), categories=pd.Index(item_names, dtype="str")),
+        "value": _joined(values, np.float64),
+    })
 
-    About 20 bytes per item value (20 M values: ~400 MB) instead of Python objects per row, and no join:
-    superseded responses are dropped by id afterwards.
-    """
-    frame = read_compact(engine, "item_value",
-                         {"response_id": "int", "instrument": "cat", "item": "cat", "value": "float"}, chunk_rows)
-    return _current(engine, frame, include_superseded)
+
+def _layouts_in_use(engine: Engine) -> list[_Layout]:
+    with engine.connect() as conn:
+        used = set(conn.execute(text_sql("SELECT DISTINCT layout_id FROM item_block")).scalars())
+    return [lay for lid, lay in _layouts(engine).items() if lid in used]
 
 
 def scores_compact(engine: Engine, include_superseded: bool = False) -> pd.DataFrame:

@@ -110,3 +110,11 @@ def test_parquet_written_in_row_groups_reads_back_as_to_parquet(tmp_path):
 
     assert pq.read_schema(tmp_path / "groups.parquet").equals(pq.read_schema(tmp_path / "whole.parquet"),
                                                                  check_metadata=True)
+
+
+def test_sparse_response_ids_take_the_sorted_search():
+    """Response ids far apart (no dense id table) give the same frame through the sorted search."""
+    inc, scores, base = _inputs(6, n_resp=200)
+    inc = inc.assign(response_id=inc["response_id"] * 10**9)
+    scores = scores.assign(response_id=scores["response_id"] * 10**9)
+    pd.testing.assert_frame_equal(_long_frame(inc, scores, INSTRUMENTS, base), ref_long(inc, scores, INSTRUMENTS, base))

@@ -456,21 +456,31 @@ def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, 
     order = np.lexsort(keys[::-1]) if len(pos) else np.arange(0)
     del keys, merge_pos
 
+    # every column gathered once, straight into the final column order (no frame-wide copy afterwards)
     take = pos[order]
-    long = left.drop(columns=["response_id"]).iloc[take].reset_index(drop=True)
-    del take
     sub = rows[order]
-    above = (scores["above_cutoff"].astype("boolean") if "above_cutoff" in scores
-             else pd.Series(pd.NA, index=scores.index, dtype="boolean"))
-    long["outcome"] = pd.Categorical.from_codes(ocodes[order], categories=pd.Index(names[order_names].tolist(),
-                                                                                    dtype="str"))
-    long["score"] = score[order]
-    long["above_cutoff"] = above.array.take(sub)
-    long["baseline_score"] = baseline[order]
-    long["response_id"] = inc_ids[pos[order]]
-    long["instrument"] = inst.take(sub).reset_index(drop=True)
-    long["scale"] = scale.take(sub).reset_index(drop=True)
-    return long[LONG_COLUMNS + ["response_id", "instrument", "scale", "response_date"]]
+    del pos, rows
+    above = (scores["above_cutoff"].astype("boolean").array if "above_cutoff" in scores
+             else pd.array([pd.NA] * len(scores), dtype="boolean"))
+    out: dict[str, object] = {}
+    for c in [*LONG_COLUMNS, "response_id", "instrument", "scale", "response_date"]:
+        if c == "outcome":
+            out[c] = pd.Categorical.from_codes(ocodes[order], categories=pd.Index(names[order_names].tolist(),
+                                                                                  dtype="str"))
+        elif c == "score":
+            out[c] = score[order]
+        elif c == "above_cutoff":
+            out[c] = above.take(sub)
+        elif c == "baseline_score":
+            out[c] = baseline[order]
+        elif c == "response_id":
+            out[c] = inc_ids[take]
+        elif c in ("instrument", "scale"):
+            out[c] = (inst if c == "instrument" else scale).array.take(sub)
+        else:
+            out[c] = left[c].array.take(take)
+    del take, sub, order
+    return pd.DataFrame(out, copy=False)
 
 
 def _attach_household_context(long: pd.DataFrame, instruments: dict[str, Instrument] | None,

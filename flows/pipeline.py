@@ -176,12 +176,12 @@ def link_task(database_url: str, outputs_dir: str):
     from cohortflow.config.study import load_study
     from cohortflow.instruments.registry import load_instruments
     from cohortflow.warehouse.db import get_engine
-    from cohortflow.warehouse.linkage import build_analysis_dataset, snapshot_hash
+    from cohortflow.warehouse.linkage import build_analysis_dataset, snapshot_hash, write_long_parquet
 
     data = build_analysis_dataset(get_engine(database_url), load_study(), load_instruments())
     out = Path(outputs_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data.to_parquet(out / "analysis_long.parquet", index=False)
+    write_long_parquet(data, out / "analysis_long.parquet")  # row group by row group: no second copy
     return data, snapshot_hash(data)
 
 

@@ -105,3 +105,27 @@ def test_bulk_store_matches_row_store_and_replaces_keys(tmp_path, any_engine):
     assert compact_scores["above_cutoff"].isna().any() and compact_scores["above_cutoff"].fillna(False).any()
     runs = scores_frame(engine)["scoring_run"].value_counts()
     assert runs["bulk-again"] == len(changed) // 2 and runs["bulk-store"] == len(changed) - len(changed) // 2
+
+    # the bulk path into an empty table rebuilds what it set aside: the secondary index (and on PostgreSQL
+    # the key and foreign-key constraints), and foreign keys are enforced again afterwards
+    from sqlalchemy import inspect
+
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM score"))
+    store_scores_bulk(engine, scores, "bulk-empty")
+    insp = inspect(engine)
+    assert "ix_score_instrument_scale" in {i["name"] for i in insp.get_indexes("score")}
+    uniques = {u["name"] for u in insp.get_unique_constraints("score")} | {
+        i["name"] for i in insp.get_indexes("score") if i.get("unique")}
+    assert uniques, "the score key must stay unique"
+    assert {tuple(fk["constrained_columns"]) for fk in insp.get_foreign_keys("score")} >= {("response_id",),
+                                                                                          ("scoring_run",)}
+    import pytest
+
+    stray = scores.iloc[:3].assign(response_id=10**9)
+    with pytest.raises(Exception, match="response"):
+        store_scores_bulk(engine, stray, "bulk-stray")
+    assert len(_stored(engine)) == len(expected)  # nothing of the failed store remains
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

@@ -44,7 +44,7 @@ from cohortflow.instruments.model import Instrument
 from .snapshot import snapshot_hash
 
 __all__ = ["LinkageRules", "LinkedData", "link_waves", "build_analysis_dataset", "load_linkage_rules",
-           "snapshot_hash", "wide_frame", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
+           "snapshot_hash", "wide_frame", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
 
 DAYS_PER_MONTH = 365.25 / 12
 LONG_COLUMNS = ["household_id", "person_id", "informant_id", "role", "arm", "site", "wave", "days_since_t0",
@@ -334,60 +334,190 @@ CATEGORICAL_COLUMNS = ["household_id", "person_id", "informant_id", "role", "arm
                        "outcome", "instrument", "scale"]
 
 
+def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of `keys` in the sorted unique array `sorted_keys` and whether each was found."""
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+    pos = np.searchsorted(sorted_keys, keys)
+    pos = np.minimum(pos, len(sorted_keys) - 1)
+    return pos, sorted_keys[pos] == keys
+
+
+def _last_codes(col: pd.Series) -> tuple[np.ndarray, int]:
+    """Codes of a categorical (sorted categories) with missing values last, as pandas sorts them, and the
+    number of distinct codes."""
+    codes = np.asarray(col.cat.codes, dtype=np.int64)
+    n = len(col.cat.categories)
+    return np.where(codes < 0, n, codes), n + 1
+
+
+def _pack(columns: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+    """Sort keys (first column most significant) packed into as few int64 arrays as fit in 62 bits each;
+    `columns` are (non-negative codes, number of distinct codes)."""
+    keys: list[np.ndarray] = []
+    cur, used = None, 0
+    for codes, n in columns:
+        bits = max(int(n - 1).bit_length(), 1)
+        if cur is None or used + bits > 62:
+            if cur is not None:
+                keys.append(cur)
+            cur, used = codes.astype(np.int64, copy=True), bits
+        else:
+            cur <<= bits
+            cur |= codes
+            used += bits
+    if cur is not None:
+        keys.append(cur)
+    return keys
+
+
 def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, Instrument] | None,
                 base: str) -> pd.DataFrame:
     """Contract 5 long frame from included responses and their scores (scored scales only; classification
     rows without a score are kept when they carry `above_cutoff`). Text columns are categoricals
-    (`CATEGORICAL_COLUMNS`, categories in sorted order); rows sorted as documented."""
-    s = scores[[c for c in ("response_id", "instrument", "scale", "score", "above_cutoff") if c in scores]]
-    inst, scale = _as_category(s["instrument"]), _as_category(s["scale"])
-    keep = s["response_id"].isin(inc["response_id"]).to_numpy().copy()
+    (`CATEGORICAL_COLUMNS`, categories in sorted order); rows sorted as documented.
+
+    Built by look-ups, not merges: each score row finds its response's row by response id (a sorted-id
+    search), the baseline score of its (person, role, outcome) by a packed integer key, and the final row
+    order is one lexsort of packed codes; the response columns are gathered once, in final order. Same
+    values, dtypes and row order as the merge-and-sort definition (tests/test_linkage_long_frame.py)."""
+    inst, scale = _as_category(scores["instrument"]), _as_category(scores["scale"])
+    s_ids = scores["response_id"].to_numpy(dtype=np.int64)
+    inc_ids = inc["response_id"].to_numpy(dtype=np.int64)
+    top = int(max(inc_ids.max(initial=-1), s_ids.max(initial=-1)))
+    if inc_ids.min(initial=0) >= 0 and s_ids.min(initial=0) >= 0 and top < 4 * (len(inc_ids) + len(s_ids)) + 1_000_000:
+        lut = np.full(top + 1, -1, dtype=np.int64)  # response id -> row in `inc` (ids are dense integers)
+        lut[inc_ids] = np.arange(len(inc_ids))
+        at = lut[s_ids]
+        del lut
+        keep = at >= 0
+    else:
+        sorter = np.argsort(inc_ids, kind="stable")
+        at, keep = _lookup(inc_ids[sorter], s_ids)
+        at = sorter[at]
     if instruments is not None:
-        keep &= inst.isin(list(instruments)).to_numpy()
-    s = s.assign(instrument=inst, scale=scale)[keep]
-    if "above_cutoff" not in s:
-        s = s.assign(above_cutoff=pd.NA)
-    # outcome = instrument.scale, built once per distinct pair
-    n_scale = max(len(s["scale"].cat.categories), 1)
-    pair = s["instrument"].cat.codes.to_numpy(np.int64) * n_scale + s["scale"].cat.codes.to_numpy(np.int64)
-    codes, uniq = pd.factorize(pair)
-    icat, scat = s["instrument"].cat.categories, s["scale"].cat.categories
+        keep &= np.asarray(inst.isin(list(instruments)), dtype=bool)
+    rows = np.flatnonzero(keep)  # score rows kept, in scores order
+    pos = at[rows]  # response row (in `inc`) of each kept score row
+    del at, keep
+    # outcome = instrument.scale, built once per distinct pair; categories sorted
+    icodes = np.asarray(inst.cat.codes, dtype=np.int64)[rows]
+    scodes = np.asarray(scale.cat.codes, dtype=np.int64)[rows]
+    n_scale = max(len(scale.cat.categories), 1)
+    ocodes, uniq = pd.factorize(icodes * n_scale + scodes)
+    icat, scat = inst.cat.categories, scale.cat.categories
     names = np.array([f"{icat[u // n_scale]}.{scat[u % n_scale]}" for u in uniq], dtype=object)
-    order = np.argsort(names, kind="stable")
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    outcome = pd.Categorical.from_codes(rank[codes] if len(codes) else codes,
-                                        categories=pd.Index(names[order].tolist(), dtype="str"))
-    s = s.assign(outcome=outcome)
+    order_names = np.argsort(names, kind="stable")
+    rank = np.empty(len(order_names), dtype=np.int64)
+    rank[order_names] = np.arange(len(order_names))
+    ocodes = rank[ocodes] if len(ocodes) else ocodes.astype(np.int64)
+    n_outcome = len(uniq)
+
     cols = ["response_id", "household_id", "subject_id", "person_id", "role", "arm", "site", "wave", "response_date",
             "days_since_t0", "months_since_t0", "age_years", "sex"]
-    left = inc[cols].rename(columns={"person_id": "informant_id", "subject_id": "person_id"})
+    left = inc[cols].rename(columns={"person_id": "informant_id", "subject_id": "person_id"}).reset_index(drop=True)
     left = left.assign(**{c: _as_category(left[c]) for c in
                           ("household_id", "person_id", "informant_id", "role", "arm", "site", "wave", "sex")})
-    m = left.merge(s, on="response_id")
-    m["score"] = pd.to_numeric(m["score"], errors="coerce").astype("float64")
-    m["above_cutoff"] = m["above_cutoff"].astype("boolean")
-    key = ["person_id", "role", "outcome"]
-    b = m[m["wave"] == base].groupby(key, sort=False, observed=True)["score"].first().rename("baseline_score")
-    m = m.merge(b.reset_index(), on=key, how="left")
-    m = m[LONG_COLUMNS + ["response_id", "instrument", "scale", "response_date"]]
-    return m.sort_values(["household_id", "person_id", "role", "outcome", "days_since_t0", "response_id"],
-                         ignore_index=True)
+    score = pd.to_numeric(scores["score"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)[rows]
+
+    # baseline score: per (person, role, outcome) the first non-missing baseline-wave score, in merge order
+    # (response row, then score row); keys with a missing person or role have none
+    person, n_person = _last_codes(left["person_id"])
+    role, n_role = _last_codes(left["role"])
+    wave_codes = np.asarray(left["wave"].cat.codes, dtype=np.int64)
+    base_code = left["wave"].cat.categories.get_indexer([base])[0]
+    key = (person[pos] * n_role + role[pos]) * max(n_outcome, 1) + ocodes
+    valid = (person[pos] < n_person - 1) & (role[pos] < n_role - 1)
+    group = pd.factorize(key)[0]  # one hash pass: a group number per (person, role, outcome)
+    del key
+    n_group = int(group.max(initial=-1)) + 1
+    cand = np.flatnonzero(valid & (wave_codes[pos] == base_code) & ~np.isnan(score)) if base_code >= 0 else \
+        np.array([], dtype=np.int64)
+    cand = cand[np.argsort(pos[cand], kind="stable")]  # merge order: response row, then score row
+    firsts, first = np.unique(group[cand], return_index=True)
+    per_group = np.full(n_group, np.nan)
+    per_group[firsts] = score[cand[first]]
+    baseline = np.where(valid, per_group[group], np.nan)
+    del cand, first, firsts, per_group, group, valid
+
+    # row order: household, person, role, outcome, days since T0 (missing last), response id, merge order
+    hh, n_hh = _last_codes(left["household_id"])
+    days = left["days_since_t0"]
+    d_vals = days.to_numpy(dtype=np.float64, na_value=np.nan)
+    d_uniq, d_rank = np.unique(d_vals, return_inverse=True)  # NaN sorts last
+    d_rank = d_rank.astype(np.int64).ravel()
+    keys = _pack([(hh[pos], n_hh), (person[pos], n_person), (role[pos], n_role), (ocodes, max(n_outcome, 1)),
+                  (d_rank[pos], max(len(d_uniq), 1))])
+    merge_rank = np.argsort(pos, kind="stable")  # rows are already in score order within a response
+    merge_pos = np.empty(len(pos), dtype=np.int64)
+    merge_pos[merge_rank] = np.arange(len(pos))
+    del merge_rank
+    keys += [left["response_id"].to_numpy(dtype=np.int64)[pos], merge_pos]
+    order = np.lexsort(keys[::-1]) if len(pos) else np.arange(0)
+    del keys, merge_pos
+
+    # every column gathered once, straight into the final column order (no frame-wide copy afterwards)
+    take = pos[order]
+    sub = rows[order]
+    del pos, rows
+    above = (scores["above_cutoff"].astype("boolean").array if "above_cutoff" in scores
+             else pd.array([pd.NA] * len(scores), dtype="boolean"))
+    out: dict[str, object] = {}
+    for c in [*LONG_COLUMNS, "response_id", "instrument", "scale", "response_date"]:
+        if c == "outcome":
+            out[c] = pd.Categorical.from_codes(ocodes[order], categories=pd.Index(names[order_names].tolist(),
+                                                                                  dtype="str"))
+        elif c == "score":
+            out[c] = score[order]
+        elif c == "above_cutoff":
+            out[c] = above.take(sub)
+        elif c == "baseline_score":
+            out[c] = baseline[order]
+        elif c == "response_id":
+            out[c] = inc_ids[take]
+        elif c in ("instrument", "scale"):
+            out[c] = (inst if c == "instrument" else scale).array.take(sub)
+        else:
+            out[c] = left[c].array.take(take)
+    del take, sub, order
+    return pd.DataFrame(out, copy=False)
 
 
 def _attach_household_context(long: pd.DataFrame, instruments: dict[str, Instrument] | None,
                                constructs: list[str]) -> pd.DataFrame:
     """Add `hh_<instrument>_<scale>` columns: per (household, wave) the highest score of that scale reported
-    by any informant of the household (e.g. legal measures, help received), on every row of it."""
+    by any informant of the household (e.g. legal measures, help received), on every row of it.
+
+    By look-ups: per context outcome, the maxima per packed (household, wave) code are computed with a sort
+    and spread to the rows by a search, with no merge of the long frame."""
     if not instruments or not constructs or long.empty:
         return long
     codes = [c for c, i in instruments.items() if i.construct_code in constructs]
-    ctx = long[long["instrument"].isin(codes)]
-    if ctx.empty:
+    is_ctx = np.asarray(long["instrument"].isin(codes), dtype=bool)
+    if not is_ctx.any():
         return long
-    t = ctx.groupby(["household_id", "wave", "outcome"], observed=True)["score"].max().unstack("outcome")
-    t.columns = ["hh_" + str(c).replace(".", "_") for c in t.columns]
-    return long.merge(t.reset_index(), on=["household_id", "wave"], how="left")
+    hh = np.asarray(long["household_id"].cat.codes, dtype=np.int64)
+    wave = np.asarray(long["wave"].cat.codes, dtype=np.int64)
+    n_wave = len(long["wave"].cat.categories) + 1
+    cell = hh * n_wave + wave
+    cell_ok = (hh >= 0) & (wave >= 0)
+    outcome = np.asarray(long["outcome"].cat.codes, dtype=np.int64)
+    score = long["score"].to_numpy(dtype=np.float64, na_value=np.nan)
+    sel = np.flatnonzero(is_ctx & cell_ok & (outcome >= 0))
+    for oc in np.unique(outcome[sel]):  # categories order = sorted outcome names, as unstack gives them
+        part = sel[outcome[sel] == oc]
+        c, v = cell[part], score[part]
+        srt = np.argsort(c, kind="stable")
+        c, v = c[srt], v[srt]
+        starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        vv = np.where(np.isnan(v), -np.inf, v)
+        mx = np.maximum.reduceat(vv, starts)
+        all_nan = np.logical_and.reduceat(np.isnan(v), starts)
+        mx = np.where(all_nan, np.nan, mx)
+        at, hit = _lookup(c[starts], cell)
+        name = "hh_" + str(long["outcome"].cat.categories[oc]).replace(".", "_")
+        long[name] = np.where(hit & cell_ok, mx[at], np.nan)
+    return long
 
 
 def wide_frame(long: pd.DataFrame, study: Study) -> pd.DataFrame:
@@ -418,20 +548,57 @@ def wide_frame(long: pd.DataFrame, study: Study) -> pd.DataFrame:
     return pd.concat(parts, axis=1).reset_index()
 
 
+def write_long_parquet(long: pd.DataFrame, path: Path | str, rows_per_group: int = 1_000_000) -> Path:
+    """Write the long frame to Parquet one row group at a time (same file content as
+    `long.to_parquet(path, index=False)`: schema, pandas metadata, values), so only one row group is held in
+    Arrow form at once instead of a second copy of the whole frame. Returns the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    schema = pa.Schema.from_pandas(long.iloc[:0], preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for lo in range(0, max(len(long), 1), rows_per_group):
+            part = long.iloc[lo:lo + rows_per_group]
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False),
+                               row_group_size=rows_per_group)
+    return path
+
+
 def build_analysis_dataset(engine, study: Study, instruments: dict[str, Instrument] | None) -> pd.DataFrame:  # noqa: ANN001
     """Read the warehouse (current responses, persons, scores) and return the Contract 5 long frame."""
-    return link_warehouse(engine, study, instruments).long
+    return link_warehouse(engine, study, instruments, lean=True).long
+
+
+def _linkage_responses(engine) -> pd.DataFrame:  # noqa: ANN001
+    """Current responses with only the columns `link_waves` reads (no person join, no batch columns): the
+    same values and dtypes as those columns of `read.responses_frame`."""
+    from sqlalchemy import select
+
+    from .models import Response
+
+    q = (select(Response.id.label("response_id"), Response.household_id, Response.person_id, Response.subject_id,
+                Response.role, Response.arm, Response.site, Response.wave, Response.response_date,
+                Response.registration_date, Response.days_since_t0, Response.subject_age_months,
+                Response.subject_sex).where(Response.superseded.is_(False)).order_by(Response.id))
+    with engine.connect() as conn:
+        df = pd.read_sql(q, conn)
+    for c in ("response_date", "registration_date"):
+        df[c] = pd.to_datetime(df[c])
+    return df
 
 
 def link_warehouse(engine, study: Study, instruments: dict[str, Instrument] | None,  # noqa: ANN001
-                   rules: LinkageRules | None = None) -> LinkedData:
-    """Read the warehouse tables and run `link_waves` on them (rules from config/analysis.yaml by default)."""
+                   rules: LinkageRules | None = None, lean: bool = False) -> LinkedData:
+    """Read the warehouse tables and run `link_waves` on them (rules from config/analysis.yaml by default).
+    `lean`: read only the response columns linkage needs (`LinkedData.responses` then lacks batch, row and
+    age-in-years columns; the long frame is the same)."""
     from sqlalchemy import select
 
     from .models import Person
     from .read import responses_frame, scores_compact
 
-    responses = responses_frame(engine)
+    responses = _linkage_responses(engine) if lean else responses_frame(engine)
     scores = scores_compact(engine)
     with engine.connect() as conn:
         persons = pd.read_sql(select(Person.person_id, Person.household_id, Person.sex, Person.birth_year), conn)

@@ -352,10 +352,61 @@ def _layouts_in_use(engine: Engine) -> list[_Layout]:
 def scores_compact(engine: Engine, include_superseded: bool = False) -> pd.DataFrame:
     """Stored scores as a compact frame `response_id, instrument, scale, score, above_cutoff` (categoricals,
     float64, boolean); unordered. The columns linkage needs, for large warehouses."""
-    frame = read_compact(engine, "score",
-                         {"response_id": "int", "instrument": "cat", "scale": "cat", "score": "float",
-                          "above_cutoff": "bool"})
+    frame = _sqlite_scores_compact(engine) if engine.dialect.name == "sqlite" else None
+    if frame is None:
+        frame = read_compact(engine, "score",
+                             {"response_id": "int", "instrument": "cat", "scale": "cat", "score": "float",
+                              "above_cutoff": "bool"})
     return _current(engine, frame, include_superseded)
+
+
+def _sqlite_scores_compact(engine: Engine, chunk_rows: int = _CHUNK_ROWS) -> pd.DataFrame | None:
+    """`scores_compact` on SQLite: the (instrument, scale) pair replaced in SQL by its code in a small
+    temporary table and packed with the response id and the cut-off flag into one number, the score beside it;
+    each fetched chunk becomes one float64 array in one numpy call (the packed number stays below 2**53, so
+    it is exact). None when the packed number would not fit (then `read_compact` reads it)."""
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        cur = raw.cursor()
+        try:
+            max_id = cur.execute("SELECT max(response_id) FROM score").fetchone()[0] or 0
+            cur.execute("DROP TABLE IF EXISTS temp.cf_score_combo")
+            cur.execute("CREATE TEMPORARY TABLE cf_score_combo AS SELECT DISTINCT instrument, scale FROM score")
+            cur.execute("CREATE UNIQUE INDEX temp.cf_score_combo_key ON cf_score_combo (instrument, scale)")
+            combos = cur.execute("SELECT rowid - 1, instrument, scale FROM cf_score_combo ORDER BY rowid").fetchall()
+            n_combo = max(len(combos), 1)
+            if (max_id + 1) * n_combo * 3 >= 2**53:
+                return None
+            sql = (f"SELECT ((t.response_id * {n_combo} + (c.rowid - 1)) * 3 + coalesce(t.above_cutoff, 2)), "
+                   f"ifnull(t.score, {_NULL_FLOAT!r}) FROM score t JOIN temp.cf_score_combo c "
+                   "ON c.instrument = t.instrument AND c.scale = t.scale")
+            parts: list[np.ndarray] = []
+            cur.execute(sql)
+            while rows := cur.fetchmany(chunk_rows):
+                parts.append(np.array(rows, dtype=np.float64))
+            cur.execute("DROP TABLE IF EXISTS temp.cf_score_combo")
+        finally:
+            cur.close()
+    data = np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.float64)
+    del parts
+    key = data[:, 0].astype(np.int64)
+    score = data[:, 1].copy()
+    del data
+    score[score == _NULL_FLOAT] = np.nan
+    key, flag = np.divmod(key, 3)
+    ids, combo = np.divmod(key, n_combo)
+    del key
+    out: dict[str, object] = {"response_id": ids}
+    for j, c in ((1, "instrument"), (2, "scale")):
+        values = [row[j] for row in combos]
+        names_sorted = sorted(set(values))
+        pos = {v: i for i, v in enumerate(names_sorted)}
+        remap = np.array([pos[v] for v in values] or [0], dtype=np.int32)
+        out[c] = pd.Categorical.from_codes(remap[combo] if len(combo) else combo.astype(np.int32),
+                                           categories=pd.Index(names_sorted, dtype="str"))
+    out["score"] = score
+    out["above_cutoff"] = pd.arrays.BooleanArray(flag == 1, flag == 2)
+    return pd.DataFrame(out)
 
 
 def _current(engine: Engine, frame: pd.DataFrame, include_superseded: bool) -> pd.DataFrame:

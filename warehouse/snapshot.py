@@ -51,29 +51,40 @@ def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
 
 
 def _dense_rank(kind: str, values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense rank (0..n-1, NaN last) of a canonical column and the number of distinct ranks."""
+    """Dense rank (0..n-1, NaN last) of a canonical column and the number of distinct ranks (a hash
+    factorisation and a sort of the distinct values only)."""
     if kind == "s":
         return values, int(values.max(initial=-1)) + 1
-    distinct, inverse = np.unique(values, return_inverse=True)  # NaNs collapse into one, sorted last
-    return inverse.astype(np.int64).ravel(), len(distinct)
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    uniques = np.asarray(uniques, dtype=np.float64)
+    rank = np.empty(len(uniques) + 1, dtype=np.int64)
+    rank[np.argsort(uniques, kind="stable")] = np.arange(len(uniques))
+    rank[-1] = len(uniques)  # NaN (code -1) after every number
+    has_nan = bool((codes < 0).any())
+    return rank[codes], len(uniques) + int(has_nan)
 
 
-def _row_order(ranks: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """Stable row order by all columns (first column first): dense ranks packed into as few int64 keys as
-    fit, then one lexsort."""
+def _row_order(frame: pd.DataFrame, cols: list[str], by_name: dict[str, object]) -> np.ndarray:
+    """Stable row order by all columns (`cols` order, first most significant): each column's dense rank is
+    computed in turn and packed into as few int64 keys as fit, then one lexsort. Only the packed keys and one
+    column's canonical form are held at a time."""
     keys: list[np.ndarray] = []
     cur: np.ndarray | None = None
     bits_used = 0
-    for rank, n in ranks:
+    for c in cols:
+        kind, values, _ = _canonical(frame[by_name[c]].reset_index(drop=True))
+        rank, n = _dense_rank(kind, values)
+        del values
         bits = max(int(n - 1).bit_length(), 1)
         if cur is None or bits_used + bits > 62:
             if cur is not None:
                 keys.append(cur)
-            cur, bits_used = rank.astype(np.int64).copy(), bits
+            cur, bits_used = rank.astype(np.int64, copy=True), bits
         else:
             cur <<= bits
             cur |= rank
             bits_used += bits
+        del rank
     if cur is not None:
         keys.append(cur)
     return np.lexsort(keys[::-1]) if keys else np.arange(0)
@@ -82,8 +93,9 @@ def _row_order(ranks: list[tuple[np.ndarray, int]]) -> np.ndarray:
 def snapshot_hash(frame: pd.DataFrame) -> str:
     """SHA-256 hex of a frame's content, independent of row/column order and storage dtypes.
 
-    Memory is a few int64 per row (text columns become codes into their sorted distinct values), so a
-    24 M-row analysis dataset with categorical text hashes without turning it into Python strings at once.
+    Memory is a few int64 per row (text columns become codes into their sorted distinct values; one column
+    is in canonical form at a time), so a 24 M-row analysis dataset with categorical text hashes without
+    turning it into Python strings at once.
     """
     names = [str(c) for c in frame.columns]
     if len(set(names)) != len(names):
@@ -91,13 +103,12 @@ def snapshot_hash(frame: pd.DataFrame) -> str:
     by_name = dict(zip(names, frame.columns, strict=True))
     cols = sorted(names)
     n_rows = len(frame)
-    canon = {c: _canonical(frame[by_name[c]].reset_index(drop=True)) for c in cols}
-    order = _row_order([_dense_rank(k, v) for k, v, _ in canon.values()]) if cols and n_rows else np.arange(n_rows)
+    order = _row_order(frame, cols, by_name) if cols and n_rows else np.arange(n_rows)
     h = hashlib.sha256()
     h.update(f"rows={n_rows};cols={len(cols)}".encode())
     step = 1_000_000
     for c in cols:
-        kind, values, texts = canon[c]
+        kind, values, texts = _canonical(frame[by_name[c]].reset_index(drop=True))
         h.update(b"\x1e" + c.encode("utf-8") + b"\x1f" + kind.encode())
         for lo in range(0, n_rows, step):
             part = values[order[lo:lo + step]]
@@ -109,6 +120,7 @@ def snapshot_hash(frame: pd.DataFrame) -> str:
                 arr = np.asarray(part, dtype="float64").copy()
                 arr[np.isnan(arr)] = np.nan  # one NaN bit pattern
                 h.update(arr.astype("<f8").tobytes())
+        del values, texts
     return h.hexdigest()
 
 def new_run_id(kind: str | None = None) -> str:

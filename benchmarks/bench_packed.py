@@ -4,10 +4,11 @@ Usage: python benchmarks/bench_packed.py --warehouse OLD.sqlite [--work DIR] [--
 
 * migrate: copies OLD.sqlite (a warehouse in the long `item_value` schema, revision 0001; never modified) to
   --work and times `init_warehouse` (Alembic 0001 -> 0002: item_value -> item_layout + item_block).
-* scoring read: in fresh processes, the scoring stage's read side without storing scores: today (item_matrices
+* scoring read: in fresh processes (context read first), the scoring stage's read side without storing scores: today (item_matrices
   -> item_values_fingerprint -> score_all) on the converted copy, and with --old-src (a source tree of the code
   before packing, e.g. `git archive 005a505`) the old path (item_values_compact -> fingerprint -> score_all) on a
-  second copy of OLD.sqlite. Peak RSS from getrusage.
+  second copy of OLD.sqlite. RSS from /proc/self/status: before the read, after it, and the peak (VmHWM,
+  reset before the read) of the read and of read + fingerprint + scoring.
 * granularity: the converted blocks written again as one block per response x instrument (what the warehouse
   stores) and as one block per response (all instruments of the response in one layout): insert time (SQLite
   multi-row executemany; PostgreSQL COPY when --database-url is given, into a scratch schema `bench_packed`
@@ -71,38 +72,52 @@ def migrate(old: Path, work: Path) -> Path:
 
 SCORING_NEW = """
 import resource, time, json, sys
+def _status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 from cohortflow.instruments.registry import load_instruments
 from cohortflow.scoring.engine import item_values_fingerprint, score_all
 from cohortflow.warehouse.db import get_engine
 from cohortflow.warehouse.read import item_matrices, scoring_context
 insts = load_instruments(); e = get_engine(sys.argv[1])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+ctx = scoring_context(e); base = _status("VmRSS"); _reset_peak()
 t = time.perf_counter(); items = list(item_matrices(e)); t_read = time.perf_counter() - t
-after_read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+after_read = _status("VmRSS"); read_peak = _status("VmHWM")
 t = time.perf_counter(); fp = item_values_fingerprint(items); t_fp = time.perf_counter() - t
-t = time.perf_counter(); s = score_all(items, scoring_context(e), insts, on_unknown="skip"); t_score = time.perf_counter() - t
+t = time.perf_counter(); s = score_all(items, ctx, insts, on_unknown="skip"); t_score = time.perf_counter() - t
 n = int(sum(b.values.size for b in items)); mb = sum(b.values.nbytes for b in items) / 2**20
 print(json.dumps({"read_s": t_read, "fingerprint_s": t_fp, "score_s": t_score, "cells": n, "matrix_mib": mb,
-                  "rss_base_mib": base, "rss_after_read_mib": after_read, "scores": len(s),
-                  "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_before_read_mib": base, "rss_after_read_mib": after_read, "rss_peak_read_mib": read_peak,
+                  "scores": len(s), "rss_peak_read_score_mib": _status("VmHWM")}))
 """
 
 SCORING_OLD = """
 import resource, time, json, sys
+def _status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+def _reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 from cohortflow.instruments.registry import load_instruments
 from cohortflow.scoring.engine import item_values_fingerprint, score_all
 from cohortflow.warehouse.db import get_engine
 from cohortflow.warehouse.read import item_values_compact, scoring_context
 insts = load_instruments(); e = get_engine(sys.argv[1])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+ctx = scoring_context(e); base = _status("VmRSS"); _reset_peak()
 t = time.perf_counter(); items = item_values_compact(e); t_read = time.perf_counter() - t
-after_read = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+after_read = _status("VmRSS"); read_peak = _status("VmHWM")
 t = time.perf_counter(); fp = item_values_fingerprint(items); t_fp = time.perf_counter() - t
-t = time.perf_counter(); s = score_all(items, scoring_context(e), insts, on_unknown="skip"); t_score = time.perf_counter() - t
+t = time.perf_counter(); s = score_all(items, ctx, insts, on_unknown="skip"); t_score = time.perf_counter() - t
 print(json.dumps({"read_s": t_read, "fingerprint_s": t_fp, "score_s": t_score, "cells": len(items),
                   "frame_mib": items.memory_usage(deep=True).sum() / 2**20, "scores": len(s),
-                  "rss_base_mib": base, "rss_after_read_mib": after_read,
-                  "rss_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "rss_before_read_mib": base, "rss_after_read_mib": after_read, "rss_peak_read_mib": read_peak,
+                  "rss_peak_read_score_mib": _status("VmHWM")}))
 """
 
 
@@ -337,6 +352,7 @@ def main() -> None:
     ap.add_argument("--old-src", default=None, help="source tree of the code before packing (PYTHONPATH)")
     ap.add_argument("--database-url", default=None, help="PostgreSQL for the granularity test (scratch schema)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["scoring", "granularity", "writer"])
+    ap.add_argument("--packed", type=Path, default=None, help="an already converted copy: skip the migration")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"load average at start: {load_average()}", flush=True)
@@ -344,7 +360,7 @@ def main() -> None:
         writer(args.writer_responses, args.work, args.database_url)
     if args.only_writer or args.warehouse is None:
         return
-    packed = migrate(args.warehouse, args.work)
+    packed = args.packed or migrate(args.warehouse, args.work)
     if "scoring" not in args.skip:
         scoring_read("packed: item_matrices", packed, SCORING_NEW, None)
         if args.old_src:

@@ -107,11 +107,12 @@ def _layout_groups(engine: Engine, instrument: str | None, include_superseded: b
     block; each layout's matrix is then filled chunk by chunk, freeing the chunks as it goes.
     """
     layouts = _layouts(engine)
+    pg = engine.dialect.name == "postgresql"
     cols = "response_id, layout_id, codes" + (", reasons" if with_reasons else "")
-    sql, params = f"SELECT {cols} FROM item_block", {}
+    sql, params = f"SELECT {cols} FROM item_block", ()
     if instrument is not None:
-        sql += " WHERE instrument = :instrument"
-        params = {"instrument": instrument}
+        sql += " WHERE instrument = " + ("%s" if pg else "?")
+        params = (instrument,)
     ids: dict[int, list[int]] = {}
     blobs: dict[int, list[bytes]] = {}
     why: dict[int, list] = {}
@@ -122,19 +123,24 @@ def _layout_groups(engine: Engine, instrument: str | None, include_superseded: b
             chunks[lid].append((np.asarray(ids[lid], dtype=np.int64), b"".join(blobs[lid])))
             ids[lid], blobs[lid] = [], []
 
-    with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(text_sql(sql), params)
-        for part in result.partitions(chunk_rows):
-            for row in part:
-                lid = row[1]
-                if lid not in ids:
-                    ids[lid], blobs[lid], why[lid], chunks[lid] = [], [], [], []
-                ids[lid].append(row[0])
-                blobs[lid].append(bytes(row[2]))
-                if with_reasons:
-                    why[lid].append(row[3])
-                if len(ids[lid]) >= chunk_rows:
-                    seal(lid)
+    with engine.connect() as conn:  # the driver's cursor: about 3x faster than SQLAlchemy rows for blobs
+        raw = conn.connection.driver_connection
+        cur = raw.cursor(name="cf_item_blocks") if pg else raw.cursor()  # PostgreSQL: server-side, streamed
+        try:
+            cur.execute(sql, params)
+            while part := cur.fetchmany(chunk_rows):
+                for row in part:
+                    lid = row[1]
+                    if lid not in ids:
+                        ids[lid], blobs[lid], why[lid], chunks[lid] = [], [], [], []
+                    ids[lid].append(row[0])
+                    blobs[lid].append(row[2])
+                    if with_reasons:
+                        why[lid].append(row[3])
+                    if len(ids[lid]) >= chunk_rows:
+                        seal(lid)
+        finally:
+            cur.close()
     old = None if include_superseded else superseded_response_ids(engine)
     for lid in sorted(ids):
         seal(lid)

@@ -41,7 +41,7 @@ from cohortflow.config.loading import ConfigError, load_yaml, parse_model
 from cohortflow.config.study import Study, config_dir
 from cohortflow.instruments.model import Instrument
 
-from .snapshot import snapshot_hash
+from .snapshot import pack_sort_keys, snapshot_hash
 
 __all__ = ["LinkageRules", "LinkedData", "link_waves", "build_analysis_dataset", "load_linkage_rules",
            "snapshot_hash", "wide_frame", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
@@ -351,26 +351,6 @@ def _last_codes(col: pd.Series) -> tuple[np.ndarray, int]:
     return np.where(codes < 0, n, codes), n + 1
 
 
-def _pack(columns: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
-    """Sort keys (first column most significant) packed into as few int64 arrays as fit in 62 bits each;
-    `columns` are (non-negative codes, number of distinct codes)."""
-    keys: list[np.ndarray] = []
-    cur, used = None, 0
-    for codes, n in columns:
-        bits = max(int(n - 1).bit_length(), 1)
-        if cur is None or used + bits > 62:
-            if cur is not None:
-                keys.append(cur)
-            cur, used = codes.astype(np.int64, copy=True), bits
-        else:
-            cur <<= bits
-            cur |= codes
-            used += bits
-    if cur is not None:
-        keys.append(cur)
-    return keys
-
-
 def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, Instrument] | None,
                 base: str) -> pd.DataFrame:
     """Contract 5 long frame from included responses and their scores (scored scales only; classification
@@ -446,7 +426,7 @@ def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, 
     d_vals = days.to_numpy(dtype=np.float64, na_value=np.nan)
     d_uniq, d_rank = np.unique(d_vals, return_inverse=True)  # NaN sorts last
     d_rank = d_rank.astype(np.int64).ravel()
-    keys = _pack([(hh[pos], n_hh), (person[pos], n_person), (role[pos], n_role), (ocodes, max(n_outcome, 1)),
+    keys = pack_sort_keys([(hh[pos], n_hh), (person[pos], n_person), (role[pos], n_role), (ocodes, max(n_outcome, 1)),
                   (d_rank[pos], max(len(d_uniq), 1))])
     merge_rank = np.argsort(pos, kind="stable")  # rows are already in score order within a response
     merge_pos = np.empty(len(pos), dtype=np.int64)

@@ -233,6 +233,17 @@ def superseded_response_ids(engine: Engine) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+def _combo_categorical(combos: list[tuple], j: int, combo: np.ndarray) -> pd.Categorical:
+    """Column `j` of the distinct text combinations `combos`, taken per row by `combo` (row -> combination
+    index), as a categorical with lexically sorted categories."""
+    values = [row[j] for row in combos]
+    names_sorted = sorted(set(values))
+    pos = {v: i for i, v in enumerate(names_sorted)}
+    remap = np.array([pos[v] for v in values] or [0], dtype=np.int32)
+    return pd.Categorical.from_codes(remap[combo] if len(combo) else combo.astype(np.int32),
+                                     categories=pd.Index(names_sorted, dtype="str"))
+
+
 def read_compact(engine: Engine, table: str, kinds: dict[str, str], chunk_rows: int = _CHUNK_ROWS) -> pd.DataFrame:
     """Read columns of `table` into a compact frame, streamed in chunks (row order unspecified).
 
@@ -313,13 +324,7 @@ def read_compact(engine: Engine, table: str, kinds: dict[str, str], chunk_rows: 
             v = decoded[c]
             out[c] = pd.arrays.BooleanArray(v == 1, v == 2)
         else:
-            j = cats.index(c)
-            values = [combo_row[j] for combo_row in combos]
-            names_sorted = sorted(set(values))
-            pos = {v: i for i, v in enumerate(names_sorted)}
-            remap = np.array([pos[v] for v in values] or [0], dtype=np.int32)
-            out[c] = pd.Categorical.from_codes(remap[combo] if len(combo) else combo.astype(np.int32),
-                                               categories=pd.Index(names_sorted, dtype="str"))
+            out[c] = _combo_categorical(combos, cats.index(c), combo)
     return pd.DataFrame(out)
 
 
@@ -404,12 +409,7 @@ def _sqlite_scores_compact(engine: Engine, chunk_rows: int = _CHUNK_ROWS) -> pd.
     del key
     out: dict[str, object] = {"response_id": ids}
     for j, c in ((1, "instrument"), (2, "scale")):
-        values = [row[j] for row in combos]
-        names_sorted = sorted(set(values))
-        pos = {v: i for i, v in enumerate(names_sorted)}
-        remap = np.array([pos[v] for v in values] or [0], dtype=np.int32)
-        out[c] = pd.Categorical.from_codes(remap[combo] if len(combo) else combo.astype(np.int32),
-                                           categories=pd.Index(names_sorted, dtype="str"))
+        out[c] = _combo_categorical(combos, j, combo)
     out["score"] = score
     out["above_cutoff"] = pd.arrays.BooleanArray(flag == 1, flag == 2)
     return pd.DataFrame(out)

@@ -11,6 +11,7 @@ any value, column name or row count does.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -64,29 +65,43 @@ def _dense_rank(kind: str, values: np.ndarray) -> tuple[np.ndarray, int]:
     return rank[codes], len(uniques) + int(has_nan)
 
 
+def pack_sort_keys(columns: Iterable[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+    """Sort keys (first column most significant) packed into as few int64 arrays as fit in 62 bits each.
+
+    `columns`: (non-negative codes, number of distinct codes) per column; an iterator is consumed one column at
+    a time, so a caller can compute each column's codes lazily and hold only the packed keys and one column.
+    """
+    keys: list[np.ndarray] = []
+    cur: np.ndarray | None = None
+    used = 0
+    for codes, n in columns:
+        bits = max(int(n - 1).bit_length(), 1)
+        if cur is None or used + bits > 62:
+            if cur is not None:
+                keys.append(cur)
+            cur, used = codes.astype(np.int64, copy=True), bits
+        else:
+            cur <<= bits
+            cur |= codes
+            used += bits
+        del codes  # before the iterator computes the next column
+    if cur is not None:
+        keys.append(cur)
+    return keys
+
+
 def _row_order(frame: pd.DataFrame, cols: list[str], by_name: dict[str, object]) -> np.ndarray:
     """Stable row order by all columns (`cols` order, first most significant): each column's dense rank is
     computed in turn and packed into as few int64 keys as fit, then one lexsort. Only the packed keys and one
     column's canonical form are held at a time."""
-    keys: list[np.ndarray] = []
-    cur: np.ndarray | None = None
-    bits_used = 0
-    for c in cols:
-        kind, values, _ = _canonical(frame[by_name[c]].reset_index(drop=True))
-        rank, n = _dense_rank(kind, values)
-        del values
-        bits = max(int(n - 1).bit_length(), 1)
-        if cur is None or bits_used + bits > 62:
-            if cur is not None:
-                keys.append(cur)
-            cur, bits_used = rank.astype(np.int64, copy=True), bits
-        else:
-            cur <<= bits
-            cur |= rank
-            bits_used += bits
-        del rank
-    if cur is not None:
-        keys.append(cur)
+    def ranks() -> Iterator[tuple[np.ndarray, int]]:
+        for c in cols:
+            kind, values, _ = _canonical(frame[by_name[c]].reset_index(drop=True))
+            rank = _dense_rank(kind, values)
+            del values
+            yield rank
+
+    keys = pack_sort_keys(ranks())
     return np.lexsort(keys[::-1]) if keys else np.arange(0)
 
 

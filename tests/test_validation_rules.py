@@ -128,6 +128,16 @@ def test_id_pattern_may_require_the_household_prefix(study, instruments):
     assert out.row_failures["value"].iloc[0] == "'A-AAAAA-9999-A9'"
 
 
+def test_generated_household_ids_may_number_past_9999():
+    """The generated sources' household pattern (G-<site>-<number>, at least four digits): a site with more
+    than 9,999 households (factor 100) is valid, a short or missing number is not."""
+    import re
+
+    pattern = resolve_policy({"name": "generated_csv", "version": "1"}).id_patterns["household_raw"]
+    assert re.fullmatch(pattern, "G-PT03-0012") and re.fullmatch(pattern, "G-PT03-12345")
+    assert not re.fullmatch(pattern, "G-PT03-012") and not re.fullmatch(pattern, "G-PT03")
+
+
 def test_role_consistency_instrument_not_for_role(study, instruments):
     arm, wave = _first_arm_wave(study)
     child, adult = _role(study, "self", "child"), _role(study, "self", "adult")

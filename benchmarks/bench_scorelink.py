@@ -78,6 +78,15 @@ def _children_mib() -> tuple[float, float]:
     return rss, private
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (forked workers): on a shared
+    machine a steadier measure of work than wall seconds."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 class Meter:
     """Wall seconds and peak RSS of named phases (a sampling thread)."""
 
@@ -101,10 +110,12 @@ class Meter:
         self.peak = before
         self.child_peak = self.child_private_peak = 0.0
         load = os.getloadavg()[0]
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         yield
         self.peak = max(self.peak, _rss_mib())
-        self.results[name] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mib": round(self.peak),
+        self.results[name] = {"seconds": round(time.perf_counter() - t0, 2),
+                              "cpu_seconds": round(_cpu_seconds() - cpu0, 2), "peak_rss_mib": round(self.peak),
                               "rss_before_mib": round(before), "rss_after_mib": round(_rss_mib()),
                               "children_rss_peak_mib": round(self.child_peak),
                               "children_private_peak_mib": round(self.child_private_peak),

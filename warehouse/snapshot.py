@@ -54,25 +54,6 @@ def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
     return "s", inverse.astype(np.int64)[codes], distinct
 
 
-def _text_table(texts: np.ndarray, max_bytes: int = 256) -> tuple[np.ndarray, np.ndarray] | None:
-    """The distinct texts of a text column as a padded byte table: row i = UTF-8 bytes of text i, then the
-    separator 0x1f, then padding; and a mask of the bytes that are not padding. None when the longest text
-    has `max_bytes` or more bytes (then the texts are joined as Python strings)."""
-    enc = [str(t).encode("utf-8") for t in texts]
-    lens = np.fromiter((len(e) for e in enc), dtype=np.int64, count=len(enc))
-    width = int(lens.max(initial=0)) + 1
-    if width > max_bytes:
-        return None
-    rows = np.zeros((len(enc), width), dtype=np.uint8)
-    flat = np.frombuffer(b"".join(enc), dtype=np.uint8)
-    col = np.arange(width)
-    keep = col[None, :] <= lens[:, None]
-    text_part = col[None, :] < lens[:, None]
-    rows[text_part] = flat  # row-major: each text's bytes in order
-    rows[np.arange(len(enc)), lens] = 0x1F
-    return rows, keep
-
-
 def _dense_rank(kind: str, values: np.ndarray) -> tuple[np.ndarray, int]:
     """Dense rank (0..n-1, NaN last) of a canonical column and the number of distinct ranks (a hash
     factorisation and a sort of the distinct values only)."""
@@ -147,24 +128,12 @@ def snapshot_hash(frame: pd.DataFrame) -> str:
     for c in cols:
         kind, values, texts = _canonical(frame[by_name[c]].reset_index(drop=True))
         h.update(b"\x1e" + c.encode("utf-8") + b"\x1f" + kind.encode())
-        table = _text_table(texts) if kind == "s" else None
         for lo in range(0, n_rows, step):
             part = values[order[lo:lo + step]]
             if kind == "s":
-                if table is None:
-                    if lo:
-                        h.update(b"\x1f")
-                    h.update("\x1f".join(texts[part].tolist()).encode("utf-8"))
-                    continue
-                rows, keep = table
-                sub = max(1, (64 << 20) // rows.shape[1])  # at most ~64 MB of gathered bytes at a time
-                for a in range(0, len(part), sub):
-                    codes = part[a:a + sub]
-                    if lo or a:
-                        h.update(b"\x1f")
-                    # the texts' UTF-8 bytes, each followed by the separator, padding dropped: the same bytes
-                    # as "\x1f".join(texts).encode() (UTF-8 of a concatenation = concatenation of UTF-8)
-                    h.update(memoryview(rows[codes][keep[codes]])[:-1])
+                if lo:
+                    h.update(b"\x1f")
+                h.update("\x1f".join(texts[part].tolist()).encode("utf-8"))
             else:
                 arr = np.asarray(part, dtype="float64").copy()
                 arr[np.isnan(arr)] = np.nan  # one NaN bit pattern

@@ -170,7 +170,7 @@ def link_waves(
     rules = rules or LinkageRules()
     _check_columns(responses, [c for c in RESPONSE_COLUMNS if c != "days_since_t0"], "response")
     _check_columns(scores, ["response_id", "instrument", "scale", "score"], "score")
-    r = responses.copy().reset_index(drop=True)
+    r = responses.copy(deep=False).reset_index(drop=True)  # copy-on-write: the caller's frame is never changed
     r["_order"] = np.arange(len(r))
     for c in ("response_date", "registration_date"):
         r[c] = pd.to_datetime(r[c])
@@ -207,6 +207,7 @@ def link_waves(
         flag("household_disagrees", rows.assign(subject_id=pid),
              f"person in households {sorted(member.loc[member.person_id == pid, 'household_id'].unique())}",
              f"household {home[pid]} ({rules.household})", False)
+    del member, n_homes
     r["household_id"] = r["person_id"].map(home)
     subj_home = r["subject_id"].map(home)
     elsewhere = subj_home != r["household_id"]
@@ -259,6 +260,7 @@ def link_waves(
     tmp = r[key + ["response_id"]].assign(_bad=excluded.notna().to_numpy(), _rank=np.asarray(rank, dtype=float))
     tmp = tmp.sort_values(["_bad", "_rank", "response_id"])
     keep_id = tmp.groupby(key, sort=False)["response_id"].first()
+    del tmp
     kept = r[key].merge(keep_id.rename("_kept").reset_index(), on=key, how="left")["_kept"].to_numpy()
     dup = pd.Series(np.asarray(kept) != r["response_id"].to_numpy(), index=r.index)
     if dup.any():
@@ -329,6 +331,7 @@ def link_waves(
     households = hh.reset_index()
     households["t0_date"] = households["household_id"].map(t0)
 
+    del g, span, keep_id, kept, dup, dist, rank, lo, hi, planned, d, out
     release_memory()  # the response-level steps above leave freed text buffers in the allocators
     long = _long_frame(inc, scores, instruments, base)
     long = _attach_household_context(long, instruments, rules.household_constructs)

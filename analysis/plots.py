@@ -142,6 +142,45 @@ def save_png(fig: Figure, path: Path) -> bytes:
     return data
 
 
+#: figures to render, shared with forked workers by `render_pngs` (set in the parent before the fork)
+_PNG_JOBS: list = []
+
+
+def _render_png_job(i: int) -> bytes:
+    path, make, args = _PNG_JOBS[i]
+    return save_png(make(*args), path)
+
+
+def _render_png_chunk(idx: list[int]) -> list[bytes]:
+    return [_render_png_job(i) for i in idx]
+
+
+def render_pngs(jobs: list[tuple[Path, object, tuple]], workers: int = 2) -> dict[Path, bytes]:
+    """Render figures and write them as PNG: `jobs` = (path, figure function, its arguments); returns
+    path -> PNG bytes. With `workers` > 1 (and fork available, outside daemonic processes) the figures are
+    drawn in forked processes, split evenly in job order; the bytes are those of drawing them one by one
+    (matplotlib's Agg output does not depend on the process)."""
+    from .fastlmm_boot import can_fork_workers
+
+    workers = min(workers, len(jobs))
+    if workers <= 1 or not can_fork_workers():
+        return {path: save_png(make(*args), path) for path, make, args in jobs}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    _PNG_JOBS[:] = jobs
+    try:
+        chunks = [list(range(k, len(jobs), workers)) for k in range(workers)]
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork")) as pool:
+            parts = list(pool.map(_render_png_chunk, chunks))
+    finally:
+        _PNG_JOBS.clear()
+    out: dict[Path, bytes] = {}
+    for idx, pngs in zip(chunks, parts, strict=True):
+        out.update({jobs[i][0]: png for i, png in zip(idx, pngs, strict=True)})
+    return {path: out[path] for path, _, _ in jobs}
+
+
 #: at most this many points are drawn per scatter panel of the residual diagnostics (an even, seeded sample
 #: of the observations) and per QQ panel (quantiles at evenly spaced probabilities); the lowess curve is
 #: smoothed over the drawn sample. The summary numbers beside the plot (residual_summary) use every value.

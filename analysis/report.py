@@ -201,7 +201,7 @@ def _suppress_emms(emms: pd.DataFrame, counts: pd.DataFrame, threshold: int) -> 
     return out
 
 
-def _residual_html(r, key: str, plots_dir: Path) -> str:
+def _residual_html(r, key: str, plots_dir: Path, pngs: dict[Path, bytes] | None = None) -> str:
     """The appendix block of residual diagnostics: the summary table and the three-panel plot (inline PNG)."""
     diag = getattr(r, "residual_diagnostics", None)
     if diag is None or (isinstance(diag, pd.DataFrame) and diag.empty):
@@ -220,15 +220,17 @@ def _residual_html(r, key: str, plots_dir: Path) -> str:
         from .plots import plot_residual_diagnostics
 
         plots_dir.mkdir(parents=True, exist_ok=True)
-        png = save_png(plot_residual_diagnostics(res, key), plots_dir / f"residuals_{_slug(key)}.png")
+        path = plots_dir / f"residuals_{_slug(key)}.png"
+        png = (pngs or {}).get(path) or save_png(plot_residual_diagnostics(res, key), path)
         html_out += (f'<img class="plot" alt="Residual diagnostics of {html.escape(key)}" '
                      f'src="data:image/png;base64,{_b64(png)}">')
     return html_out
 
 
 def write_appendix(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Instrument], path: Path,
-                   css: str, footer: list[tuple[str, str]]) -> Path:
-    """The technical appendix (English): per outcome the full model, then the sensitivity analyses."""
+                   css: str, footer: list[tuple[str, str]], pngs: dict[Path, bytes] | None = None) -> Path:
+    """The technical appendix (English): per outcome the full model, then the sensitivity analyses.
+    `pngs`: residual plots already rendered (path -> PNG bytes); the others are drawn here."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     thr = plan.small_cell_threshold
@@ -250,7 +252,7 @@ def write_appendix(result, plan: AnalysisPlan, study: Study, instruments: dict[s
                 ("Contrasts (within-arm change and difference in change)",
                  _frame_html(r.contrasts.drop(columns=["outcome"], errors="ignore"))),
                 ("Growth model (Feingold d)", _frame_html(r.growth)),
-                ("Residual diagnostics", _residual_html(r, key, path.parent / "plots"))]
+                ("Residual diagnostics", _residual_html(r, key, path.parent / "plots", pngs))]
         outcomes.append({"key": key, "anchor": _slug(key), "label": T.outcome_label(key, plan, instruments, "en"),
                          "method": r.method, "facts": facts, "tables": tabs})
     sens_methods = [(k, v) for k, v in result.methods.items() if ":" in k]
@@ -266,8 +268,9 @@ def write_appendix(result, plan: AnalysisPlan, study: Study, instruments: dict[s
 
 
 def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str, Instrument], out_dir: Path,
-                 run_info: dict) -> ReportPaths:
-    """Write the effect tables (xlsx, csv, md), the HTML report, the appendix and the plots; return the paths."""
+                 run_info: dict, plot_workers: int | None = None) -> ReportPaths:
+    """Write the effect tables (xlsx, csv, md), the HTML report, the appendix and the plots; return the paths.
+    The plots are drawn over `plot_workers` forked processes (default: the plan's `defaults.workers`)."""
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     out_dir = Path(out_dir)
@@ -278,6 +281,7 @@ def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str
     if not (run_info.get("timestamp") or run_info.get("started")):
         run_info = {**run_info, "timestamp": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     thr = plan.small_cell_threshold
+    plot_workers = plan.defaults.workers if plot_workers is None else plot_workers
 
     rows = T.effect_rows(result, plan, study)
     shown = T.suppress_small_cells(rows, plan)
@@ -297,19 +301,33 @@ def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str
     xlsx = out_dir / "effect_table.xlsx"
     sheets = T.write_xlsx(displays, notes, xlsx)
 
-    # plots
+    # plots: every figure drawn first, over `plot_workers` forked processes (same PNG bytes as one by one)
+    from .plots import plot_residual_diagnostics, render_pngs
+
+    labels_of = {lang: {k: T.outcome_label(k, plan, instruments, lang) for k in result.outcomes} for lang in langs}
+    jobs: list[tuple[Path, object, tuple]] = []
+    for lang in langs:
+        jobs.append((plots_dir / f"forest_{lang}.png", plot_forest, (shown, plan, study, labels_of[lang], lang)))
+        jobs += [(plots_dir / f"emm_{_slug(key)}_{lang}.png", plot_emms,
+                  (res, plan, study, labels_of[lang][key], lang, thr)) for key, res in result.outcomes.items()]
+    for key, r in result.outcomes.items():
+        diag = getattr(r, "residual_diagnostics", None)
+        if getattr(r, "residuals", None) is not None and diag is not None and not (
+                isinstance(diag, pd.DataFrame) and diag.empty):
+            jobs.append((plots_dir / f"residuals_{_slug(key)}.png", plot_residual_diagnostics, (r.residuals, key)))
+    pngs = render_pngs(jobs, workers=plot_workers)
     plot_paths: list[Path] = []
     sections = []
     comparisons = plan.comparison_arms
     for lang in langs:
-        labels = {k: T.outcome_label(k, plan, instruments, lang) for k in result.outcomes}
-        forest_png = save_png(plot_forest(shown, plan, study, labels, lang), plots_dir / f"forest_{lang}.png")
+        labels = labels_of[lang]
+        forest_png = pngs[plots_dir / f"forest_{lang}.png"]
         plot_paths.append(plots_dir / f"forest_{lang}.png")
         disp = displays[lang]
         outcome_blocks = []
-        for key, res in result.outcomes.items():
+        for key in result.outcomes:
             p = plots_dir / f"emm_{_slug(key)}_{lang}.png"
-            png = save_png(plot_emms(res, plan, study, labels[key], lang, thr), p)
+            png = pngs[p]
             plot_paths.append(p)
             sub = T.printable(disp[disp["outcome_key"] == key])
             reading_col = text(lang, "col_reading")
@@ -342,7 +360,7 @@ def write_report(result, plan: AnalysisPlan, study: Study, instruments: dict[str
     css = (TEMPLATES / "report.css").read_text(encoding="utf-8").replace("{{ toggle_css }}", toggle)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["j2", "html"]))
     appendix = write_appendix(result, plan, study, instruments, out_dir / "appendix.html", css,
-                              footers.get("en", next(iter(footers.values()))))
+                              footers.get("en", next(iter(footers.values()))), pngs)
     page = env.get_template("report.html.j2").render(sections=sections, languages=langs, css=css,
                                                      appendix_name=appendix.name)
     report = out_dir / "report.html"

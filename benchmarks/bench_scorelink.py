@@ -11,8 +11,18 @@ for a clean peak):
 * `store`: empty the `score` table, then `store_scores_bulk` of the cached scores frame (the store alone).
 * `restore`: `store_scores_bulk` again onto the stored scores (the re-score path: upsert).
 * `link`: the link stage as the pipeline runs it: `build_analysis_dataset`, Parquet write, snapshot hash.
+* `analyse`: the model flow on the linked frame as the pipeline runs it (`run_analysis` with the plan's
+  workers, forked); needs `link` earlier in the same run. The peak of the forked workers (sum of the RSS of
+  this process's children, sampled) is printed beside this process's peak.
+* `report`: `write_report` of the analysis result into a temporary folder (the linked frame freed first, as
+  the pipeline does); needs `analyse` earlier in the same run.
 
-The database is modified (scores replaced): give it a copy. Prints one line per phase and the load average.
+`--dump DIR` writes the snapshot hash and the analysis result's tables (contrasts, sensitivity, balance,
+resilience, per-outcome EMMs) as Parquet into DIR, to compare two versions of the code to the last digit
+(`--compare DIR1 DIR2` does that and exits).
+
+Scores phases modify the database (scores replaced): give them a copy; link/analyse/report only read it.
+Prints one line per phase and the load average.
 """
 
 from __future__ import annotations
@@ -30,12 +40,51 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+def _rss_mib(pid: int | str = "self") -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
+
+
+def _private_mib(pid: str) -> float:
+    """Memory private to a process (not shared with its parent after a fork), from smaps_rollup."""
+    total = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                    total += int(line.split()[1])
+    except OSError:
+        pass
+    return total / 1024
+
+
+def _children_mib() -> tuple[float, float]:
+    """(summed RSS, summed private memory) of this process's direct children (e.g. forked model-flow
+    workers): RSS counts the parent's pages they share copy-on-write, private memory does not."""
+    rss = private = 0.0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        rss += sum(_rss_mib(k) for k in kids)
+        private += sum(_private_mib(k) for k in kids)
+    return rss, private
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (forked workers): on a shared
+    machine a steadier measure of work than wall seconds."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class Meter:
@@ -43,6 +92,7 @@ class Meter:
 
     def __init__(self) -> None:
         self.peak = _rss_mib()
+        self.child_peak = self.child_private_peak = 0.0
         self.results: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
@@ -50,16 +100,26 @@ class Meter:
     def _run(self) -> None:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, _rss_mib())
+            rss, private = _children_mib()
+            self.child_peak = max(self.child_peak, rss)
+            self.child_private_peak = max(self.child_private_peak, private)
 
     @contextmanager
     def phase(self, name: str):
         before = _rss_mib()
         self.peak = before
+        self.child_peak = self.child_private_peak = 0.0
+        load = os.getloadavg()[0]
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         yield
         self.peak = max(self.peak, _rss_mib())
-        self.results[name] = {"seconds": round(time.perf_counter() - t0, 2), "peak_rss_mib": round(self.peak),
-                              "rss_before_mib": round(before)}
+        self.results[name] = {"seconds": round(time.perf_counter() - t0, 2),
+                              "cpu_seconds": round(_cpu_seconds() - cpu0, 2), "peak_rss_mib": round(self.peak),
+                              "rss_before_mib": round(before), "rss_after_mib": round(_rss_mib()),
+                              "children_rss_peak_mib": round(self.child_peak),
+                              "children_private_peak_mib": round(self.child_private_peak),
+                              "load": f"{load:.1f}->{os.getloadavg()[0]:.1f}"}
         print(f"{name}: {self.results[name]}", flush=True)
 
 
@@ -76,12 +136,17 @@ def main() -> None:
     ap.add_argument("--database-url", required=True)
     ap.add_argument("--scores-cache", type=Path, default=None)
     ap.add_argument("--phases", nargs="+", default=["store", "link"],
-                    choices=["score", "store", "restore", "link"])
+                    choices=["score", "store", "restore", "link", "analyse", "report"])
+    ap.add_argument("--workers", type=int, default=None, help="run_analysis workers (default: the plan's)")
+    ap.add_argument("--dump", type=Path, default=None, help="write the snapshot and result tables here")
+    ap.add_argument("--compare", type=Path, nargs=2, default=None, help="compare two --dump folders and exit")
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line here")
     ap.add_argument("--label", default="")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="folder with older snapshot.py, linkage.py and store.py to time instead (git show REV:...)")
     args = ap.parse_args()
+    if args.compare:
+        sys.exit(_compare(*args.compare))
     if args.baseline:
         import importlib.util
 
@@ -122,7 +187,7 @@ def main() -> None:
                 store_scores_bulk(engine, scores, f"bench-{phase}")
             info["n_scores"] = len(scores)
             del scores
-        else:
+        elif phase == "link":
             study = load_study()
             out = Path(tempfile.mkdtemp(prefix="bench-link-"))
             with meter.phase("link"):
@@ -139,16 +204,89 @@ def main() -> None:
                 t = time.perf_counter()
                 info["snapshot"] = snapshot_hash(data)
                 info["link_hash_s"] = round(time.perf_counter() - t, 2)
+            (out / "analysis_long.parquet").unlink()
             info["long_rows"] = len(data)
             print({k: info[k] for k in ("link_build_s", "link_parquet_s", "link_hash_s", "long_rows", "snapshot")},
                   flush=True)
-            del data
+            if args.dump:
+                args.dump.mkdir(parents=True, exist_ok=True)
+                (args.dump / "snapshot.txt").write_text(info["snapshot"] + "\n")
+        elif phase == "analyse":
+            from cohortflow.analysis.models import run_analysis
+            from cohortflow.analysis.plan import load_analysis_plan
+
+            plan = load_analysis_plan()
+            with meter.phase("analyse"):
+                result = run_analysis(data, plan, load_study(), workers=args.workers)
+            info["failures"] = sorted(result.failures)
+            info["job_seconds"] = getattr(result, "job_seconds", {})
+            print({"failures": info["failures"], "job_seconds": info["job_seconds"]}, flush=True)
+            if args.dump:
+                _dump(result, args.dump)
+        elif phase == "report":
+            from cohortflow.analysis.report import default_run_info, write_report
+
+            data = None  # the pipeline frees the linked frame before the report
+            out = Path(tempfile.mkdtemp(prefix="bench-report-"))
+            with meter.phase("report"):
+                write_report(result, plan, load_study(), instruments, out, default_run_info("bench", "bench"))
+    data = None
     info["phases"] = meter.results
     info["load_after"] = os.getloadavg()
     print(f"load average {info['load_before']} -> {info['load_after']}", flush=True)
     if args.json:
         with args.json.open("a") as fh:
             fh.write(json.dumps(info) + "\n")
+
+
+def _dump(result, folder: Path) -> None:  # noqa: ANN001
+    """The analysis result's tables as Parquet files in `folder` (for `--compare`)."""
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = {"contrasts": result.contrasts, "sensitivity": result.sensitivity, "balance": result.balance,
+              "resilience": result.resilience}
+    for key, r in result.outcomes.items():
+        for attr in ("contrasts", "emms", "counts", "baseline", "fixed_effects", "variance_components",
+                     "above_cutoff", "clinical", "growth", "residual_diagnostics"):
+            v = getattr(r, attr, None)
+            if isinstance(v, pd.DataFrame):
+                frames[f"{key}.{attr}"] = v
+    for name, frame in frames.items():
+        if isinstance(frame, pd.DataFrame):
+            f = frame.copy()
+            f.columns = [str(c) for c in f.columns]
+            f.reset_index(drop=True).to_pickle(folder / f"{name}.pkl")
+    scalars = {k: [float(r.loglik), bool(r.converged), r.fallback, r.random_structure, r.engine, r.rows_dropped,
+                   None if r.theta is None else [float(t) for t in r.theta], r.warnings]
+               for k, r in result.outcomes.items()}
+    (folder / "methods.json").write_text(json.dumps({"methods": result.methods, "failures": result.failures,
+                                                     "outcomes": scalars}, sort_keys=True, indent=1, default=str))
+
+
+def _compare(a: Path, b: Path) -> int:
+    """0 when two --dump folders hold identical tables (values to the last digit, NaN = NaN), else 1."""
+    import pandas as pd
+
+    bad = 0
+    names = sorted({p.name for p in a.iterdir()} | {p.name for p in b.iterdir()})
+    for name in names:
+        pa, pb = a / name, b / name
+        if not (pa.exists() and pb.exists()):
+            print(f"{name}: only in one folder")
+            bad += 1
+            continue
+        if name.endswith(".pkl"):
+            try:
+                pd.testing.assert_frame_equal(pd.read_pickle(pa), pd.read_pickle(pb), check_exact=True)
+            except AssertionError as exc:
+                print(f"{name}: differs: {str(exc)[:300]}")
+                bad += 1
+        elif pa.read_bytes() != pb.read_bytes():
+            print(f"{name}: differs")
+            bad += 1
+    print(f"{len(names)} files compared, {bad} differ")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

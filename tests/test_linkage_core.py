@@ -312,3 +312,21 @@ def test_snapshot_hash_equals_the_reference_definition_for_text_and_categoricals
     assert snapshot_hash(as_text) == expected
     big = pd.concat([frame] * 400, ignore_index=True)  # 1.2 M rows: more than one 1 M-row chunk
     assert snapshot_hash(big) == _reference_snapshot_hash(big)
+
+
+def test_snapshot_hash_of_non_ascii_long_and_wide_texts_equals_the_reference():
+    """Text hashed from a byte table of the distinct texts (multi-byte UTF-8, a text too long for the table,
+    gathers split into several pieces within a chunk) gives the reference definition's hash."""
+    rng = np.random.default_rng(9)
+    n = 2000
+    wide = "w" * 200  # 201 bytes per row in the table: ~330 k rows per gathered piece
+    frame = pd.DataFrame({
+        "name": rng.choice(np.array(["Ösel", "straße", "日本", "é", None, "plain"], dtype=object), n),
+        "wide": rng.choice(np.array([wide, wide[:-1] + "x", None], dtype=object), n),
+        "long": pd.Categorical(rng.choice(["a" * 300, "b", "ç" * 150], n)),  # >= 256 bytes: joined as text
+        "v": rng.integers(0, 4, n).astype(float),
+    })
+    assert snapshot_hash(frame) == _reference_snapshot_hash(frame)
+    big = pd.concat([frame] * 250, ignore_index=True)  # 500 k rows: two pieces of the wide column
+    assert snapshot_hash(big) == _reference_snapshot_hash(big)
+    assert snapshot_hash(big) != snapshot_hash(big.assign(name=big["name"].replace("日本", "日夲")))

@@ -44,7 +44,7 @@ from cohortflow.instruments.model import Instrument
 from .snapshot import pack_sort_keys, snapshot_hash
 
 __all__ = ["LinkageRules", "LinkedData", "link_waves", "build_analysis_dataset", "load_linkage_rules",
-           "snapshot_hash", "wide_frame", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
+           "release_memory", "snapshot_hash", "wide_frame", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
 
 DAYS_PER_MONTH = 365.25 / 12
 LONG_COLUMNS = ["household_id", "person_id", "informant_id", "role", "arm", "site", "wave", "days_since_t0",
@@ -52,6 +52,24 @@ LONG_COLUMNS = ["household_id", "person_id", "informant_id", "role", "arm", "sit
 CONFLICT_COLUMNS = ["rule", "person_id", "household_id", "wave", "response_id", "detail", "resolution", "excluded"]
 RESPONSE_COLUMNS = ["response_id", "household_id", "person_id", "subject_id", "role", "arm", "site", "wave",
                     "response_date", "registration_date", "days_since_t0", "subject_age_months", "subject_sex"]
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the operating system (glibc's `malloc_trim`, the unused memory of
+    Arrow's pool, which backs pandas' text columns), so that a stage's peak memory is what is in use rather
+    than what earlier stages freed but the allocators kept. Values are untouched; a no-op where unsupported."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(ImportError):
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc
+            ctypes.CDLL(name).malloc_trim(0)
 
 
 class LinkageRules(BaseModel):
@@ -152,7 +170,7 @@ def link_waves(
     rules = rules or LinkageRules()
     _check_columns(responses, [c for c in RESPONSE_COLUMNS if c != "days_since_t0"], "response")
     _check_columns(scores, ["response_id", "instrument", "scale", "score"], "score")
-    r = responses.copy().reset_index(drop=True)
+    r = responses.copy(deep=False).reset_index(drop=True)  # copy-on-write: the caller's frame is never changed
     r["_order"] = np.arange(len(r))
     for c in ("response_date", "registration_date"):
         r[c] = pd.to_datetime(r[c])
@@ -189,6 +207,7 @@ def link_waves(
         flag("household_disagrees", rows.assign(subject_id=pid),
              f"person in households {sorted(member.loc[member.person_id == pid, 'household_id'].unique())}",
              f"household {home[pid]} ({rules.household})", False)
+    del member, n_homes
     r["household_id"] = r["person_id"].map(home)
     subj_home = r["subject_id"].map(home)
     elsewhere = subj_home != r["household_id"]
@@ -241,6 +260,7 @@ def link_waves(
     tmp = r[key + ["response_id"]].assign(_bad=excluded.notna().to_numpy(), _rank=np.asarray(rank, dtype=float))
     tmp = tmp.sort_values(["_bad", "_rank", "response_id"])
     keep_id = tmp.groupby(key, sort=False)["response_id"].first()
+    del tmp
     kept = r[key].merge(keep_id.rename("_kept").reset_index(), on=key, how="left")["_kept"].to_numpy()
     dup = pd.Series(np.asarray(kept) != r["response_id"].to_numpy(), index=r.index)
     if dup.any():
@@ -311,7 +331,9 @@ def link_waves(
     households = hh.reset_index()
     households["t0_date"] = households["household_id"].map(t0)
 
-    long = _long_frame(r[r["included"]], scores, instruments, base)
+    del g, span, keep_id, kept, dup, dist, rank, lo, hi, planned, d, out
+    release_memory()  # the response-level steps above leave freed text buffers in the allocators
+    long = _long_frame(inc, scores, instruments, base)
     long = _attach_household_context(long, instruments, rules.household_constructs)
     return LinkedData(responses=r.drop(columns=["_order", "_not_base", "_birth_year"]), persons=people,
                       households=households, conflicts=conflict_frame, long=long, rules=rules)
@@ -436,30 +458,32 @@ def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, 
     order = np.lexsort(keys[::-1]) if len(pos) else np.arange(0)
     del keys, merge_pos
 
-    # every column gathered once, straight into the final column order (no frame-wide copy afterwards)
-    take = pos[order]
+    # every column gathered once (no frame-wide copy afterwards); each score-level intermediate is freed as
+    # soon as its column is gathered, so at most a few of them are alive beside the growing output
+    got: dict[str, object] = {}
+    got["outcome"] = pd.Categorical.from_codes(ocodes[order], categories=pd.Index(names[order_names].tolist(),
+                                                                                  dtype="str"))
+    del ocodes
+    got["score"] = score[order]
+    del score
+    got["baseline_score"] = baseline[order]
+    del baseline
     sub = rows[order]
-    del pos, rows
+    del rows
+    take = pos[order]
+    del pos, order
     above = (scores["above_cutoff"].astype("boolean").array if "above_cutoff" in scores
              else pd.array([pd.NA] * len(scores), dtype="boolean"))
+    got["above_cutoff"] = above.take(sub)
+    del above
+    got["instrument"] = inst.array.take(sub)
+    got["scale"] = scale.array.take(sub)
+    del sub, inst, scale
+    got["response_id"] = inc_ids[take]
     out: dict[str, object] = {}
     for c in [*LONG_COLUMNS, "response_id", "instrument", "scale", "response_date"]:
-        if c == "outcome":
-            out[c] = pd.Categorical.from_codes(ocodes[order], categories=pd.Index(names[order_names].tolist(),
-                                                                                  dtype="str"))
-        elif c == "score":
-            out[c] = score[order]
-        elif c == "above_cutoff":
-            out[c] = above.take(sub)
-        elif c == "baseline_score":
-            out[c] = baseline[order]
-        elif c == "response_id":
-            out[c] = inc_ids[take]
-        elif c in ("instrument", "scale"):
-            out[c] = (inst if c == "instrument" else scale).array.take(sub)
-        else:
-            out[c] = left[c].array.take(take)
-    del take, sub, order
+        out[c] = got.pop(c) if c in got else left[c].array.take(take)
+    del take
     return pd.DataFrame(out, copy=False)
 
 
@@ -546,8 +570,12 @@ def write_long_parquet(long: pd.DataFrame, path: Path | str, rows_per_group: int
 
 
 def build_analysis_dataset(engine, study: Study, instruments: dict[str, Instrument] | None) -> pd.DataFrame:  # noqa: ANN001
-    """Read the warehouse (current responses, persons, scores) and return the Contract 5 long frame."""
-    return link_warehouse(engine, study, instruments, lean=True).long
+    """Read the warehouse (current responses, persons, scores) and return the Contract 5 long frame.
+    Freed memory is handed back to the operating system before (what earlier stages left) and after."""
+    release_memory()
+    long = link_warehouse(engine, study, instruments, lean=True).long
+    release_memory()
+    return long
 
 
 def _linkage_responses(engine) -> pd.DataFrame:  # noqa: ANN001

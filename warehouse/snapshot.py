@@ -32,7 +32,10 @@ def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
         return "d", np.where(ns.isna(), np.nan, ns.astype("int64").astype("float64")), None
     if isinstance(s.dtype, pd.CategoricalDtype):
         codes = np.asarray(s.cat.codes, dtype=np.int64)
-        texts = [str(c) for c in s.cat.categories]
+        cats = s.cat.categories
+        # text categories as they are (str() of a str is itself), without a Python loop over them
+        texts = (cats.to_numpy(dtype=object).tolist() if pd.api.types.is_string_dtype(cats.dtype)
+                 and not pd.api.types.is_object_dtype(cats.dtype) else [str(c) for c in cats])
     elif (pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s)):
         f = pd.to_numeric(s.astype("Float64") if str(s.dtype) == "boolean" else s, errors="coerce")
         arr = np.asarray(f.astype("Float64").to_numpy(dtype="float64", na_value=np.nan), dtype="float64")

@@ -231,6 +231,7 @@ def pipeline_flow(
     plan_path: str | None = None,
 ) -> PipelineResult:
     """Run the whole journey on every export in `inbox` against the warehouse at `database_url`."""
+    from cohortflow.warehouse.linkage import release_memory
     from cohortflow.warehouse.load import inbox_files
     from cohortflow.warehouse.snapshot import new_run_id
 
@@ -248,13 +249,16 @@ def pipeline_flow(
                                                docs_dir)
             create_markdown_artifact(key="ingestion-summary", markdown=_batches_markdown(result.batches),
                                      description="Row accounting per file")
+        release_memory()  # what a stage freed goes back to the system: the next stage's peak is its own
         with meter.stage("score"):
             result.n_scores = score_task(database_url, run_id)
+        release_memory()
         with meter.stage("link"):
             data, result.snapshot_hash = link_task(database_url, outputs_dir)
         with meter.stage("analyse"):
             analysis, plan = analyse_task(data, plan_path)
         del data
+        release_memory()
         run_info = {"run_id": run_id, "snapshot_hash": result.snapshot_hash, "database": _redact(database_url),
                     "cohortflow_version": __version__, "started": run_id[:16]}
         with meter.stage("report"):

@@ -41,7 +41,8 @@ def _summary(reports):
              r.message) for r in reports]
 
 
-def test_sex_conflict_between_files_of_one_run(tmp_path):
+@pytest.mark.parametrize("chunk_rows", [250_000, 7, 1])  # one chunk; chunks of two files; one file per chunk
+def test_sex_conflict_between_files_of_one_run(tmp_path, chunk_rows):
     t0 = build_rows(INST, "vt", "VT01", "T0", "child", 6)
     t1 = build_rows(INST, "vt", "VT01", "T1", "child", 6, seed=5)
     t2 = build_rows(INST, "vt", "VT01", "T2", "child", 6, seed=6)
@@ -52,7 +53,7 @@ def test_sex_conflict_between_files_of_one_run(tmp_path):
     t0.loc[1, "geslacht"] = 3 - t0.loc[1, "geslacht"]
     files = [write_export(t0, tmp_path / "vt_VT01_T0_child.csv"), write_export(t1, tmp_path / "vt_VT01_T1_child.csv"),
              write_export(t2, tmp_path / "vt_VT01_T2_child.csv")]
-    ref, got, dump_ref, dump_got = _both(tmp_path, files)
+    ref, got, dump_ref, dump_got = _both(tmp_path, files, chunk_rows=chunk_rows)
     assert _summary(got) == _summary(ref)
     assert dump_got == dump_ref
     quarantined = {(r[1], r[2]): r[3] for r in dump_got["quarantine_row"]}
@@ -93,18 +94,20 @@ def test_skips_loaded_files_before_reading(tmp_path):
 
 
 @pytest.mark.slow
-def test_generated_study_same_warehouse_as_file_by_file(tmp_path):
+@pytest.mark.parametrize("chunk_rows", [250_000, 300])  # the whole inbox in one chunk; chunks of a few files
+def test_generated_study_same_warehouse_as_file_by_file(tmp_path, chunk_rows):
     synth = pytest.importorskip("cohortflow.synth.generate")
     from cohortflow.synth.faults import FAULTS
 
     synth.generate_study(tmp_path / "study", factor=0.05, seed=7, faults=sorted(FAULTS))
     files = inbox_files(tmp_path / "study" / "inbox")
-    ref, got, dump_ref, dump_got = _both(tmp_path, files, docs_dir=tmp_path / "docs")
+    docs = {"docs_dir": tmp_path / "docs"} if chunk_rows > 300 else {"data_docs": "none"}  # Data Docs cost ~1 s each
+    ref, got, dump_ref, dump_got = _both(tmp_path, files, chunk_rows=chunk_rows, **docs)
     assert _summary(got) == _summary(ref)
     assert {r.status for r in got} >= {"loaded", "refused"}
     for table in dump_ref:
         assert dump_got[table] == dump_ref[table], table
-    assert any((tmp_path / "docs").rglob("*.html"))  # Data Docs for the files with failures
+    assert any((tmp_path / "docs").rglob("*.html")) == ("docs_dir" in docs)  # Data Docs for files with failures
 
 
 def test_data_docs_modes_choose_files_by_what_validation_found():

@@ -40,6 +40,7 @@ from cohortflow.instruments.model import Instrument
 from .load import (
     BatchReport,
     already_loaded,
+    checkpoint,
     load_validated,
     person_attributes,
     person_frame,
@@ -144,6 +145,7 @@ def ingest_files(
             chunk, rows = [], 0
     if chunk:
         reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs, on_outcome)
+    checkpoint(engine)
     return reports
 
 

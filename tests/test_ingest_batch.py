@@ -128,3 +128,34 @@ def test_data_docs_modes_choose_files_by_what_validation_found():
             "failures": [False, True, True, True], "all": [True, True, True, True]}
     for mode, expected in want.items():
         assert [_wants_docs(o, mode) for o in (clean, warned, quarantined, refused)] == expected, mode
+
+
+@pytest.mark.parametrize(("chunk_rows", "most_held"), [(1, 1), (7, 2), (250_000, 4)])
+def test_files_held_at_once_bounded_by_chunk_rows(tmp_path, monkeypatch, chunk_rows, most_held):
+    """Files are read until `chunk_rows` rows are held, then validated and loaded before more are read: at
+    most `most_held` read-but-not-loaded files at any time (4 files of 6 rows)."""
+    import cohortflow.warehouse.batch_ingest as bi
+
+    held: list[int] = []
+    live: set[str] = set()
+
+    def reading(path, *a, **kw):
+        out = real_read(path, *a, **kw)
+        live.add(path.name)
+        held.append(len(live))
+        return out
+
+    def loading(engine, path, *a, **kw):
+        live.discard(path.name)
+        return real_load(engine, path, *a, **kw)
+
+    real_read, real_load = bi.read_file, bi.load_validated
+    monkeypatch.setattr(bi, "read_file", reading)
+    monkeypatch.setattr(bi, "load_validated", loading)
+    files = [write_export(build_rows(INST, "vt", "VT01", w, "child", 6, seed=i), tmp_path / f"vt_VT01_{w}_child.csv")
+             for i, w in enumerate(["T0", "T1", "T2"])]
+    files.append(write_export(build_rows(INST, "vt", "VT02", "T0", "child", 6), tmp_path / "vt_VT02_T0_child.csv"))
+    engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'w.sqlite'}"))
+    reports = ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none", chunk_rows=chunk_rows)
+    assert [r.status for r in reports] == ["loaded"] * 4
+    assert max(held) == most_held and not live

@@ -64,11 +64,11 @@ def run_demo(data_dir: Path, factor: float, seed: int, key: bytes, console: Cons
                       + f" (peak memory {max(v['peak_rss_mib'] for v in stages.values()):.0f} MiB)")
     console.print(f"\n[bold]Done in {time.perf_counter() - started:.0f} s.[/] Run id {res.run_id}, "
                   f"data snapshot {str(res.snapshot_hash)[:12]}.")
-    console.print(f"  Warehouse:     {data_dir / 'cohortflow.sqlite'}")
+    console.print(f"  {'Warehouse:':<21}{data_dir / 'cohortflow.sqlite'}")
     for label, attr in (("Report (HTML)", "html"), ("Effect table", "xlsx"), ("Effect table (CSV)", "csv")):
         p = getattr(paths, attr, None)
         if p:
-            console.print(f"  {label + ':':<15}{p}")
+            console.print(f"  {label + ':':<21}{p}")
     return res
 
 

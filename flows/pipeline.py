@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cohortflow import __version__
@@ -124,25 +124,37 @@ def ingest_file_task(path: str, database_url: str, key: bytes, docs_dir: str | N
 def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir: str | None):
     """Read, validate (one GX run per source version) and load many exports, one transaction per file.
 
-    Same warehouse as ingest_file_task per file; Data Docs only for files whose validation found something;
-    their summaries posted as artifacts. A retry skips the files already loaded (by SHA-256).
+    Same warehouse as ingest_file_task per file; Data Docs for files refused or with rows quarantined, whose
+    validation summaries are posted as artifacts (`validation-<file>`); warnings of files loaded whole go into
+    one table artifact (`validation-warnings`). A retry skips the files already loaded (by SHA-256).
     """
+    import pandas as pd
+
     from cohortflow.config.study import load_study
     from cohortflow.flows.commands_validation import publish_summary_artifact
     from cohortflow.ingest import load_sources
     from cohortflow.instruments.registry import load_instruments
-    from cohortflow.warehouse.batch_ingest import has_failures, ingest_files
+    from cohortflow.warehouse.batch_ingest import has_failures, has_quarantine, ingest_files
     from cohortflow.warehouse.db import get_engine
 
     logger = get_run_logger()
+    warnings: list[dict] = []
 
     def post(name, outcome) -> None:
-        if has_failures(outcome):
+        if has_quarantine(outcome):  # refused or rows quarantined: the file's own artifact
             publish_summary_artifact(outcome, name)
+        elif has_failures(outcome):  # warnings only: one row per rule in a table for the run (one API call)
+            rr = outcome.rule_results
+            for r in rr[pd.to_numeric(rr["n_failed"], errors="coerce").fillna(0) > 0].itertuples(index=False):
+                warnings.append({"file": name, "rule": r.rule, "severity": r.severity, "checked": r.n_checked,
+                                 "failed": r.n_failed, "example": (list(r.examples) or [""])[0]})
 
     reports = ingest_files([Path(p) for p in paths], get_engine(database_url), load_sources(), load_study(),
                            load_instruments(), key, docs_dir=Path(docs_dir) if docs_dir else None,
                            echo=logger.debug, data_docs="quarantine", on_outcome=post)
+    if warnings:
+        create_table_artifact(key="validation-warnings", table=warnings,
+                              description="Validation warnings of files loaded whole (rule, rows failed, example)")
     for r in reports:
         logger.info("%s: %s (%s in, %s loaded, %s quarantined, %s duplicates)", r.file_name, r.status, r.rows_in,
                     r.rows_loaded, r.rows_quarantined, r.rows_duplicate)

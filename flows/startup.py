@@ -7,37 +7,118 @@ even that import overlaps the caller's work.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from contextlib import suppress
 from pathlib import Path
 
 
-def prestart_prefect_server(timeout: int = 90) -> threading.Thread | None:
-    """Start Prefect's temporary API server (a subprocess) in a background thread, so its start-up (~6-15 s,
-    more under load) overlaps other work (generating a study, importing the stages' libraries) instead of
-    delaying the first flow run. Returns the thread to `join` before the flow starts (a flow run finds the
-    server already running), or None when a server URL is configured or temporary servers are disabled.
-    A failure is left for the flow run itself to report."""
+class PrestartedServer:
+    """Prefect's temporary API server, started early (see prestart_prefect_server); `join()` before a flow runs."""
+
+    def __init__(self, url: str | None) -> None:
+        self.url = url
+        self.error: str | None = None
+        self.thread: threading.Thread | None = None
+
+    def join(self) -> None:
+        """Wait until the server answers; raise with the server's own message when it could not start (only
+        when this process already points Prefect at it, i.e. `url` is set)."""
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None and self.url is not None:
+            raise RuntimeError(f"Prefect's temporary API server did not start at {self.url}: {self.error}. "
+                               "Start a server yourself (`make server`) and set PREFECT_API_URL to it.")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prestart_prefect_server(timeout: int = 90) -> PrestartedServer | None:
+    """Start Prefect's temporary API server (a subprocess) at once, so its start-up (~6-15 s, more under load)
+    overlaps other work (generating a study, importing the stages' libraries) instead of delaying the first flow
+    run. Returns a handle to `join` before the flow starts, or None when a server URL is configured or
+    temporary servers are disabled. Call it before anything imports Prefect when you can: then the server is
+    launched here (Prefect's own command line for its temporary server) without importing Prefect's server
+    package into this process (~4 s of CPU that would otherwise hold this process's GIL while it imports the
+    stages' libraries), and PREFECT_API_URL is set for this process. When Prefect is already imported its
+    settings are fixed, so Prefect's `SubprocessASGIServer` is started instead (the flow run finds it); a
+    failure there is left for the flow run to report.
+    """
     if os.environ.get("PREFECT_API_URL"):
         return None
+    if os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "").lower() in ("0", "false", "no"):
+        return None
+    own = "prefect" not in sys.modules
+    url = None
+    if own:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/api"
+        os.environ["PREFECT_API_URL"] = url  # read by Prefect's settings when Prefect is imported
+    handle = PrestartedServer(url)
 
     def start() -> None:
-        with suppress(Exception):  # the flow run starts (and reports) it again
-            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-                return
+        try:
             db = local_prefect_database()
             seeded = seed_prefect_database(db) if db is not None else False
-            from prefect.server.api.server import SubprocessASGIServer
+            if own:
+                _launch_server(port, timeout)
+            else:
+                from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-            SubprocessASGIServer().start(timeout=timeout)
+                if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+                    return
+                from prefect.server.api.server import SubprocessASGIServer
+
+                SubprocessASGIServer().start(timeout=timeout)
             if db is not None and not seeded:
                 save_prefect_template(db)
+        except Exception as exc:  # noqa: BLE001 - reported by join() (own server) or by the flow run
+            handle.error = str(exc)
 
-    thread = threading.Thread(target=start, daemon=True, name="prefect-server-start")
-    thread.start()
-    return thread
+    handle.thread = threading.Thread(target=start, daemon=True, name="prefect-server-start")
+    handle.thread.start()
+    return handle
+
+
+def _launch_server(port: int, timeout: int) -> None:
+    """Run Prefect's temporary server command (as `prefect.server.api.server.SubprocessASGIServer` does) on
+    `port` and wait until its health check answers; stopped when this process exits."""
+    import atexit
+    import subprocess
+    import tempfile
+    import time
+
+    import httpx
+    import prefect
+    from prefect.settings import get_current_settings
+
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           **get_current_settings().to_environment_variables(exclude_unset=True)}
+    env.pop("PREFECT_API_URL", None)  # the server is not a client of itself
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+         "--lifespan", "on"], env=env, stderr=(errors := tempfile.TemporaryFile()))  # noqa: SIM115
+    atexit.register(proc.terminate)
+    deadline = time.monotonic() + timeout
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                errors.seek(0)
+                err = errors.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"the server process exited with code {proc.returncode}: {err}")
+            with suppress(httpx.HTTPError):
+                if client.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
+                    return
+            time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError(f"no answer within {timeout} s")
 
 
 def warm_imports() -> None:

@@ -99,3 +99,38 @@ def test_model_runs_are_recorded_with_their_data_snapshot(pipeline_runs):
     assert rows[first.run_id].data_snapshot == first.snapshot_hash
     assert rows[second.run_id].data_snapshot == second.snapshot_hash
     assert rows[first.run_id].config_hash == rows[second.run_id].config_hash
+
+
+def test_validation_findings_are_published_as_artifacts(pipeline_runs):
+    """Files with quarantined rows get their own validation artifact; warnings of files loaded whole are rows of
+    one `validation-warnings` table artifact of the run (stored validation results are the reference)."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from cohortflow.warehouse.models import Batch, ValidationResult
+
+    _, _, engine, first, _, _ = pipeline_runs
+    with engine.connect() as conn:
+        failed = conn.execute(select(Batch.file_name, Batch.rows_quarantined, ValidationResult.rule,
+                                     ValidationResult.severity)
+                              .join(ValidationResult, ValidationResult.batch_id == Batch.id)
+                              .where(ValidationResult.n_failed > 0)).all()
+    quarantined = {f for f, q, _r, _s in failed if q}
+    warned = {(f, r) for f, q, r, s in failed if not q and s == "warn"}
+    assert quarantined or warned, "the generated study should have something for validation to report"
+    with get_client(sync_client=True) as client:
+        def latest(key):
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return max(arts, key=lambda a: a.created) if arts else None
+
+        for name in quarantined:
+            key = "validation-" + "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:48]
+            art = latest(key)
+            assert art is not None and name in art.data, name
+        if warned:
+            table = latest("validation-warnings")
+            assert table is not None
+            rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+            assert {(r["file"], r["rule"]) for r in rows} == warned

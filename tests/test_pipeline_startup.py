@@ -66,3 +66,50 @@ def test_local_database_follows_prefect_home(tmp_path, monkeypatch):
 
     with temporary_settings({PREFECT_HOME: str(tmp_path / "ph")}):
         assert local_prefect_database() == tmp_path / "ph" / "prefect.db"
+
+
+PRESTART_CHILD = """
+import json, os, sys
+from cohortflow.flows.startup import prestart_prefect_server
+handle = prestart_prefect_server(timeout=120)
+url = os.environ.get("PREFECT_API_URL")
+handle.join()
+from prefect import flow
+
+@flow
+def double(x: int) -> int:
+    return 2 * x
+
+print(json.dumps({"url": url, "value": double(21), "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_prestarted_server_runs_a_flow_without_prefects_server_package_in_this_process(tmp_path):
+    """A fresh process (Prefect not yet imported) launches the temporary server itself: PREFECT_API_URL points at
+    it, a flow runs against it, Prefect's server package is never imported here, and the server stops on exit."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), COHORTFLOW_CACHE_DIR=str(tmp_path / "cache"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING")
+    proc = subprocess.run([sys.executable, "-c", PRESTART_CHILD], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["value"] == 42
+    assert out["url"].startswith("http://127.0.0.1:") and out["url"].endswith("/api")
+    assert out["prefect_server_imported"] is False
+    with pytest.raises(OSError):  # the server went away with the process that started it
+        urllib.request.urlopen(out["url"] + "/health", timeout=5)
+
+
+def test_prestart_does_nothing_when_a_server_is_configured(monkeypatch):
+    from cohortflow.flows.startup import prestart_prefect_server
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert prestart_prefect_server() is None

@@ -11,7 +11,7 @@ import pytest
 
 from cohortflow.config.study import load_study
 from cohortflow.instruments.registry import load_instruments
-from cohortflow.validation import summarise, validate_mapped_file
+from cohortflow.validation import summarise, validate_mapped_file, write_data_docs
 from cohortflow.validation.sample import inject, valid_frame
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -44,6 +44,33 @@ def test_docs_page_is_written_per_batch(batch_docs):
     # the same outcome as without docs: one row quarantined for the window
     assert out.row_failures[["row_number", "rule"]].values.tolist() == [[7, "wave_window"]]
     assert f"Data Docs: {page}" in summarise(out, "x.sav")
+
+
+def test_one_site_build_for_several_files_gives_each_its_page_and_the_same_outcome(tmp_path):
+    """write_data_docs (pages built once after the loads) = validate_mapped_file(docs_dir=...) file by file."""
+    study, instruments = load_study(), load_instruments()
+    arm = study.cohort_arms[0].code
+    role = next(r.code for r in study.roles if r.informant == "self" and r.subject == "child")
+    wave = study.waves_of(arm)[-1]
+    files = []
+    for k, (fault, rows) in enumerate([("wave_window", [2]), ("allowed_codes", [0, 3]), ("wave_window", [5])]):
+        frame = inject(valid_frame(study, instruments, arm, wave, role, n=8, seed=10 + k), fault, rows, study,
+                       instruments)
+        files.append((frame, {"file_name": f"{arm}_S{k}_{wave}_{role}.sav", "sha256": f"{k:02d}" * 32}))
+    together = write_data_docs(files, study, instruments, tmp_path / "together", histories=[None] * len(files))
+    one_by_one = [validate_mapped_file(f, study, instruments, docs_dir=tmp_path / "single") for f in files]
+    pages = {o.docs_path for o in together}
+    assert len(pages) == 1 and next(iter(pages)).is_file()  # one source version: one page for the three files
+    html = next(iter(pages)).read_text(encoding="utf-8")
+    for _frame, meta in files:  # failing rows are named by file and row number
+        assert meta["file_name"] in html
+    for a, b in zip(together, one_by_one, strict=True):
+        assert a.row_failures.equals(b.row_failures)
+        assert a.rule_results.equals(b.rule_results)
+        assert a.file_errors == b.file_errors
+    assert len(together[1].row_failures) >= 2  # the injected faults are there to see
+    index = tmp_path / "together" / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    assert index.is_file() and "3_files" in index.read_text(encoding="utf-8")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium; CI installs it)")

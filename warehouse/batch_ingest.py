@@ -118,8 +118,8 @@ def ingest_files(
 
     `docs_dir`: where Data Docs go (none without it); `data_docs`: build them for files whose validation
     found something, warnings included (`failures`, the default), for files refused or with rows sent to
-    quarantine (`quarantine`: what the pipeline uses; a Data Docs page costs about 1-2 s), for every file
-    (`all`) or never (`none`). `echo` receives
+    quarantine (`quarantine`: what the pipeline uses), for every file (`all`) or never (`none`). The pages
+    are built after the loads of each chunk, one site build per chunk (validation.write_data_docs). `echo` receives
     each file's plain-text validation summary, `on_outcome(file_name, outcome)` each ValidationOutcome
     (e.g. to post it as an artifact). Bad files never raise: they come back refused, as from ingest_file.
     `chunk_rows`: files are read in order until this many rows are held, then that chunk is validated and
@@ -154,7 +154,7 @@ def _validate_and_load(files: list[_File], engine: Engine, study: Study, instrum
                        data_docs: DataDocs, on_outcome: Callable[[str, ValidationOutcome], Any] | None,
                        ) -> list[BatchReport]:
     """Validate a chunk of read files in batch against the warehouse as it is now, then load each in order."""
-    from cohortflow.validation import summarise, validate_again, validate_mapped_file, validate_mapped_files
+    from cohortflow.validation import summarise, validate_again, validate_mapped_files, write_data_docs
 
     readable = [f for f in files if f.mapped is not None and f.source is not None]
     frames = [person_frame(f.mapped, key) for f in readable]  # type: ignore[arg-type]
@@ -174,6 +174,7 @@ def _validate_and_load(files: list[_File], engine: Engine, study: Study, instrum
         f.outcome = out
 
     reports: list[BatchReport] = []
+    for_docs: list[tuple[MappedFile, pd.DataFrame]] = []  # files whose Data Docs page is built after the loads
     for f in files:
         if f.report.status == "skipped":
             reports.append(f.report)
@@ -183,21 +184,18 @@ def _validate_and_load(files: list[_File], engine: Engine, study: Study, instrum
             continue
         actual = _stored_persons(engine, f.pseudonyms or [])
         outcome = f.outcome
-        want_docs = docs_dir is not None and _wants_docs(outcome, data_docs)
-        if want_docs:  # a Data Docs page: this file through a GX file context
-            outcome = validate_mapped_file(f.mapped, study, instruments, history=_history_frame(actual), key=key,
-                                           docs_dir=docs_dir)
-        elif actual != f.assumed:  # earlier files did not load as assumed: GX again only when the checks differ
+        if actual != f.assumed:  # earlier files did not load as assumed: GX again only when the checks differ
             outcome = validate_again(f.mapped, study, instruments, outcome, history=_history_frame(actual), key=key)
-            if docs_dir is not None and data_docs in ("failures", "quarantine") \
-                    and _wants_docs(outcome, data_docs):
-                outcome = validate_mapped_file(f.mapped, study, instruments, history=_history_frame(actual),
-                                               key=key, docs_dir=docs_dir)
+        if docs_dir is not None and _wants_docs(outcome, data_docs):
+            for_docs.append((f.mapped, _history_frame(actual)))
         name = f.mapped.meta.get("file_name", "file")
         if echo is not None:
             echo(summarise(outcome, name))
         if on_outcome is not None:
             on_outcome(name, outcome)
         reports.append(load_validated(engine, f.path, f.source, f.mapped, outcome, study, key, f.report, f.t0))
-        f.mapped = f.outcome = None  # this file's frames are no longer needed
+        f.mapped = f.outcome = None  # this file's frames are no longer needed (for_docs keeps its own)
+    if for_docs and docs_dir is not None:  # after the chunk's loads: one Data Docs site build for its files
+        write_data_docs([m for m, _h in for_docs], study, instruments, docs_dir,
+                        histories=[h for _m, h in for_docs], key=key)
     return reports

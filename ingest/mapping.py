@@ -59,7 +59,10 @@ def _header(path: Path, source: SourceDefinition) -> list[str]:
             _, meta = fn(str(path), metadataonly=True)
             return list(meta.column_names)
         if source.format == "xlsx":
-            return [str(c) for c in pd.read_excel(path, sheet_name=source.sheet or 0, nrows=0).columns]
+            from .readers import XLSX_ENGINES, _has_calamine
+
+            eng = "calamine" if "calamine" in XLSX_ENGINES and _has_calamine() else "openpyxl"
+            return [str(c) for c in pd.read_excel(path, sheet_name=source.sheet or 0, nrows=0, engine=eng).columns]
         with open(path, "rb") as fh:
             line = fh.readline().decode("utf-8-sig", errors="replace")
         delim = max((";", ",", "\t", "|"), key=line.count) if source.csv.delimiter == "auto" else source.csv.delimiter

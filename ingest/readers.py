@@ -124,22 +124,49 @@ def read_dta(path: Path) -> RawExport:
     return RawExport(df, "dta", var_labels, value_labels, user_missing)
 
 
-def read_xlsx(path: Path, sheet: str | int | None, text_columns: set[str]) -> RawExport:
-    """Excel .xlsx: the named sheet (default the first); identifier and date columns kept as text."""
-    import openpyxl  # noqa: F401 - a clear ImportError if missing
+XLSX_ENGINES = ("calamine", "openpyxl")  # calamine (Rust) reads ~4x faster; openpyxl the fallback
 
+
+def read_xlsx(path: Path, sheet: str | int | None, text_columns: set[str], engine: str | None = None) -> RawExport:
+    """Excel .xlsx: the named sheet (default the first); identifier and date columns kept as text.
+
+    `engine`: "calamine" or "openpyxl"; None tries calamine (when installed) and falls back to openpyxl for a
+    workbook calamine cannot open, so a damaged file is refused with openpyxl's message as before."""
+    engines = [engine] if engine else [e for e in XLSX_ENGINES if e != "calamine" or _has_calamine()]
+    for i, eng in enumerate(engines):
+        try:
+            xl = pd.ExcelFile(path, engine=eng)
+        except Exception as exc:
+            if i + 1 < len(engines):
+                continue
+            raise _refuse(path, f"not a readable Excel workbook ({type(exc).__name__}: {exc}); it may be truncated",
+                          "Save it again from Excel as .xlsx and replace the file.") from None
+        with xl:
+            if sheet is not None and not isinstance(sheet, int) and sheet not in xl.sheet_names:
+                raise _refuse(path, f"has no sheet {sheet!r} (sheets: {xl.sheet_names})",
+                              "Rename the data sheet or set `sheet:` in the source definition.")
+            conv = {c: _cell_text for c in text_columns if isinstance(c, str)}  # names not in the sheet ignored
+            try:
+                df = pd.read_excel(xl, sheet_name=sheet if sheet is not None else 0, converters=conv)
+            except Exception:
+                if i + 1 < len(engines):
+                    continue
+                raise
+        return RawExport(df, "xlsx")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _cell_text(v: Any) -> str:
+    """A text column's cell as text (both engines give whole numbers as int, so no '.0' appears)."""
+    return str(v)
+
+
+def _has_calamine() -> bool:
     try:
-        xl = pd.ExcelFile(path, engine="openpyxl")
-    except Exception as exc:
-        raise _refuse(path, f"not a readable Excel workbook ({type(exc).__name__}: {exc}); it may be truncated",
-                      "Save it again from Excel as .xlsx and replace the file.") from None
-    with xl:
-        if sheet is not None and not isinstance(sheet, int) and sheet not in xl.sheet_names:
-            raise _refuse(path, f"has no sheet {sheet!r} (sheets: {xl.sheet_names})",
-                          "Rename the data sheet or set `sheet:` in the source definition.")
-        conv = {c: str for c in text_columns if isinstance(c, str)}  # names not in the sheet are ignored
-        df = pd.read_excel(xl, sheet_name=sheet if sheet is not None else 0, converters=conv)
-    return RawExport(df, "xlsx")
+        import python_calamine  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def detect_encoding(path: Path, data: bytes, configured: str) -> str:

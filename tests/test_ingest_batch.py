@@ -41,7 +41,8 @@ def _summary(reports):
              r.message) for r in reports]
 
 
-def test_sex_conflict_between_files_of_one_run(tmp_path):
+@pytest.mark.parametrize("chunk_rows", [250_000, 7, 1])  # one chunk; chunks of two files; one file per chunk
+def test_sex_conflict_between_files_of_one_run(tmp_path, chunk_rows):
     t0 = build_rows(INST, "vt", "VT01", "T0", "child", 6)
     t1 = build_rows(INST, "vt", "VT01", "T1", "child", 6, seed=5)
     t2 = build_rows(INST, "vt", "VT01", "T2", "child", 6, seed=6)
@@ -52,7 +53,7 @@ def test_sex_conflict_between_files_of_one_run(tmp_path):
     t0.loc[1, "geslacht"] = 3 - t0.loc[1, "geslacht"]
     files = [write_export(t0, tmp_path / "vt_VT01_T0_child.csv"), write_export(t1, tmp_path / "vt_VT01_T1_child.csv"),
              write_export(t2, tmp_path / "vt_VT01_T2_child.csv")]
-    ref, got, dump_ref, dump_got = _both(tmp_path, files)
+    ref, got, dump_ref, dump_got = _both(tmp_path, files, chunk_rows=chunk_rows)
     assert _summary(got) == _summary(ref)
     assert dump_got == dump_ref
     quarantined = {(r[1], r[2]): r[3] for r in dump_got["quarantine_row"]}
@@ -93,18 +94,19 @@ def test_skips_loaded_files_before_reading(tmp_path):
 
 
 @pytest.mark.slow
-def test_generated_study_same_warehouse_as_file_by_file(tmp_path):
+@pytest.mark.parametrize("chunk_rows", [250_000, 300])  # the whole inbox in one chunk; chunks of a few files
+def test_generated_study_same_warehouse_as_file_by_file(tmp_path, chunk_rows):
     synth = pytest.importorskip("cohortflow.synth.generate")
     from cohortflow.synth.faults import FAULTS
 
     synth.generate_study(tmp_path / "study", factor=0.05, seed=7, faults=sorted(FAULTS))
     files = inbox_files(tmp_path / "study" / "inbox")
-    ref, got, dump_ref, dump_got = _both(tmp_path, files, docs_dir=tmp_path / "docs")
+    ref, got, dump_ref, dump_got = _both(tmp_path, files, chunk_rows=chunk_rows, docs_dir=tmp_path / "docs")
     assert _summary(got) == _summary(ref)
     assert {r.status for r in got} >= {"loaded", "refused"}
     for table in dump_ref:
         assert dump_got[table] == dump_ref[table], table
-    assert any((tmp_path / "docs").rglob("*.html"))  # Data Docs for the files with failures
+    assert any((tmp_path / "docs").rglob("*.html"))  # Data Docs for the files with failures (a build per chunk)
 
 
 def test_data_docs_modes_choose_files_by_what_validation_found():
@@ -125,3 +127,34 @@ def test_data_docs_modes_choose_files_by_what_validation_found():
             "failures": [False, True, True, True], "all": [True, True, True, True]}
     for mode, expected in want.items():
         assert [_wants_docs(o, mode) for o in (clean, warned, quarantined, refused)] == expected, mode
+
+
+@pytest.mark.parametrize(("chunk_rows", "most_held"), [(1, 1), (7, 2), (250_000, 4)])
+def test_files_held_at_once_bounded_by_chunk_rows(tmp_path, monkeypatch, chunk_rows, most_held):
+    """Files are read until `chunk_rows` rows are held, then validated and loaded before more are read: at
+    most `most_held` read-but-not-loaded files at any time (4 files of 6 rows)."""
+    import cohortflow.warehouse.batch_ingest as bi
+
+    held: list[int] = []
+    live: set[str] = set()
+
+    def reading(path, *a, **kw):
+        out = real_read(path, *a, **kw)
+        live.add(path.name)
+        held.append(len(live))
+        return out
+
+    def loading(engine, path, *a, **kw):
+        live.discard(path.name)
+        return real_load(engine, path, *a, **kw)
+
+    real_read, real_load = bi.read_file, bi.load_validated
+    monkeypatch.setattr(bi, "read_file", reading)
+    monkeypatch.setattr(bi, "load_validated", loading)
+    files = [write_export(build_rows(INST, "vt", "VT01", w, "child", 6, seed=i), tmp_path / f"vt_VT01_{w}_child.csv")
+             for i, w in enumerate(["T0", "T1", "T2"])]
+    files.append(write_export(build_rows(INST, "vt", "VT02", "T0", "child", 6), tmp_path / "vt_VT02_T0_child.csv"))
+    engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'w.sqlite'}"))
+    reports = ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none", chunk_rows=chunk_rows)
+    assert [r.status for r in reports] == ["loaded"] * 4
+    assert max(held) == most_held and not live

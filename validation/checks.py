@@ -367,6 +367,7 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
         repeated = keys.notna() & keys.duplicated(keep=False)  # only persons with several rows can disagree
         has_repeats = bool(repeated.any())
         flagged: set[tuple[int, str]] = set()
+        looked_up: pd.Series | None = None  # the rows' history keys, built once per person view
         for attr, values in attrs.items():
             col = sex_col if attr == "sex" else birth_col
             data = (pd.DataFrame({"k": keys[repeated], "v": values[repeated]}).dropna() if has_repeats
@@ -388,7 +389,8 @@ def check_sex_birth_year(ctx: Context) -> pd.DataFrame:
                         out.append((int(pos), col, why))
                         flagged.add((int(pos), attr))
             if hist is not None and len(hist) and pseudo_col in f.columns and attr in hist.columns:
-                looked_up = _per_file(f[FILE_COLUMN], f[pseudo_col]) if per_file else f[pseudo_col]
+                if looked_up is None:
+                    looked_up = _per_file(f[FILE_COLUMN], f[pseudo_col]) if per_file else f[pseudo_col]
                 earlier = looked_up.map(hist[attr])
                 both = np.flatnonzero((earlier.notna() & values.notna()).to_numpy())
                 now_all, before_all = values.to_numpy(dtype=object), earlier.to_numpy(dtype=object)

@@ -1,17 +1,20 @@
-"""Ingesting many exports at once: read all, validate in batch (one GX run per source version), load each file
-in its own transaction. The warehouse ends exactly as with `ingest_file` called file by file in the same order.
+"""Ingesting many exports at once: read a chunk of files, validate it in batch (one GX run per source version),
+load each file in its own transaction, then the next chunk. The warehouse ends exactly as with `ingest_file`
+called file by file in the same order.
 
 Public: `ingest_files(paths, engine, sources, study, instruments, key, docs_dir=None, echo=None,
-data_docs="failures", on_outcome=None) -> list[BatchReport]`.
+data_docs="failures", on_outcome=None, chunk_rows=CHUNK_ROWS) -> list[BatchReport]`.
 
 How it stays equal to file-by-file ingestion:
-* a file whose SHA-256 is already loaded is skipped before it is read or validated;
-* each file is validated against the persons history it would have seen file by file: the warehouse plus
-  the persons of earlier files of this call. The batch run assumes every row of the earlier files loads;
-  just before a file is loaded its persons are looked up in the warehouse (which by then holds what the
-  earlier files really loaded) and when that differs from what the batch run assumed (an earlier file was
-  refused or had rows quarantined for one of these persons) the file is validated again on its own with the
-  real history;
+* a file whose SHA-256 is already loaded (before the call) is skipped before it is read or validated;
+* files are read in order until `chunk_rows` rows are held; that chunk is validated and loaded before the next
+  files are read, so memory is bounded by the chunk, not the inbox;
+* each file is validated against the persons history it would have seen file by file: the warehouse as it is
+  when its chunk starts (which holds what the earlier chunks really loaded) plus the persons of earlier files
+  of its chunk. The batch run assumes every row of those earlier files loads; just before a file is loaded
+  its persons are looked up in the warehouse (which by then holds what the earlier files really loaded) and
+  when that differs from what the batch run assumed (an earlier file was refused or had rows quarantined for
+  one of these persons) the file is validated again on its own with the real history;
 * writes (loaded and refused batches) happen in file order, one transaction per file (`load_validated`),
   which also repeats the in-transaction checks (SHA-256, supersede, duplicates and sex conflicts against
   loaded rows).
@@ -37,6 +40,7 @@ from cohortflow.instruments.model import Instrument
 from .load import (
     BatchReport,
     already_loaded,
+    checkpoint,
     load_validated,
     person_attributes,
     person_frame,
@@ -48,6 +52,7 @@ from .load import (
 
 DataDocs = Literal["failures", "quarantine", "all", "none"]
 HISTORY_COLUMNS = ["pseudonym", "sex", "birth_year"]
+CHUNK_ROWS = 250_000  # rows read before a chunk is validated and loaded (bounds memory: ~3 KB per row held)
 
 
 @dataclass
@@ -107,28 +112,49 @@ def ingest_files(
     echo: Callable[[str], Any] | None = None,
     data_docs: DataDocs = "failures",
     on_outcome: Callable[[str, ValidationOutcome], Any] | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> list[BatchReport]:
     """Ingest export files in the given order with batch validation; one BatchReport per path.
 
     `docs_dir`: where Data Docs go (none without it); `data_docs`: build them for files whose validation
     found something, warnings included (`failures`, the default), for files refused or with rows sent to
     quarantine (`quarantine`: what the pipeline uses), for every file (`all`) or never (`none`). The pages
-    are built after the loads, in one site build (validation.write_data_docs). `echo` receives
+    are built after the loads of each chunk, one site build per chunk (validation.write_data_docs). `echo` receives
     each file's plain-text validation summary, `on_outcome(file_name, outcome)` each ValidationOutcome
     (e.g. to post it as an artifact). Bad files never raise: they come back refused, as from ingest_file.
+    `chunk_rows`: files are read in order until this many rows are held, then that chunk is validated and
+    loaded before the next files are read (memory stays bounded whatever the size of the inbox).
     """
-    from cohortflow.validation import summarise, validate_again, validate_mapped_files, write_data_docs
 
-    files: list[_File] = []
     paths = [Path(p) for p in paths]
     digests = {p: file_digest(p) for p in paths if p.is_file()}
     known = stored_batches(engine, (d[0] for d in digests.values()))
+    reports: list[BatchReport] = []
+    chunk: list[_File] = []
+    rows = 0
     for path in paths:
         t0 = time.perf_counter()
         f = _File(path, already_loaded(path, engine, known, digests.get(path)), t0)
         if f.report.status != "skipped":
             f.source, f.mapped, f.error = read_file(path, sources, instruments, f.report, t0)
-        files.append(f)
+            rows += 0 if f.mapped is None else len(f.mapped.frame)
+        chunk.append(f)
+        if rows >= chunk_rows:
+            reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs,
+                                          on_outcome)
+            chunk, rows = [], 0
+    if chunk:
+        reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs, on_outcome)
+    checkpoint(engine)
+    return reports
+
+
+def _validate_and_load(files: list[_File], engine: Engine, study: Study, instruments: dict[str, Instrument],
+                       key: bytes, docs_dir: Path | str | None, echo: Callable[[str], Any] | None,
+                       data_docs: DataDocs, on_outcome: Callable[[str, ValidationOutcome], Any] | None,
+                       ) -> list[BatchReport]:
+    """Validate a chunk of read files in batch against the warehouse as it is now, then load each in order."""
+    from cohortflow.validation import summarise, validate_again, validate_mapped_files, write_data_docs
 
     readable = [f for f in files if f.mapped is not None and f.source is not None]
     frames = [person_frame(f.mapped, key) for f in readable]  # type: ignore[arg-type]
@@ -142,6 +168,7 @@ def ingest_files(
         for pid, (_h, sex, by) in person_attributes(pf).items():  # as if every row of the file loads
             if pid is not None and pid not in hist:
                 hist[pid] = (sex, by)
+    del frames
     outcomes = validate_mapped_files([f.mapped for f in readable], study, instruments, histories=histories, key=key)
     for f, out in zip(readable, outcomes, strict=True):
         f.outcome = out
@@ -167,7 +194,8 @@ def ingest_files(
         if on_outcome is not None:
             on_outcome(name, outcome)
         reports.append(load_validated(engine, f.path, f.source, f.mapped, outcome, study, key, f.report, f.t0))
-    if for_docs and docs_dir is not None:  # after the loads: one Data Docs site build for all these files
+        f.mapped = f.outcome = None  # this file's frames are no longer needed (for_docs keeps its own)
+    if for_docs and docs_dir is not None:  # after the chunk's loads: one Data Docs site build for its files
         write_data_docs([m for m, _h in for_docs], study, instruments, docs_dir,
                         histories=[h for _m, h in for_docs], key=key)
     return reports

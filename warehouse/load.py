@@ -436,6 +436,7 @@ def _write(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedF
             take_write_lock(conn)
             if conn.dialect.name == "sqlite":  # a larger page cache for this connection: the response indexes
                 conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")  # take random pseudonym keys
+                conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_PAGES}")  # checkpoint seldom
             row = conn.execute(select(Batch.id, Batch.status).where(Batch.sha256 == report.sha256)).first()
             if row is not None and row.status != "refused":
                 report.status, report.batch_id = "skipped", row.id
@@ -693,6 +694,11 @@ RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id",
 
 
 SQLITE_CACHE_KIB = 65_536  # page cache of a loading connection (SQLite's default is 2 MiB)
+# WAL pages a loading connection lets accumulate before it checkpoints (SQLite's default 1,000 pages = 4 MiB):
+# with the default nearly every file's commit checkpointed, rewriting and syncing the same index pages each time
+# (about 40% of the load time at factor 10). Durability is unchanged (WAL, synchronous=NORMAL); the WAL file
+# grows to about 256 MiB. `checkpoint` (end of a batch ingest) copies the WAL back without waiting for readers.
+SQLITE_WAL_PAGES = 65_536
 SQLITE_ROWS_PER_STATEMENT = 100  # multi-row VALUES: about 1.4x the rows/s of one row per statement
 
 
@@ -729,6 +735,13 @@ def _bulk(conn: Connection, table: str, columns: list[str], rows: list[tuple] | 
             cur.executemany(head + one, (flat[i:i + k] for i in range(full * k, n * k, k)))
     finally:
         cur.close()
+
+
+def checkpoint(engine: Engine) -> None:
+    """SQLite: copy the write-ahead log back into the database file now (PASSIVE: never waits for readers)."""
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _insert_responses(conn: Connection, ld: pd.DataFrame, ids: np.ndarray, batch_id: int) -> None:

@@ -89,7 +89,7 @@ class Household(Base):
 class Person(Base):
     __tablename__ = "person"
     person_id: Mapped[str] = mapped_column(PSEUDONYM, primary_key=True)
-    household_id: Mapped[str] = mapped_column(ForeignKey("household.household_id"), index=True)
+    household_id: Mapped[str] = mapped_column(ForeignKey("household.household_id"))  # no index: migration 0003
     sex: Mapped[str | None] = mapped_column(String(10))
     birth_year: Mapped[int | None] = mapped_column(Integer)
     first_batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id"))
@@ -102,7 +102,7 @@ class Response(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id"), index=True)
     row_number: Mapped[int] = mapped_column(Integer)
-    household_id: Mapped[str] = mapped_column(ForeignKey("household.household_id"), index=True)
+    household_id: Mapped[str] = mapped_column(ForeignKey("household.household_id"))  # no index: migration 0003
     person_id: Mapped[str] = mapped_column(ForeignKey("person.person_id"), index=True)
     subject_id: Mapped[str] = mapped_column(ForeignKey("person.person_id"), index=True)
     role: Mapped[str] = mapped_column(String(50))

@@ -20,7 +20,7 @@ def read_export(path: Path, fmt: str) -> pd.DataFrame:
             if c in frame:
                 frame[c] = pd.to_datetime(frame[c], format="%d-%m-%Y")
     elif fmt == "xlsx":
-        frame = pd.read_excel(path, sheet_name="data", dtype={"bsn": str, "telefoon": str})
+        frame = pd.read_excel(path, sheet_name="data", dtype={"bsn": str, "telefoon": str}, engine="calamine")
     elif fmt == "sav":
         import pyreadstat
 

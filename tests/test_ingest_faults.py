@@ -64,7 +64,7 @@ def _export_identifier_values(inbox) -> set[str]:
 
                 df, _ = pyreadstat.read_sav(str(p))
             elif p.suffix == ".xlsx":
-                df = pd.read_excel(p, sheet_name="data", dtype=str)
+                df = pd.read_excel(p, sheet_name="data", dtype=str, engine="calamine")
             else:
                 df = pd.read_csv(p, sep=";", dtype=str, encoding="cp1252")
         except Exception:

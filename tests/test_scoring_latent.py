@@ -89,7 +89,7 @@ def _read_export(path):
         frame, _ = pyreadstat.read_sav(str(path))  # declared user-missing codes (-9, -7) become NaN
         return frame
     if path.suffix == ".xlsx":
-        return pd.read_excel(path, sheet_name="data")
+        return pd.read_excel(path, sheet_name="data", engine="calamine")
     return pd.read_csv(path, sep=";", decimal=",", encoding="cp1252")
 
 

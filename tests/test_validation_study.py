@@ -93,7 +93,7 @@ def test_exactly_the_injected_rows_and_files(tmp_path):
         assert {rule for rule, _ in why} == {"missing_share_high"}, (name, row, why)
         path = tmp_path / "inbox" / name
         raw = (pyreadstat.read_sav(str(path), user_missing=False)[0] if path.suffix == ".sav"
-               else pd.read_excel(path) if path.suffix == ".xlsx"
+               else pd.read_excel(path, engine="calamine") if path.suffix == ".xlsx"
                else pd.read_csv(path, sep=None, engine="python", encoding="cp1252"))
         for _, code in why:
             cols = [c for c in raw.columns if c.lower().startswith(code.lower() + "_")]  # exports vary the case

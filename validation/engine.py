@@ -375,6 +375,15 @@ def _failing_positions(gx_results: list[Any], label: str,
     return out
 
 
+def _file_share(failing: dict[str, list[int]], lo: int, hi: int) -> dict[str, list[int]]:
+    """The failing positions of the file at stacked rows [lo, hi), as positions in that file."""
+    local = {rule: [q - lo for q in pos if lo <= q < hi] for rule, pos in failing.items()
+             if rule != "required_columns"}
+    if failing.get("required_columns"):
+        local["required_columns"] = [-1]
+    return local
+
+
 def _conclude(p: _Prepared, failing_by_rule: dict[str, list[int]], docs_path: Path | None) -> ValidationOutcome:
     """Turn GX's failing positions into row failures, rule results and refusals (Contract 2)."""
     policy, name, frame = p.suite.policy, p.mi.file_name, p.frame
@@ -499,13 +508,8 @@ def validate_mapped_files(
         failing = _failing_positions(gx_results, f"{len(members)} files of {preps[members[0]].suite.source_label}")
         gx_share = (time.perf_counter() - t_gx) / len(members)
         for k, i in enumerate(members):
-            lo, hi = int(starts[k]), int(starts[k + 1])
-            local = {rule: [q - lo for q in pos if lo <= q < hi] for rule, pos in failing.items()
-                     if rule != "required_columns"}
-            if failing.get("required_columns"):
-                local["required_columns"] = [-1]
             preps[i].timings.update(gx_seconds=gx_share, n_expectations=len(gx_results))
-            outcomes[i] = _conclude(preps[i], local, None)
+            outcomes[i] = _conclude(preps[i], _file_share(failing, int(starts[k]), int(starts[k + 1])), None)
             outcomes[i].gx_frame = preps[i].gx_frame  # type: ignore[union-attr]  # for validate_again
             outcomes[i].check_details = preps[i].details  # type: ignore[union-attr]
     return [o for o in outcomes if o is not None]
@@ -567,13 +571,9 @@ def write_data_docs(
     done: dict[int, ValidationOutcome] = {}
     for members, starts, failing, page, share in runs:
         for k, p in enumerate(members):
-            lo, hi = int(starts[k]), int(starts[k + 1])
-            local = {rule: [q - lo for q in pos if lo <= q < hi] for rule, pos in failing.items()
-                     if rule != "required_columns"}
-            if failing.get("required_columns"):
-                local["required_columns"] = [-1]
             p.timings.update(gx_seconds=share)
-            done[id(p)] = _conclude(p, local, page if page.exists() else None)
+            done[id(p)] = _conclude(p, _file_share(failing, int(starts[k]), int(starts[k + 1])),
+                                    page if page.exists() else None)
     return [done[id(p)] if id(p) in done else _finish(p.errors, [], p.results, p.mi, None) for p in preps]
 
 

@@ -128,13 +128,11 @@ def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir:
     validation summaries are posted as artifacts (`validation-<file>`); warnings of files loaded whole go into
     one table artifact (`validation-warnings`). A retry skips the files already loaded (by SHA-256).
     """
-    import pandas as pd
-
     from cohortflow.config.study import load_study
     from cohortflow.flows.commands_validation import publish_summary_artifact
     from cohortflow.ingest import load_sources
     from cohortflow.instruments.registry import load_instruments
-    from cohortflow.warehouse.batch_ingest import has_failures, has_quarantine, ingest_files
+    from cohortflow.warehouse.batch_ingest import failed_rules, has_failures, has_quarantine, ingest_files
     from cohortflow.warehouse.db import get_engine
 
     logger = get_run_logger()
@@ -144,8 +142,7 @@ def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir:
         if has_quarantine(outcome):  # refused or rows quarantined: the file's own artifact
             publish_summary_artifact(outcome, name)
         elif has_failures(outcome):  # warnings only: one row per rule in a table for the run (one API call)
-            rr = outcome.rule_results
-            for r in rr[pd.to_numeric(rr["n_failed"], errors="coerce").fillna(0) > 0].itertuples(index=False):
+            for r in failed_rules(outcome).itertuples(index=False):
                 warnings.append({"file": name, "rule": r.rule, "severity": r.severity, "checked": r.n_checked,
                                  "failed": r.n_failed, "example": (list(r.examples) or [""])[0]})
 

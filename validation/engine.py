@@ -9,6 +9,7 @@ Great Expectations is imported here lazily, only when a file is validated.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
@@ -551,8 +552,6 @@ def write_data_docs(
         where = {(f, int(r)): q for q, (f, r) in enumerate(zip(stacked[DOCS_FILE_COLUMN], stacked["row_number"],
                                                                 strict=True))}
         shas = "".join(str(p.mi.meta.get("sha256") or p.mi.file_name) for p in members)
-        import hashlib
-
         name = _batch_name(f"{members[0].suite.name}_{len(members)}_files",
                            hashlib.sha256(shas.encode()).hexdigest())
         t_gx = time.perf_counter()

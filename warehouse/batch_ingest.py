@@ -94,11 +94,15 @@ def _wants_docs(outcome: ValidationOutcome, data_docs: str) -> bool:
         data_docs == "quarantine" and has_quarantine(outcome))
 
 
+def failed_rules(outcome: ValidationOutcome) -> pd.DataFrame:
+    """The outcome's rule results (Contract 2 `rule_results`) of the rules that failed on at least one row."""
+    rr = outcome.rule_results
+    return rr[pd.to_numeric(rr["n_failed"], errors="coerce").fillna(0) > 0] if len(rr) else rr
+
+
 def has_failures(outcome: ValidationOutcome) -> bool:
     """True when validation refused the file, flagged rows or a rule failed (what Data Docs are read for)."""
-    rr = outcome.rule_results
-    return bool(outcome.file_errors) or len(outcome.row_failures) > 0 or (
-        len(rr) > 0 and bool((pd.to_numeric(rr["n_failed"], errors="coerce").fillna(0) > 0).any()))
+    return bool(outcome.file_errors) or len(outcome.row_failures) > 0 or len(failed_rules(outcome)) > 0
 
 
 def ingest_files(

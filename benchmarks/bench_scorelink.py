@@ -17,7 +17,8 @@ for a clean peak):
 * `report`: `write_report` of the analysis result into a temporary folder (the linked frame freed first, as
   the pipeline does); needs `analyse` earlier in the same run.
 
-`--dump DIR` writes the snapshot hash and the analysis result's tables (contrasts, sensitivity, balance,
+`--dump DIR` writes the snapshot hash, a hash of the stored score table after a score/store/restore phase
+(every column, id order) and the analysis result's tables (contrasts, sensitivity, balance,
 resilience, per-outcome EMMs) as Parquet into DIR, to compare two versions of the code to the last digit
 (`--compare DIR1 DIR2` does that and exits).
 
@@ -126,9 +127,27 @@ class Meter:
 def _empty_scores(engine) -> None:  # noqa: ANN001
     from sqlalchemy import text
 
-    with engine.begin() as conn:
-        conn.execute(text("DELETE FROM score"))
+    with engine.begin() as conn:  # PostgreSQL: TRUNCATE, so repeated runs do not insert behind dead rows
+        conn.execute(text("TRUNCATE score" if engine.dialect.name == "postgresql" else "DELETE FROM score"))
         conn.execute(text("DELETE FROM run WHERE kind = 'scoring'"))
+
+
+def _score_table_hash(engine) -> str:  # noqa: ANN001
+    """sha256 of every stored score row (all columns but `id`, in id order; values as the driver gives them):
+    two stores of the same frame must give the same hash (PostgreSQL's id sequence goes on after a DELETE,
+    so the id values themselves differ between runs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with engine.connect() as conn:
+        cols = "response_id, instrument, instrument_version, scale, score, n_items, n_answered, prorated, " \
+               "above_cutoff, band"
+        cur = conn.connection.driver_connection.cursor()
+        cur.execute(f"SELECT {cols} FROM score ORDER BY id")
+        while rows := cur.fetchmany(100_000):
+            h.update(repr(rows).encode())
+        cur.close()
+    return h.hexdigest()
 
 
 def main() -> None:
@@ -176,6 +195,9 @@ def main() -> None:
             with meter.phase("score"):
                 n = score_warehouse(engine, instruments, "bench", force=True)
             info["n_scores"] = n
+            if args.dump:
+                args.dump.mkdir(parents=True, exist_ok=True)
+                (args.dump / "score_table_score.txt").write_text(_score_table_hash(engine) + "\n")
             if args.scores_cache:
                 from cohortflow.warehouse.scores import scores_frame
                 scores_frame(engine).drop(columns=["scoring_run"]).to_parquet(args.scores_cache)
@@ -186,6 +208,9 @@ def main() -> None:
             with meter.phase(phase):
                 store_scores_bulk(engine, scores, f"bench-{phase}")
             info["n_scores"] = len(scores)
+            if args.dump:
+                args.dump.mkdir(parents=True, exist_ok=True)
+                (args.dump / f"score_table_{phase}.txt").write_text(_score_table_hash(engine) + "\n")
             del scores
         elif phase == "link":
             study = load_study()

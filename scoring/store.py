@@ -189,21 +189,81 @@ def _check_response_ids(conn: Connection, scores: pd.DataFrame) -> None:
                          f"warehouse's response table (first: {unknown[:5].tolist()}); score only loaded responses")
 
 
+# Columns of a score row with few distinct values: on a bulk insert into an empty table their distinct
+# combinations go into a small temporary table once, and each score row carries only its response id, the
+# code of its combination and its score (see `_store_sqlite_empty`).
+_COMBO_COLUMNS = ["instrument", "instrument_version", "scale", "band", "n_items", "n_answered", "prorated",
+                  "above_cutoff"]
+
+
+def _combinations(typed: dict[str, pd.Series], extra: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, first row of each code): rows with the same values in `_COMBO_COLUMNS` (missing =
+    missing; plus any `extra` integer code arrays) share a code, numbered in order of first appearance."""
+    n = len(typed["response_id"])
+    key = np.zeros(n, dtype=np.int64)
+    width = 1
+    for codes in [*(pd.factorize(typed[c], use_na_sentinel=True)[0] for c in _COMBO_COLUMNS), *(extra or [])]:
+        codes = np.asarray(codes, dtype=np.int64) + 1  # missing (-1) -> 0
+        k = int(codes.max(initial=0)) + 1
+        if width * k >= 2**62:  # renumber the combinations so far before the key would overflow
+            key, uniq = pd.factorize(key)
+            key, width = np.asarray(key, dtype=np.int64), len(uniq)
+        key = key * k + codes
+        width *= k
+    code, uniq = pd.factorize(key)
+    code = np.asarray(code, dtype=np.int64)
+    _, first = np.unique(code, return_index=True)
+    return code, first
+
+
 def _store_sqlite(conn: Connection, scores: pd.DataFrame, run_id: str, empty: bool) -> None:
-    cols = ", ".join(_DB_COLUMNS)
-    sql = f"INSERT INTO score ({cols}) VALUES ({', '.join('?' * len(_DB_COLUMNS))})"
-    if not empty:
-        updates = ", ".join(f"{c} = excluded.{c}" for c in _DB_COLUMNS if c not in _KEY)
-        sql += f" ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}"
-    dropped = []
     if empty:
-        for name in _SECONDARY_INDEXES:
-            if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
-                                    (name,)).first():
-                conn.exec_driver_sql(f"DROP INDEX {name}")
-                dropped.append(name)
-    for rows in _row_chunks(scores, run_id, _key_order(scores)):
+        _store_sqlite_empty(conn, scores, run_id)
+        return
+    cols = ", ".join(_DB_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _DB_COLUMNS if c not in _KEY)
+    sql = (f"INSERT INTO score ({cols}) VALUES ({', '.join('?' * len(_DB_COLUMNS))}) "
+           f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}")
+    for rows in _row_chunks(scores, run_id):
         conn.exec_driver_sql(sql, rows)
+
+
+def _store_sqlite_empty(conn: Connection, scores: pd.DataFrame, run_id: str) -> None:
+    """Bulk insert into an empty `score` table on SQLite, with the same rows and ids as an executemany of
+    whole rows in key order: the distinct combinations of `_COMBO_COLUMNS` go into a temporary table, the
+    rows (key order) as (response id, combination, score) into another (three parameters per row instead
+    of eleven, numbers only), then one INSERT ... SELECT joins them into `score` in that order. The
+    secondary index is dropped before and built once afterwards."""
+    typed = _typed_columns(scores)
+    order = _key_order(scores)
+    code, first = _combinations(typed)
+    combo_values = [_py_column(typed[c].iloc[first].reset_index(drop=True)) for c in _COMBO_COLUMNS]
+    dropped = [name for name in _SECONDARY_INDEXES
+               if conn.exec_driver_sql("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?",
+                                       (name,)).first()]
+    for name in dropped:
+        conn.exec_driver_sql(f"DROP INDEX {name}")
+    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.cf_score_combo")
+    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.cf_score_rows")
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE cf_score_combo (code INTEGER PRIMARY KEY, "
+                         f"{', '.join(_COMBO_COLUMNS)})")
+    conn.exec_driver_sql(f"INSERT INTO temp.cf_score_combo VALUES ({', '.join('?' * (len(_COMBO_COLUMNS) + 1))})",
+                         list(zip(range(len(first)), *combo_values, strict=True)))
+    conn.exec_driver_sql("CREATE TEMPORARY TABLE cf_score_rows (response_id INTEGER, code INTEGER, score REAL)")
+    ids = typed["response_id"].to_numpy(dtype=np.int64)
+    for lo in range(0, len(order), _CHUNK):
+        idx = order[lo:lo + _CHUNK]
+        score = _py_column(typed["score"].iloc[idx].reset_index(drop=True))
+        conn.exec_driver_sql("INSERT INTO temp.cf_score_rows VALUES (?, ?, ?)",
+                             list(zip(ids[idx].tolist(), code[idx].tolist(), score.tolist(), strict=True)))
+    picked = ", ".join(f"c.{c}" for c in _COMBO_COLUMNS)
+    # CROSS JOIN keeps the row table as the outer loop: rows come in its rowid (= key) order, no sort
+    conn.exec_driver_sql(
+        f"INSERT INTO score (response_id, {', '.join(_COMBO_COLUMNS)}, score, scoring_run) "
+        f"SELECT t.response_id, {picked}, t.score, ? FROM temp.cf_score_rows t "
+        "CROSS JOIN temp.cf_score_combo c ON c.code = t.code ORDER BY t.rowid", (run_id,))
+    conn.exec_driver_sql("DROP TABLE temp.cf_score_rows")
+    conn.exec_driver_sql("DROP TABLE temp.cf_score_combo")
     for name in dropped:
         conn.exec_driver_sql(f"CREATE INDEX {name} ON {_SECONDARY_INDEXES[name]}")
 
@@ -217,7 +277,9 @@ def _store_postgresql(conn: Connection, scores: pd.DataFrame, run_id: str, empty
         table = "score_incoming"
         conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {table} (LIKE score INCLUDING DEFAULTS) ON COMMIT DROP")
     else:  # empty table: key and foreign-key constraints and the index are built once afterwards (a sort and
-        # one join each, instead of per-row index inserts and per-row foreign-key triggers)
+        # one join each, instead of per-row index inserts and per-row foreign-key triggers), their sorts in
+        # memory where they fit (this transaction only)
+        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '512MB'")
         found = {r[0] for r in conn.exec_driver_sql(
             "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'score'")}
         for name, spec in _SECONDARY_INDEXES.items():
@@ -230,13 +292,67 @@ def _store_postgresql(conn: Connection, scores: pd.DataFrame, run_id: str, empty
         for name, _ in constraints:
             conn.exec_driver_sql(f'ALTER TABLE score DROP CONSTRAINT "{name}"')
         rebuild[:0] = [f'ALTER TABLE score ADD CONSTRAINT "{name}" {definition}' for name, definition in constraints]
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
-        for rows in _row_chunks(scores, run_id, _key_order(scores) if empty else None):
-            for row in rows:
-                cp.write_row(row)
+    if empty:
+        _copy_postgresql_empty(conn, scores, run_id)
+    else:
+        with raw.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
+            for rows in _row_chunks(scores, run_id):
+                for row in rows:
+                    cp.write_row(row)
     for ddl in rebuild:
         conn.exec_driver_sql(ddl)
     if not empty:
         updates = ", ".join(f"{c} = excluded.{c}" for c in _DB_COLUMNS if c not in _KEY)
         conn.exec_driver_sql(f"INSERT INTO score ({cols}) SELECT {cols} FROM {table} "
                              f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET {updates}")
+
+
+_PG_ARRAY_TYPES = {"instrument": "text", "instrument_version": "text", "scale": "text", "band": "text",
+                   "n_items": "int", "n_answered": "int", "prorated": "boolean", "above_cutoff": "boolean"}
+_PG_ROW = np.dtype([("nfields", ">i2"), ("len_id", ">i4"), ("response_id", ">i8"), ("len_code", ">i4"),
+                    ("code", ">i4"), ("len_score", ">i4"), ("score", ">f8")])
+
+
+def _copy_postgresql_empty(conn: Connection, scores: pd.DataFrame, run_id: str) -> None:
+    """Bulk insert into an empty `score` table on PostgreSQL with the same rows (and ids, in key order)
+    as a COPY of whole rows: each row goes as (response id, combination code, score) in COPY's binary
+    format, built by numpy without a Python object per value, into a temporary table; one INSERT ...
+    SELECT then takes the combination columns from arrays passed as parameters (a scan, no join)."""
+    typed = _typed_columns(scores)
+    order = _key_order(scores)
+    score = typed["score"].to_numpy(dtype=np.float64)
+    missing = np.isnan(score)
+    code, first = _combinations(typed, extra=[missing.astype(np.int64)])
+    if len(first) >= 2**31 - 1:
+        raise ValueError(f"store_scores_bulk: {len(first)} distinct score combinations do not fit an int4 code")
+    params = {c: _py_column(typed[c].iloc[first].reset_index(drop=True)).tolist() for c in _COMBO_COLUMNS}
+    params["missing"] = missing[first].tolist()
+    conn.exec_driver_sql("CREATE TEMPORARY TABLE cf_score_rows (response_id bigint, code integer, score "
+                         "double precision) ON COMMIT DROP")
+    ids = typed["response_id"].to_numpy(dtype=np.int64)
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur, cur.copy("COPY cf_score_rows FROM STDIN (FORMAT BINARY)") as cp:
+        cp.write(b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big"))
+        for lo in range(0, len(order), _CHUNK):
+            idx = order[lo:lo + _CHUNK]
+            rows = np.empty(len(idx), dtype=_PG_ROW)
+            rows["nfields"], rows["len_id"], rows["len_code"], rows["len_score"] = 3, 8, 4, 8
+            rows["response_id"] = ids[idx]
+            rows["code"] = code[idx] + 1  # SQL arrays count from 1
+            rows["score"] = np.where(missing[idx], 0.0, score[idx])  # NULL by the combination's flag
+            cp.write(rows.tobytes())
+        cp.write((-1).to_bytes(2, "big", signed=True))
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE cf_score_combo (code integer PRIMARY KEY, "
+                         f"{', '.join(f'{c} {_PG_ARRAY_TYPES[c]}' for c in _COMBO_COLUMNS)}, missing boolean) "
+                         "ON COMMIT DROP")
+    with raw.cursor() as cur:
+        cur.executemany(f"INSERT INTO cf_score_combo VALUES ({', '.join(['%s'] * (len(_COMBO_COLUMNS) + 2))})",
+                        list(zip(range(1, len(first) + 1), *params.values(), strict=True)))
+    conn.exec_driver_sql("ANALYZE cf_score_combo")
+    conn.exec_driver_sql("ANALYZE cf_score_rows")
+    picked = ", ".join(f"c.{c}" for c in _COMBO_COLUMNS)
+    conn.exec_driver_sql(
+        f"INSERT INTO score (response_id, {', '.join(_COMBO_COLUMNS)}, score, scoring_run) "
+        f"SELECT t.response_id, {picked}, CASE WHEN c.missing THEN NULL ELSE t.score END, "
+        "%(run_id)s FROM cf_score_rows t JOIN cf_score_combo c ON c.code = t.code", {"run_id": run_id})
+    conn.exec_driver_sql("DROP TABLE cf_score_rows")

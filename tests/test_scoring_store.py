@@ -129,3 +129,86 @@ def test_bulk_store_matches_row_store_and_replaces_keys(tmp_path, any_engine):
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_bulk_store_into_empty_table_keeps_awkward_values(tmp_path, any_engine):
+    """Into an empty table the bulk store sends only (response, combination code, score) per row: every
+    awkward value (missing counts, flags and bands, missing scores with a cut-off flag, -0.0, scores that
+    differ in the last bit, text and categorical columns) comes back exactly as the row-by-row store
+    stores it, and ids follow the score key order."""
+    import numpy as np
+    import pandas as pd
+    from sqlalchemy import text
+
+    from cohortflow.scoring.engine import score_all
+    from cohortflow.scoring.store import store_scores_bulk
+    from cohortflow.synth import generate_study
+    from cohortflow.warehouse.read import item_values_compact, scoring_context
+    from cohortflow.warehouse.scores import store_scores
+
+    manifest = generate_study(tmp_path / "study", factor=0.05, seed=7)
+    files = [tmp_path / "study" / f.path for f in manifest.files if f.role == "child"][:2]
+    engine = init_warehouse(any_engine)
+    study, instruments, sources, key = load_study(), load_instruments(), load_sources(), secrets.token_bytes(32)
+    ingest_files(files, engine, sources, study, instruments, key)
+    scores = score_all(item_values_compact(engine), scoring_context(engine), instruments, on_unknown="skip")
+    rng = np.random.default_rng(1)
+    n = len(scores)
+    odd = scores.copy()
+    odd["n_items"] = pd.array(np.where(rng.random(n) < 0.1, None, odd["n_items"].astype(object)), dtype="Int64")
+    odd["n_answered"] = pd.array(np.where(rng.random(n) < 0.1, None, odd["n_answered"].astype(object)), dtype="Int64")
+    odd["prorated"] = pd.array(np.where(rng.random(n) < 0.1, None, odd["prorated"].astype(object)), dtype="boolean")
+    flags = odd["above_cutoff"].astype("boolean")
+    flags[rng.random(n) < 0.2] = True
+    odd["above_cutoff"] = flags
+    score = odd["score"].to_numpy(dtype=np.float64, na_value=np.nan).copy()
+    score[rng.random(n) < 0.1] = np.nan
+    score[:5] = [-0.0, 0.1 + 0.2, 1 / 3, np.nextafter(1.0, 2.0), 1e-300]
+    odd["score"] = score
+    band = odd["band"].astype(object)
+    band[rng.random(n) < 0.3] = "ernstig"
+    odd["band"] = band.astype("str")
+    odd = odd.sample(frac=1.0, random_state=3).reset_index(drop=True)  # rows not in key order
+    assert odd["score"].isna().any() and odd["n_items"].isna().any() and odd["prorated"].isna().any()
+
+    store_scores(engine, odd, "row-store")
+    expected = _stored(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM score"))
+    store_scores_bulk(engine, odd, "bulk-store")
+    got = _stored(engine)
+    pd.testing.assert_frame_equal(got, expected)
+    zero = got[(got["score"] == 0) & np.signbit(got["score"].to_numpy(dtype=np.float64, na_value=np.nan))]
+    assert len(zero) == len(expected[(expected["score"] == 0) & np.signbit(
+        expected["score"].to_numpy(dtype=np.float64, na_value=np.nan))])
+    with engine.connect() as conn:
+        by_id = pd.DataFrame(conn.exec_driver_sql(
+            "SELECT response_id, instrument, instrument_version, scale FROM score ORDER BY id").all(),
+            columns=["response_id", "instrument", "instrument_version", "scale"])
+    in_key_order = by_id.sort_values(list(by_id.columns), ignore_index=True)
+    pd.testing.assert_frame_equal(by_id, in_key_order)
+
+
+def test_combination_codes_survive_a_wide_key():
+    """`_combinations` numbers rows by their combination of values, renumbering before the packed key
+    would overflow 62 bits: rows share a code exactly when all their values agree."""
+    import numpy as np
+    import pandas as pd
+
+    from cohortflow.scoring.store import _COMBO_COLUMNS, _combinations
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    typed = {"response_id": pd.Series(np.arange(n))}
+    for c in _COMBO_COLUMNS:
+        typed[c] = pd.Series(rng.integers(0, 3, n)).astype("Int64").where(rng.random(n) > 0.2)
+    extra = [rng.integers(0, 2**20, n) for _ in range(4)]  # 4 x 20 bits: overflows without renumbering
+    code, first = _combinations(typed, extra)
+    table = pd.DataFrame({c: typed[c] for c in _COMBO_COLUMNS} | {f"x{i}": e for i, e in enumerate(extra)})
+    expected = table.astype(object).where(table.notna(), "NA").astype(str).agg("|".join, axis=1)
+    assert len(np.unique(code)) == expected.nunique() == len(first)
+    # same code <=> same values
+    pairs = pd.DataFrame({"code": code, "text": expected})
+    assert (pairs.groupby("code")["text"].nunique() == 1).all()
+    assert (pairs.groupby("text")["code"].nunique() == 1).all()
+    assert (code[first] == np.arange(len(first))).all()

@@ -162,15 +162,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="append one JSON line here")
     ap.add_argument("--label", default="")
     ap.add_argument("--baseline", type=Path, default=None,
-                    help="folder with older snapshot.py, linkage.py and store.py to time instead (git show REV:...)")
+                    help="folder with older read.py, snapshot.py, linkage.py and store.py (those present) to time "
+                         "instead (git show REV:...)")
     args = ap.parse_args()
     if args.compare:
         sys.exit(_compare(*args.compare))
     if args.baseline:
         import importlib.util
 
-        for name, file in (("cohortflow.warehouse.snapshot", "snapshot.py"), ("cohortflow.warehouse.linkage", "linkage.py"),
-                           ("cohortflow.scoring.store", "store.py")):
+        for name, file in (("cohortflow.warehouse.read", "read.py"), ("cohortflow.warehouse.snapshot", "snapshot.py"),
+                           ("cohortflow.warehouse.linkage", "linkage.py"), ("cohortflow.scoring.store", "store.py")):
+            if not (args.baseline / file).exists():
+                continue
             spec = importlib.util.spec_from_file_location(name, args.baseline / file)
             module = importlib.util.module_from_spec(spec)
             sys.modules[name] = module

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -375,7 +374,7 @@ def scores_compact(engine: Engine, include_superseded: bool = False) -> pd.DataF
 def _sqlite_scores_compact(engine: Engine, chunk_rows: int = _CHUNK_ROWS) -> pd.DataFrame | None:
     """`scores_compact` on SQLite: the (instrument, scale) pair replaced in SQL by its code in a small
     temporary table and packed with the response id and the cut-off flag into one number, the score beside it;
-    each fetched chunk becomes one flat float64 array in one numpy call (the packed number stays below 2**53, so
+    each fetched chunk becomes one float64 array in one numpy call (the packed number stays below 2**53, so
     it is exact). None when the packed number would not fit (then `read_compact` reads it)."""
     with engine.connect() as conn:
         raw = conn.connection.driver_connection
@@ -394,12 +393,12 @@ def _sqlite_scores_compact(engine: Engine, chunk_rows: int = _CHUNK_ROWS) -> pd.
                    "ON c.instrument = t.instrument AND c.scale = t.scale")
             parts: list[np.ndarray] = []
             cur.execute(sql)
-            while rows := cur.fetchmany(chunk_rows):  # (key, score) pairs flattened: no tuple-by-tuple parse
-                parts.append(np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=2 * len(rows)))
+            while rows := cur.fetchmany(chunk_rows):
+                parts.append(np.array(rows, dtype=np.float64))
             cur.execute("DROP TABLE IF EXISTS temp.cf_score_combo")
         finally:
             cur.close()
-    data = np.concatenate(parts).reshape(-1, 2) if parts else np.empty((0, 2), dtype=np.float64)
+    data = np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.float64)
     del parts
     key = data[:, 0].astype(np.int64)
     score = data[:, 1].copy()

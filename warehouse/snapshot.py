@@ -128,36 +128,18 @@ def snapshot_hash(frame: pd.DataFrame) -> str:
     for c in cols:
         kind, values, texts = _canonical(frame[by_name[c]].reset_index(drop=True))
         h.update(b"\x1e" + c.encode("utf-8") + b"\x1f" + kind.encode())
-        if kind == "s":
-            _hash_texts(h, texts, values, order, step)
-            del values, texts
-            continue
         for lo in range(0, n_rows, step):
-            arr = np.asarray(values[order[lo:lo + step]], dtype="float64").copy()
-            arr[np.isnan(arr)] = np.nan  # one NaN bit pattern
-            h.update(arr.astype("<f8").tobytes())
+            part = values[order[lo:lo + step]]
+            if kind == "s":
+                if lo:
+                    h.update(b"\x1f")
+                h.update("\x1f".join(texts[part].tolist()).encode("utf-8"))
+            else:
+                arr = np.asarray(part, dtype="float64").copy()
+                arr[np.isnan(arr)] = np.nan  # one NaN bit pattern
+                h.update(arr.astype("<f8").tobytes())
         del values, texts
     return h.hexdigest()
-
-
-def _hash_texts(h, texts: np.ndarray, codes: np.ndarray, order: np.ndarray, step: int) -> None:  # noqa: ANN001
-    """Feed `h` the texts of a canonical text column in row `order`, UTF-8, separated by 0x1F (no
-    separator after the last): the bytes of `"\\x1f".join(texts[codes[order]])`, built by Arrow a chunk of
-    rows at a time (each distinct text with its separator, taken per row) instead of a Python string per row."""
-    import pyarrow as pa
-
-    n = len(order)
-    if not n:
-        return
-    pool = pa.array([t + "\x1f" for t in texts.tolist()], type=pa.large_string())
-    for lo in range(0, n, step):
-        taken = pool.take(pa.array(codes[order[lo:lo + step]]))
-        offsets = np.frombuffer(taken.buffers()[1], dtype=np.int64, count=len(taken) + 1, offset=taken.offset * 8)
-        start, end = int(offsets[0]), int(offsets[-1])
-        if lo + step >= n:
-            end -= 1  # no separator after the last text
-        h.update(memoryview(taken.buffers()[2])[start:end])
-
 
 def new_run_id(kind: str | None = None) -> str:
     """A sortable, unique run id: UTC timestamp, optional kind, 6 random hex digits (e.g. 20261123T2150Z-ab12cd)."""

@@ -7,14 +7,17 @@ warehouse is not scored again.
 Built for large warehouses (factor 100: ~90 M item values, ~6 M score rows): item values are read in one
 streamed pass over the packed item blocks straight into one float64 response x item matrix per instrument
 (`warehouse.read.item_matrices`; no long frame), scoring is vectorised per instrument, and scores are written in
-chunks: PostgreSQL COPY (into `score` directly when it is empty, else into a temporary table merged with
-INSERT ... ON CONFLICT), SQLite executemany of plain tuples (an upsert on the score key when scores exist).
+bulk. Into an empty `score` table (the pipeline's case) each row travels as three numbers (response id, code of
+its combination of the low-cardinality columns, score) into a temporary table, and one INSERT ... SELECT
+joins the combinations back (SQLite: executemany; PostgreSQL: binary COPY built by numpy). When scores exist:
+PostgreSQL COPY into a temporary table merged with INSERT ... ON CONFLICT, SQLite an executemany upsert.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -177,12 +180,15 @@ def store_scores_bulk(engine: Engine, scores: pd.DataFrame, run_id: str, kind: s
 
 def _check_response_ids(conn: Connection, scores: pd.DataFrame) -> None:
     """The `score.response_id -> response.id` foreign key, checked for the whole frame at once."""
-    from sqlalchemy import text
-
     wanted = np.unique(scores["response_id"].to_numpy(dtype=np.int64))
     if not len(wanted):
         return
-    known = np.fromiter((r[0] for r in conn.execute(text("SELECT id FROM response"))), dtype=np.int64)
+    cur = conn.connection.driver_connection.cursor()  # the driver's rows: no SQLAlchemy row per response
+    try:
+        cur.execute("SELECT id FROM response")
+        known = np.fromiter(chain.from_iterable(cur.fetchall()), dtype=np.int64)
+    finally:
+        cur.close()
     unknown = wanted[~np.isin(wanted, known)]
     if len(unknown):
         raise ValueError(f"store_scores_bulk: {len(unknown)} response id(s) of the scores frame are not in the "
@@ -277,9 +283,7 @@ def _store_postgresql(conn: Connection, scores: pd.DataFrame, run_id: str, empty
         table = "score_incoming"
         conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {table} (LIKE score INCLUDING DEFAULTS) ON COMMIT DROP")
     else:  # empty table: key and foreign-key constraints and the index are built once afterwards (a sort and
-        # one join each, instead of per-row index inserts and per-row foreign-key triggers), their sorts in
-        # memory where they fit (this transaction only)
-        conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '512MB'")
+        # one join each, instead of per-row index inserts and per-row foreign-key triggers)
         found = {r[0] for r in conn.exec_driver_sql(
             "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'score'")}
         for name, spec in _SECONDARY_INDEXES.items():

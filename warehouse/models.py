@@ -18,7 +18,6 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -199,5 +198,4 @@ class Score(Base):
     scoring_run: Mapped[str | None] = mapped_column(ForeignKey("run.run_id"))
     __table_args__ = (
         UniqueConstraint("response_id", "instrument", "instrument_version", "scale", name="uq_score_key"),
-        Index("ix_score_instrument_scale", "instrument", "scale"),
-    )
+    )  # no (instrument, scale) index since migration 0004: nothing looks scores up by them

@@ -23,12 +23,9 @@ precomputed blocks, reusable for bootstrap refits with block weights).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -440,48 +437,24 @@ class _Evaluator:
 
 
 @functools.cache
-def _openblas_handles() -> list[tuple[object, object]]:
-    """(setter, getter) of the thread count of every OpenBLAS loaded in this process (Linux; else none)."""
-    handles = []
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = sorted({line.split()[-1] for line in fh if "openblas" in line and line.split()[-1].startswith("/")})
-    except OSError:
-        return handles
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for suffix in ("64_", "", "_64_"):
-            for prefix in ("scipy_openblas", "openblas"):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    handles.append((setter, getter))
-                    break
-            else:
-                continue
-            break
-    return handles
+def _blas_controller():
+    """threadpoolctl's view of the BLAS libraries in this process (numpy's and scipy's OpenBLAS), listed once."""
+    import scipy.linalg  # noqa: F401 - scipy's own OpenBLAS is loaded before the libraries are listed
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Run BLAS single-threaded inside the block (many tiny matrix products: threads only cost time).
+def single_threaded_blas():
+    """Context in which BLAS/LAPACK use one thread, in this process and in processes forked inside it; the
+    previous limits come back after it (threadpoolctl).
 
-    Same idea as threadpoolctl, for the OpenBLAS that numpy and scipy bundle; a no-op where none is found.
+    Many tiny matrix products and tall, narrow designs: threads only cost time, and models are fitted by as
+    many processes as there are cores, so a multithreaded BLAS in each would oversubscribe them (the SVD
+    behind a rank check of a 20,000 x 25 design: 6 ms on one thread, 130 ms on two threads of a busy machine).
+    One thread also keeps the last digits independent of the machine's core count.
     """
-    handles = _openblas_handles()
-    before = []
-    for setter, getter in handles:
-        before.append(int(getter()))
-        setter(1)
-    try:
-        yield
-    finally:
-        for (setter, _), n in zip(handles, before, strict=True):
-            setter(n)
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 @dataclass

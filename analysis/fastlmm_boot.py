@@ -129,6 +129,11 @@ def _refit_design_chunk(rows: range) -> tuple[list[np.ndarray], int]:
     return out, failed
 
 
+def _one_blas_thread_for_good() -> None:
+    """Process-pool initializer: one BLAS thread in a worker started by spawn (forked ones inherit it)."""
+    single_threaded_blas().__enter__()
+
+
 def can_fork_workers() -> bool:
     """True when this process may start worker processes: fork exists and we are not a daemonic process
     (a Dask or multiprocessing worker, which may not have children): there, work runs in this process."""
@@ -347,7 +352,8 @@ def fit_many(
     method = mp_context or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     ctx = mp.get_context(method)
     out: list[LmmFit] = []
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+    with single_threaded_blas(), ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx,
+                                                initializer=_one_blas_thread_for_good) as pool:
         futures = [pool.submit(_fit_task, t) for t in tasks]
         for i, fut in enumerate(futures):
             try:

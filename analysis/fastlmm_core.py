@@ -23,12 +23,9 @@ precomputed blocks, reusable for bootstrap refits with block weights).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -189,6 +186,57 @@ class LmmDesign:
         self.layouts: list[_Layout] = []
         for li, key in enumerate(keys):
             self.layouts.append(self._build_layout(key, np.flatnonzero(layout_of_block == li), layout_of_block, li))
+
+    def _layout_rows(self, key: np.ndarray, blocks: np.ndarray, layout_of_block: np.ndarray,
+                     li: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """(rows, block number within the layout, Z column per row and entry, Z value per row and entry, q)."""
+        terms = self.terms
+        qs = [t.q for t in terms]
+        offsets = np.concatenate([[0], np.cumsum([int(m) * q for m, q in zip(key, qs, strict=True)])])
+        g_of_block = np.full(self.n_blocks, -1, dtype=np.int64)
+        g_of_block[blocks] = np.arange(len(blocks))
+        rows = np.flatnonzero(layout_of_block[self.row_block] == li)
+        g = g_of_block[self.row_block[rows]]
+        cols, vals = [], []
+        for k, t in enumerate(terms):
+            base = offsets[k] + self._ranks[k][rows] * t.q
+            for j in range(t.q):
+                cols.append(base + j)
+                vals.append(self._z[k][rows, j])
+        return rows, g, np.column_stack(cols), np.column_stack(vals), int(offsets[-1])
+
+    def with_response(self, y: np.ndarray) -> LmmDesign:
+        """The same design with another response `y` (same rows, X and random terms; e.g. an imputed data set).
+
+        Only what depends on y is computed again (the y column of Z'[X y] per block), the same way the
+        constructor computes it: the result equals `LmmDesign(y, X, blocks, terms)` to the last bit, for a
+        fraction of the cost."""
+        y = np.asarray(y, dtype=float).ravel()
+        if y.shape[0] != self.n_obs:
+            raise ValueError(f"y has {y.shape[0]} rows, the design {self.n_obs}")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y and X must be finite: drop rows with missing values first")
+        new = object.__new__(LmmDesign)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_evaluators"})
+        new.xy = self.xy.copy()
+        new.xy[:, -1] = y[self.order]
+        d1 = self.p + 1
+        layouts = []
+        keys, layout_of_block = _unique_rows(self.level_counts)
+        for li, (key, lay) in enumerate(zip(keys, self.layouts, strict=True)):
+            rows, g, cols_a, vals_a, q = self._layout_rows(key, lay.blocks, layout_of_block, li)
+            ng = len(lay.blocks)
+            yr = new.xy[rows, d1 - 1]
+            sy = np.zeros(ng * q)
+            for a in range(cols_a.shape[1]):
+                sy += np.bincount(g * q + cols_a[:, a], weights=vals_a[:, a] * yr, minlength=ng * q)
+            s = lay.s.copy()
+            s[:, :, d1 - 1] = sy.reshape(ng, q)
+            layouts.append(_Layout(q=lay.q, blocks=lay.blocks, ztz=lay.ztz, s=s, lam_rows=lay.lam_rows,
+                                   lam_cols=lay.lam_cols, lam_theta=lay.lam_theta, classes=lay.classes,
+                                   class_ztz=lay.class_ztz))
+        new.layouts = layouts
+        return new
 
     def _build_layout(self, key: np.ndarray, blocks: np.ndarray, layout_of_block: np.ndarray, li: int) -> _Layout:
         terms = self.terms
@@ -440,48 +488,24 @@ class _Evaluator:
 
 
 @functools.cache
-def _openblas_handles() -> list[tuple[object, object]]:
-    """(setter, getter) of the thread count of every OpenBLAS loaded in this process (Linux; else none)."""
-    handles = []
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = sorted({line.split()[-1] for line in fh if "openblas" in line and line.split()[-1].startswith("/")})
-    except OSError:
-        return handles
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for suffix in ("64_", "", "_64_"):
-            for prefix in ("scipy_openblas", "openblas"):
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    handles.append((setter, getter))
-                    break
-            else:
-                continue
-            break
-    return handles
+def _blas_controller():
+    """threadpoolctl's view of the BLAS libraries in this process (numpy's and scipy's OpenBLAS), listed once."""
+    import scipy.linalg  # noqa: F401 - scipy's own OpenBLAS is loaded before the libraries are listed
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Run BLAS single-threaded inside the block (many tiny matrix products: threads only cost time).
+def single_threaded_blas():
+    """Context in which BLAS/LAPACK use one thread, in this process and in processes forked inside it; the
+    previous limits come back after it (threadpoolctl).
 
-    Same idea as threadpoolctl, for the OpenBLAS that numpy and scipy bundle; a no-op where none is found.
+    Many tiny matrix products and tall, narrow designs: threads only cost time, and models are fitted by as
+    many processes as there are cores, so a multithreaded BLAS in each would oversubscribe them (the SVD
+    behind a rank check of a 20,000 x 25 design: 6 ms on one thread, 130 ms on two threads of a busy machine).
+    One thread also keeps the last digits independent of the machine's core count.
     """
-    handles = _openblas_handles()
-    before = []
-    for setter, getter in handles:
-        before.append(int(getter()))
-        setter(1)
-    try:
-        yield
-    finally:
-        for (setter, _), n in zip(handles, before, strict=True):
-            setter(n)
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 @dataclass

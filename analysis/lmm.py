@@ -403,6 +403,7 @@ def fit_lmm(
     satterthwaite: bool = True,
     boundary_tol: float = 1e-4,
     engine: str | Callable[[np.ndarray, np.ndarray, RandomStructure, bool], np.ndarray] = "fast",
+    design_cache: dict | None = None,
 ) -> LmmFit:
     """Fit a linear mixed model (REML by default) and attach Satterthwaite pieces.
 
@@ -421,7 +422,9 @@ def fit_lmm(
     of more than one random effect start "profiled" from statsmodels. A callable engine
     `(y, X, structure, reml) -> theta` (lme4's parameterisation) gives start values (warm starts, another
     fitter); the optimum is then found from it on the same criterion (the fast engine where it applies), and
-    the backend is the callable's name.
+    the backend is the callable's name. `design_cache`: a dict kept across fits of the same X and structure
+    with other responses (multiple imputation): the fast engine's design is then built once and only its
+    response part is computed again (`LmmDesign.with_response`; same numbers).
     """
     from statsmodels.regression.mixed_linear_model import MixedLM
 
@@ -448,7 +451,7 @@ def fit_lmm(
     elif engine not in ("fast", "statsmodels", "profiled"):
         raise ValueError(f"unknown engine {engine!r}; use 'fast', 'statsmodels', 'profiled' or a callable")
     if engine == "fast":
-        theta, crit, note = _fit_fast(y, X, structure, reml, start)
+        theta, crit, note = _fit_fast(y, X, structure, reml, start, design_cache)
         if theta is None:
             caught.append(f"fast engine not used ({note}); fitted with statsmodels MixedLM instead")
             engine = backend = "statsmodels"
@@ -528,12 +531,20 @@ def fit_lmm(
 
 
 def _fit_fast(y: np.ndarray, X: np.ndarray, structure: RandomStructure, reml: bool,
-              start: np.ndarray | None) -> tuple[np.ndarray | None, FastCriterion | None, float | str]:
-    """Fit with the fast engine: (theta, criterion, largest free gradient) or (None, None, reason)."""
+              start: np.ndarray | None, design_cache: dict | None = None,
+              ) -> tuple[np.ndarray | None, FastCriterion | None, float | str]:
+    """Fit with the fast engine: (theta, criterion, largest free gradient) or (None, None, reason).
+    `design_cache` (see fit_lmm) keeps the design of the first fit for the next responses."""
     from .fastlmm_core import fit_design
 
     try:
-        design = fast_design(y, X, structure)
+        template = design_cache.get("design") if design_cache is not None else None
+        if template is not None and template.n_obs == len(y):
+            design = template.with_response(y)
+        else:
+            design = fast_design(y, X, structure)
+            if design_cache is not None and design is not None:
+                design_cache["design"] = design
     except ValueError as exc:
         return None, None, f"{exc}"
     if design is None:

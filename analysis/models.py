@@ -1030,13 +1030,10 @@ _RUN_STATE: dict = {}
 
 
 def _analyse_outcome_job(i: int) -> dict:
-    """Worker entry: outcome i of the plan in _RUN_STATE, with one BLAS thread per process."""
-    from .fastlmm_core import single_threaded_blas
-
+    """Worker entry: outcome i of the plan in _RUN_STATE (forked inside run_analysis: one BLAS thread)."""
     st = _RUN_STATE
-    with single_threaded_blas():
-        return _analyse_outcome(st["data"], st["plan"].outcomes[i], st["plan"], st["study"], st["sensitivity"],
-                                st["imputations"])
+    return _analyse_outcome(st["data"], st["plan"].outcomes[i], st["plan"], st["study"], st["sensitivity"],
+                            st["imputations"])
 
 
 def _analyse_all(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool, imputations: int | None,
@@ -1108,8 +1105,18 @@ def run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivi
     main model, IPW and MI in one process; same results as one after the other). `bootstrap` (default the
     plan's `sensitivity.bootstrap.enabled`) adds household-bootstrap CIs of the differences in change and d
     to the selected outcomes' contrasts. A failing outcome is recorded in `failures` with its message; the
-    others still run.
+    others still run. BLAS runs on one thread per process (`single_threaded_blas`): same digits whatever the
+    number of workers or cores.
     """
+    from .fastlmm_core import single_threaded_blas
+
+    with single_threaded_blas():
+        return _run_analysis(data, plan, study, sensitivity, imputations, workers, bootstrap, progress)
+
+
+def _run_analysis(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivity: bool, imputations: int | None,
+                  workers: int | None, bootstrap: bool | None,
+                  progress: Callable[[str], object] | None) -> AnalysisResult:
     plan.check_against(study)
     workers = plan.defaults.workers if workers is None else workers
     if workers < 1:

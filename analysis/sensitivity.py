@@ -214,6 +214,7 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
     per_contrast: dict[str, dict[str, list]] = {}
     meta: dict[str, dict] = {}
     design = None
+    design_cache: dict = {}  # the fast engine's design, built for the first imputation, its response swapped after
     for _ in range(m):
         parts = []
         for a in arms:
@@ -252,7 +253,8 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
             def engine(*_args, _t=np.asarray(start_theta, float)):  # noqa: ANN001
                 return _t
         fit = fit_lmm(y, X, structure, fe_names=info.columns, engine=engine,
-                      boundary_tol=plan.defaults.boundary_tol, satterthwaite=df_complete is None)
+                      boundary_tol=plan.defaults.boundary_tol, satterthwaite=df_complete is None,
+                      design_cache=design_cache)
         for c in contrast_vectors(info, plan.intervention_arm, comparisons, baseline):
             if c["kind"] != "diff_in_change":
                 continue

@@ -175,7 +175,11 @@ def _reset_database(url: str) -> None:
 
 def child(args: argparse.Namespace) -> None:
     """In the child: reset the warehouse, run the flow, print one JSON line of figures."""
+    import atexit
+    import gc
     import resource
+
+    atexit.register(gc.freeze)  # as the cohortflow command does: no final collections over every object at exit
 
     entered = time.time()
     server = None
@@ -190,12 +194,14 @@ def child(args: argparse.Namespace) -> None:
     if server is not None:
         warm_imports()
     from cohortflow.flows.pipeline import pipeline_flow
+    from cohortflow.flows.startup import flow_run_settings
 
     if server is not None:
         server.join()
     called = time.time()
-    res = pipeline_flow(inbox=str(Path(args.study) / "inbox"), database_url=args.database_url,
-                        outputs_dir=str(args.outputs), key_hex=("5a" * 32))
+    with flow_run_settings(server):
+        res = pipeline_flow(inbox=str(Path(args.study) / "inbox"), database_url=args.database_url,
+                            outputs_dir=str(args.outputs), key_hex=("5a" * 32))
     done = time.time()
     rows = {k: sum(getattr(b, k, 0) or 0 for b in res.batches) for k in ("rows_in", "rows_loaded", "rows_quarantined")}
     print(json.dumps({

@@ -265,13 +265,22 @@ def run(
     """Run the whole pipeline on an inbox of exports (key from COHORTFLOW_PSEUDONYM_KEY)."""
     _project_env()
     key = environment_key()
-    from cohortflow.flows.pipeline import pipeline_flow
+    from cohortflow.flows.startup import flow_run_settings, prestart_prefect_server, warm_imports
+
+    server = prestart_prefect_server()  # None when PREFECT_API_URL names a lasting server
     from cohortflow.warehouse.db import default_url, get_engine, init_warehouse
 
     url = database_url or default_url()
     init_warehouse(get_engine(url))
-    res = pipeline_flow(inbox=str(inbox), database_url=url, outputs_dir=str(outputs), key_hex=key.hex(),
-                        plan_path=str(plan) if plan else None)
+    if server is not None:
+        warm_imports()
+    from cohortflow.flows.pipeline import pipeline_flow
+
+    if server is not None:
+        server.join()
+    with flow_run_settings(server):
+        res = pipeline_flow(inbox=str(inbox), database_url=url, outputs_dir=str(outputs), key_hex=key.hex(),
+                            plan_path=str(plan) if plan else None)
     console.print(f"Run {res.run_id}: report at {getattr(res.report_paths, 'html', None)}")
 
 

@@ -33,7 +33,12 @@ def run_demo(data_dir: Path, factor: float, seed: int, key: bytes, console: Cons
     Prefect's temporary API server starts in its own process at once (home kept in `data_dir/.prefect`),
     while the study is generated and the stages' libraries are imported.
     """
-    from cohortflow.flows.startup import prestart_prefect_server, use_demo_prefect_home, warm_imports
+    from cohortflow.flows.startup import (
+        flow_run_settings,
+        prestart_prefect_server,
+        use_demo_prefect_home,
+        warm_imports,
+    )
 
     data_dir = Path(data_dir).resolve()
     started, started_wall = time.perf_counter(), time.time()
@@ -52,7 +57,8 @@ def run_demo(data_dir: Path, factor: float, seed: int, key: bytes, console: Cons
     ready = time.time()
     outputs = data_dir / "outputs"
     console.print("Running the pipeline (ingest -> validate -> load -> score -> link -> model -> report) ...")
-    res = pipeline_flow(inbox=str(inbox), database_url=url, outputs_dir=str(outputs), key_hex=key.hex())
+    with flow_run_settings(server):
+        res = pipeline_flow(inbox=str(inbox), database_url=url, outputs_dir=str(outputs), key_hex=key.hex())
     _print_batches(res.batches, console)
     _print_truth_check(data_dir / "study" / "truth" / "truth.json", outputs, console)
     paths = res.report_paths

@@ -121,18 +121,28 @@ def ingest_file_task(path: str, database_url: str, key: bytes, docs_dir: str | N
 
 @task(name="ingest-inbox", retries=2, retry_delay_seconds=[2, 10],
       retry_condition_fn=lambda task, run, state: _is_transient(state))
-def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir: str | None):
+def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir: str | None,
+                      docs_in_background: bool = False):
     """Read, validate (one GX run per source version) and load many exports, one transaction per file.
 
     Same warehouse as ingest_file_task per file; Data Docs for files refused or with rows quarantined, whose
     validation summaries are posted as artifacts (`validation-<file>`); warnings of files loaded whole go into
     one table artifact (`validation-warnings`). A retry skips the files already loaded (by SHA-256).
+    `docs_in_background`: the Data Docs pages are built by a forked process and the task returns without
+    waiting for them; whoever runs the task calls `wait_for_data_docs()` in the same process (the pipeline
+    does at its end).
     """
     from cohortflow.config.study import load_study
     from cohortflow.flows.commands_validation import publish_summary_artifact
     from cohortflow.ingest import load_sources
     from cohortflow.instruments.registry import load_instruments
-    from cohortflow.warehouse.batch_ingest import failed_rules, has_failures, has_quarantine, ingest_files
+    from cohortflow.warehouse.batch_ingest import (
+        DocsBuilder,
+        failed_rules,
+        has_failures,
+        has_quarantine,
+        ingest_files,
+    )
     from cohortflow.warehouse.db import get_engine
 
     logger = get_run_logger()
@@ -146,9 +156,13 @@ def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir:
                 warnings.append({"file": name, "rule": r.rule, "severity": r.severity, "checked": r.n_checked,
                                  "failed": r.n_failed, "example": (list(r.examples) or [""])[0]})
 
+    builder = None
+    if docs_in_background and docs_dir:
+        builder = DocsBuilder()
+        _DOCS_BUILDERS.append(builder)
     reports = ingest_files([Path(p) for p in paths], get_engine(database_url), load_sources(), load_study(),
                            load_instruments(), key, docs_dir=Path(docs_dir) if docs_dir else None,
-                           echo=logger.debug, data_docs="quarantine", on_outcome=post)
+                           echo=logger.debug, data_docs="quarantine", on_outcome=post, docs_builder=builder)
     if warnings:
         create_table_artifact(key="validation-warnings", table=warnings,
                               description="Validation warnings of files loaded whole (rule, rows failed, example)")
@@ -156,6 +170,19 @@ def ingest_files_task(paths: list[str], database_url: str, key: bytes, docs_dir:
         logger.info("%s: %s (%s in, %s loaded, %s quarantined, %s duplicates)", r.file_name, r.status, r.rows_in,
                     r.rows_loaded, r.rows_quarantined, r.rows_duplicate)
     return reports
+
+
+#: Data Docs builders of ingest_files_task runs in this process whose pages may still be being built
+_DOCS_BUILDERS: list = []
+
+
+def wait_for_data_docs() -> list[str]:
+    """Wait for the Data Docs pages that ingest_files_task runs in this process build in the background; the
+    messages of those that could not be built (the loads stand either way)."""
+    errors: list[str] = []
+    while _DOCS_BUILDERS:
+        errors += _DOCS_BUILDERS.pop().wait()
+    return errors
 
 
 def _is_transient(state) -> bool:
@@ -242,8 +269,9 @@ def pipeline_flow(
     try:
         docs_dir = str(Path(outputs_dir).parent / "validation")
         with meter.stage("ingest"):
+            # Data Docs pages are built by a forked process while scoring and linkage go on; waited for below
             result.batches = ingest_files_task([str(p) for p in inbox_files(Path(inbox))], database_url, key,
-                                               docs_dir)
+                                               docs_dir, docs_in_background=True)
             create_markdown_artifact(key="ingestion-summary", markdown=_batches_markdown(result.batches),
                                      description="Row accounting per file")
         release_memory()  # what a stage freed goes back to the system: the next stage's peak is its own
@@ -253,6 +281,8 @@ def pipeline_flow(
         with meter.stage("link"):
             data, result.snapshot_hash = link_task(database_url, outputs_dir)
         with meter.stage("analyse"):
+            for message in wait_for_data_docs():  # the model flow wants both cores
+                logger.warning(message)
             analysis, plan = analyse_task(data, plan_path)
         del data
         release_memory()
@@ -268,6 +298,7 @@ def pipeline_flow(
 
                 publish_model_artifacts(result.report_paths, run_id, result.snapshot_hash)
     finally:
+        wait_for_data_docs()  # no Data Docs process outlives the run (after a failure, too)
         meter.close()
     logger.info("stages: %s", ", ".join(f"{k} {v['seconds']:.1f} s (peak {v['peak_rss_mib']:.0f} MiB)"
                                          for k, v in meter.stages.items()))

@@ -40,12 +40,14 @@ def _free_port() -> int:
 
 
 def prestart_prefect_server(timeout: int = 90) -> PrestartedServer | None:
-    """Start Prefect's temporary API server (a subprocess) at once, so its start-up (~6-15 s, more under load)
+    """Start Prefect's temporary API server (a subprocess) at once, so its start-up (~4-6 s, more under load)
     overlaps other work (generating a study, importing the stages' libraries) instead of delaying the first flow
     run. Returns a handle to `join` before the flow starts, or None when a server URL is configured or
-    temporary servers are disabled. Call it before anything imports Prefect when you can: then the server is
-    launched here (Prefect's own command line for its temporary server) without importing Prefect's server
-    package into this process (~4 s of CPU that would otherwise hold this process's GIL while it imports the
+    temporary servers are disabled; run the flows under `flow_run_settings(handle)`.
+
+    Call it before anything imports Prefect when you can: then the server is launched as `serve_temporary` (the
+    app of Prefect's own temporary server, in its own process, which also seeds a cold Prefect home) without
+    importing Prefect into this process for it (the imports would hold this process's GIL while it imports the
     stages' libraries), and PREFECT_API_URL is set for this process. When Prefect is already imported its
     settings are fixed, so Prefect's `SubprocessASGIServer` is started instead (the flow run finds it); a
     failure there is left for the flow run to report.
@@ -64,18 +66,18 @@ def prestart_prefect_server(timeout: int = 90) -> PrestartedServer | None:
 
     def start() -> None:
         try:
+            if own:  # everything Prefect happens in the server's own process (serve_temporary)
+                _launch_server(port, timeout)
+                return
+            from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+            if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+                return
             db = local_prefect_database()
             seeded = seed_prefect_database(db) if db is not None else False
-            if own:
-                _launch_server(port, timeout)
-            else:
-                from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+            from prefect.server.api.server import SubprocessASGIServer
 
-                if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-                    return
-                from prefect.server.api.server import SubprocessASGIServer
-
-                SubprocessASGIServer().start(timeout=timeout)
+            SubprocessASGIServer().start(timeout=timeout)
             if db is not None and not seeded:
                 save_prefect_template(db)
         except Exception as exc:  # noqa: BLE001 - reported by join() (own server) or by the flow run
@@ -87,38 +89,76 @@ def prestart_prefect_server(timeout: int = 90) -> PrestartedServer | None:
 
 
 def _launch_server(port: int, timeout: int) -> None:
-    """Run Prefect's temporary server command (as `prefect.server.api.server.SubprocessASGIServer` does) on
-    `port` and wait until its health check answers; stopped when this process exits."""
+    """Start `serve_temporary` on `port` in its own process (this process does not import Prefect for it) and
+    wait until the API answers; the server stops when this process exits."""
     import atexit
     import subprocess
     import tempfile
     import time
+    import urllib.request
 
-    import httpx
-    import prefect
-    from prefect.settings import get_current_settings
-
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           **get_current_settings().to_environment_variables(exclude_unset=True)}
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     env.pop("PREFECT_API_URL", None)  # the server is not a client of itself
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
-         "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
-         "--lifespan", "on"], env=env, stderr=(errors := tempfile.TemporaryFile()))  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "cohortflow.flows.startup", str(port), str(os.getpid())],
+                            env=env, stderr=(errors := tempfile.TemporaryFile()))  # noqa: SIM115
     atexit.register(proc.terminate)
     deadline = time.monotonic() + timeout
-    with httpx.Client() as client:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                errors.seek(0)
-                err = errors.read().decode(errors="replace")[-2000:]
-                raise RuntimeError(f"the server process exited with code {proc.returncode}: {err}")
-            with suppress(httpx.HTTPError):
-                if client.get(f"http://127.0.0.1:{port}/api/health").status_code == 200:
-                    return
-            time.sleep(0.1)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            errors.seek(0)
+            err = errors.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"the server process exited with code {proc.returncode}: {err}")
+        with suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as r:
+            if r.status == 200:
+                # the first API call that reads the database costs the server ~0.5 s (its engine and ORM
+                # set-up): pay it here, while this process is still importing, not in the first flow run
+                with suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/api/admin/version",
+                                                               timeout=timeout):
+                    pass
+                return
+        time.sleep(0.1)
     proc.terminate()
     raise RuntimeError(f"no answer within {timeout} s")
+
+
+def serve_temporary(port: int, parent_pid: int | None = None) -> None:
+    """Run Prefect's API (the app of Prefect's own temporary server) with uvicorn on 127.0.0.1:`port`, in this
+    process, until it is stopped or `parent_pid` is gone. A cold `PREFECT_HOME` is seeded from the migrated
+    template first, and a template is kept after the first start that had to migrate."""
+    import time
+
+    import uvicorn
+
+    db = local_prefect_database()
+    seeded = seed_prefect_database(db) if db is not None else False
+    server = uvicorn.Server(uvicorn.Config("prefect.server.api.server:create_app", factory=True, host="127.0.0.1",
+                                           port=port, log_level="error", lifespan="on"))
+
+    def watch() -> None:
+        saved = db is None or seeded
+        while not server.should_exit:
+            if not saved and server.started:
+                save_prefect_template(db)  # type: ignore[arg-type]
+                saved = True
+            if parent_pid is not None and os.getppid() != parent_pid:  # orphaned: the run that needed us is gone
+                server.should_exit = True
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="temporary-server-watch").start()
+    server.run()
+
+
+def flow_run_settings(server: PrestartedServer | None):
+    """Settings to run flows under against a temporary server started by `prestart_prefect_server`: no flow-run
+    heartbeats. They let a lasting server notice crashed runs; a temporary server ends with this process, and
+    each flow run would wait up to 1 s at its end for the heartbeat thread. A no-op context otherwise."""
+    from contextlib import nullcontext
+
+    if server is None:
+        return nullcontext()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def warm_imports() -> None:
@@ -198,3 +238,7 @@ def save_prefect_template(db: Path) -> None:
         dst.close()
         src.close()
     tmp.replace(template)
+
+
+if __name__ == "__main__":  # the temporary server's own process: python -m cohortflow.flows.startup PORT [PARENT_PID]
+    serve_temporary(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -158,3 +158,50 @@ def test_files_held_at_once_bounded_by_chunk_rows(tmp_path, monkeypatch, chunk_r
     reports = ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none", chunk_rows=chunk_rows)
     assert [r.status for r in reports] == ["loaded"] * 4
     assert max(held) == most_held and not live
+
+
+@pytest.mark.slow
+def test_data_docs_built_in_background_same_pages_and_warehouse(tmp_path):
+    """With a DocsBuilder the pages come from a forked process after ingest_files returned: once waited for,
+    the same pages as when built in place, and the same warehouse."""
+    synth = pytest.importorskip("cohortflow.synth.generate")
+    from cohortflow.synth.faults import FAULTS
+    from cohortflow.warehouse.batch_ingest import DocsBuilder
+
+    synth.generate_study(tmp_path / "study", factor=0.05, seed=7, faults=sorted(FAULTS))
+    files = inbox_files(tmp_path / "study" / "inbox")
+    here = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'here.sqlite'}"))
+    there = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'there.sqlite'}"))
+    ref = ingest_files(files, here, SOURCES, STUDY, INST, KEY, docs_dir=tmp_path / "docs_here", chunk_rows=300)
+    builder = DocsBuilder()
+    got = ingest_files(files, there, SOURCES, STUDY, INST, KEY, docs_dir=tmp_path / "docs_there", chunk_rows=300,
+                       docs_builder=builder)
+    assert builder.wait() == []
+    assert _summary(got) == _summary(ref)
+    assert canonical_dump(there) == canonical_dump(here)
+
+    def pages(root):
+        return sorted(p.name for p in root.rglob("validations/**/*.html"))
+
+    assert pages(tmp_path / "docs_here")  # the study has files with failures
+    assert len(pages(tmp_path / "docs_there")) == len(pages(tmp_path / "docs_here"))
+
+
+def test_a_data_docs_build_that_fails_is_reported_and_the_loads_stand(tmp_path, monkeypatch):
+    import cohortflow.validation as validation
+    from cohortflow.warehouse.batch_ingest import DocsBuilder
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(validation, "write_data_docs", broken)
+    t0 = build_rows(INST, "vt", "VT01", "T0", "child", 6)
+    t0.loc[1, "datum_invullen"] = pd.Timestamp(t0.loc[1, "datum_melding"]) + pd.Timedelta(days=545)  # quarantined
+    path = write_export(t0, tmp_path / "vt_VT01_T0_child.csv")
+    engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'w.sqlite'}"))
+    builder = DocsBuilder()
+    reports = ingest_files([path], engine, SOURCES, STUDY, INST, KEY, docs_dir=tmp_path / "docs",
+                           docs_builder=builder)
+    assert reports[0].status == "loaded" and reports[0].rows_quarantined == 1
+    errors = builder.wait()
+    assert len(errors) == 1 and "vt_VT01_T0_child.csv" in errors[0] and "OSError: disk full" in errors[0]

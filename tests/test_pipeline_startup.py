@@ -70,17 +70,22 @@ def test_local_database_follows_prefect_home(tmp_path, monkeypatch):
 
 PRESTART_CHILD = """
 import json, os, sys
-from cohortflow.flows.startup import prestart_prefect_server
+from cohortflow.flows.startup import flow_run_settings, prestart_prefect_server
 handle = prestart_prefect_server(timeout=120)
 url = os.environ.get("PREFECT_API_URL")
 handle.join()
 from prefect import flow
+from prefect.settings import get_current_settings
 
 @flow
-def double(x: int) -> int:
-    return 2 * x
+def double(x: int) -> tuple[int, int | None]:
+    return 2 * x, get_current_settings().flows.heartbeat_frequency
 
-print(json.dumps({"url": url, "value": double(21), "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
+with flow_run_settings(handle):
+    value, heartbeat = double(21)
+print(json.dumps({"url": url, "value": value, "heartbeat": heartbeat,
+                  "default_heartbeat": get_current_settings().flows.heartbeat_frequency,
+                  "prefect_server_imported": "prefect.server.api.server" in sys.modules}))
 """
 
 
@@ -102,10 +107,55 @@ def test_prestarted_server_runs_a_flow_without_prefects_server_package_in_this_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["value"] == 42
+    assert out["heartbeat"] is None and out["default_heartbeat"] is not None  # off only for the temporary server
     assert out["url"].startswith("http://127.0.0.1:") and out["url"].endswith("/api")
     assert out["prefect_server_imported"] is False
     with pytest.raises(OSError):  # the server went away with the process that started it
         urllib.request.urlopen(out["url"] + "/health", timeout=5)
+
+
+ORPHAN_CHILD = """
+import os, sys
+from cohortflow.flows.startup import prestart_prefect_server
+handle = prestart_prefect_server(timeout=120)
+handle.join()
+print(os.environ["PREFECT_API_URL"], flush=True)
+os.kill(os.getpid(), 9)  # no atexit: the server must notice by itself that its run is gone
+"""
+
+
+@pytest.mark.slow
+def test_temporary_server_stops_when_the_process_that_started_it_is_killed(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API_URL")}
+    env.update(PREFECT_HOME=str(tmp_path / "home"), COHORTFLOW_CACHE_DIR=str(tmp_path / "cache"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    proc = subprocess.run([sys.executable, "-c", ORPHAN_CHILD], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    url = proc.stdout.strip().splitlines()[-1]
+    deadline, alive = time.monotonic() + 30, True
+    while alive and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            time.sleep(0.5)
+        except OSError:
+            alive = False
+    assert not alive, f"the temporary server at {url} outlived the killed process by 30 s"
+
+
+def test_flow_run_settings_leave_a_configured_server_alone():
+    from prefect.settings import get_current_settings
+
+    from cohortflow.flows.startup import flow_run_settings
+
+    before = get_current_settings().flows.heartbeat_frequency
+    with flow_run_settings(None):
+        assert get_current_settings().flows.heartbeat_frequency == before
 
 
 def test_prestart_does_nothing_when_a_server_is_configured(monkeypatch):

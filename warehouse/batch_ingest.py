@@ -3,7 +3,8 @@ load each file in its own transaction, then the next chunk. The warehouse ends e
 called file by file in the same order.
 
 Public: `ingest_files(paths, engine, sources, study, instruments, key, docs_dir=None, echo=None,
-data_docs="failures", on_outcome=None, chunk_rows=CHUNK_ROWS) -> list[BatchReport]`.
+data_docs="failures", on_outcome=None, chunk_rows=CHUNK_ROWS, docs_builder=None) -> list[BatchReport]`, and
+`DocsBuilder` (Data Docs pages built by a forked process while the work goes on).
 
 How it stays equal to file-by-file ingestion:
 * a file whose SHA-256 is already loaded (before the call) is skipped before it is read or validated;
@@ -68,6 +69,82 @@ class _File:
     outcome: ValidationOutcome | None = None
 
 
+class DocsBuilder:
+    """Data Docs pages built in a forked process of their own while ingestion (and what follows it) goes on.
+
+    `submit(...)` takes the arguments of `validation.write_data_docs`; the frames reach the child through the
+    fork (copy-on-write), nothing is pickled. One child at a time: a second `submit` first waits for the
+    previous child (memory stays bounded). `wait()` waits for the last one and returns the failures as
+    messages (a page that could not be built never undoes a load). Without fork (or inside a daemonic worker,
+    e.g. Dask) the pages are built at once in this process. The Data Docs are the only thing the child
+    writes; nothing it does reaches the warehouse.
+    """
+
+    def __init__(self) -> None:
+        self._child: Any = None
+        self._reader: Any = None
+        self._label = ""
+        self.errors: list[str] = []
+        self.seconds = 0.0
+
+    def submit(self, label: str, *args: Any, **kwargs: Any) -> None:
+        """Build the pages of `write_data_docs(*args, **kwargs)` (`label`: for messages, e.g. the chunk's files)."""
+        import multiprocessing as mp
+
+        from cohortflow.validation import write_data_docs
+
+        self._join()
+        if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+            self._run(label, write_data_docs, args, kwargs)
+            return
+        ctx = mp.get_context("fork")
+        self._reader, writer = ctx.Pipe(duplex=False)
+        self._child = ctx.Process(target=_docs_child, args=(writer, write_data_docs, args, kwargs), daemon=True,
+                                  name="cohortflow-data-docs")
+        self._label = label
+        self._child.start()
+        writer.close()
+
+    def wait(self) -> list[str]:
+        """Wait until the pages are built; the messages of every build that failed since this builder began."""
+        self._join()
+        return list(self.errors)
+
+    def _run(self, label: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - reported by wait(); the loads stand
+            self.errors.append(f"Data Docs of {label} were not built: {type(exc).__name__}: {exc}")
+        self.seconds += time.perf_counter() - t0
+
+    def _join(self) -> None:
+        if self._child is None:
+            return
+        try:
+            message = self._reader.recv() if self._reader.poll(None) else None
+        except EOFError:
+            message = None
+        self._child.join()
+        if message is None or self._child.exitcode != 0:
+            message = message or f"the Data Docs process ended with exit code {self._child.exitcode}"
+        if message != "ok":
+            self.errors.append(f"Data Docs of {self._label} were not built: {message}")
+        self._reader.close()
+        self._child = self._reader = None
+
+
+def _docs_child(writer: Any, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """In the forked Data Docs process: build the pages, send "ok" or the error message, end."""
+    try:
+        fn(*args, **kwargs)
+        writer.send("ok")
+    except BaseException as exc:  # noqa: BLE001 - the parent reports it
+        writer.send(f"{type(exc).__name__}: {exc}")
+    finally:
+        writer.close()
+
+
 def _history_frame(hist: dict[str, tuple[Any, Any]]) -> pd.DataFrame:
     return pd.DataFrame([(k, *v) for k, v in hist.items()], columns=HISTORY_COLUMNS)
 
@@ -117,6 +194,7 @@ def ingest_files(
     data_docs: DataDocs = "failures",
     on_outcome: Callable[[str, ValidationOutcome], Any] | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    docs_builder: DocsBuilder | None = None,
 ) -> list[BatchReport]:
     """Ingest export files in the given order with batch validation; one BatchReport per path.
 
@@ -128,6 +206,8 @@ def ingest_files(
     (e.g. to post it as an artifact). Bad files never raise: they come back refused, as from ingest_file.
     `chunk_rows`: files are read in order until this many rows are held, then that chunk is validated and
     loaded before the next files are read (memory stays bounded whatever the size of the inbox).
+    `docs_builder`: build the Data Docs pages in its forked process instead of here; the caller `wait()`s for
+    it when it likes (the pipeline: at its end), and this function returns without waiting for the pages.
     """
 
     paths = [Path(p) for p in paths]
@@ -145,10 +225,11 @@ def ingest_files(
         chunk.append(f)
         if rows >= chunk_rows:
             reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs,
-                                          on_outcome)
+                                          on_outcome, docs_builder)
             chunk, rows = [], 0
     if chunk:
-        reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs, on_outcome)
+        reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs, on_outcome,
+                                      docs_builder)
     checkpoint(engine)
     return reports
 
@@ -156,7 +237,7 @@ def ingest_files(
 def _validate_and_load(files: list[_File], engine: Engine, study: Study, instruments: dict[str, Instrument],
                        key: bytes, docs_dir: Path | str | None, echo: Callable[[str], Any] | None,
                        data_docs: DataDocs, on_outcome: Callable[[str, ValidationOutcome], Any] | None,
-                       ) -> list[BatchReport]:
+                       docs_builder: DocsBuilder | None = None) -> list[BatchReport]:
     """Validate a chunk of read files in batch against the warehouse as it is now, then load each in order."""
     from cohortflow.validation import summarise, validate_again, validate_mapped_files, write_data_docs
 
@@ -200,6 +281,12 @@ def _validate_and_load(files: list[_File], engine: Engine, study: Study, instrum
         reports.append(load_validated(engine, f.path, f.source, f.mapped, outcome, study, key, f.report, f.t0))
         f.mapped = f.outcome = None  # this file's frames are no longer needed (for_docs keeps its own)
     if for_docs and docs_dir is not None:  # after the chunk's loads: one Data Docs site build for its files
-        write_data_docs([m for m, _h in for_docs], study, instruments, docs_dir,
-                        histories=[h for _m, h in for_docs], key=key)
+        args = ([m for m, _h in for_docs], study, instruments, docs_dir)
+        kwargs = {"histories": [h for _m, h in for_docs], "key": key}
+        if docs_builder is None:
+            write_data_docs(*args, **kwargs)
+        else:
+            names = [str(m.meta.get("file_name", "file")) for m, _h in for_docs]
+            docs_builder.submit(f"{len(names)} files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})",
+                                *args, **kwargs)
     return reports

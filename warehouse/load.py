@@ -529,12 +529,11 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     existing: dict[tuple, tuple[int, int]] = {}
     # only the file's waves, roles and arms can match (a few values each; no index, checked per person row)
     narrow = {c: sorted({v for v in cand[c].tolist() if v is not None}) for c in ("wave", "role", "arm")}
-    cond = "".join(f" AND {c} IN ({', '.join(['{m}'] * len(v))})" for c, v in narrow.items())
     if not all(narrow.values()):  # rows without a wave/role/arm match no stored response
         persons = []
     for rid, pid, sid, role, wave, arm, bid, sup in select_in(
             conn, "SELECT id, person_id, subject_id, role, wave, arm, batch_id, superseded FROM response "
-                  "WHERE person_id IN ({ins})" + cond, persons, extra=[v for vs in narrow.values() for v in vs]):
+                  "WHERE person_id IN ({ins})", persons, also_in=narrow):
         if not sup and bid not in skip:
             existing[(pid, sid, role, wave, arm)] = (rid, bid)
     _sex_conflicts(conn, cand, earlier, quarantine)
@@ -585,32 +584,55 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
 
 
 def select_in(conn: Connection, sql: str, values: list[Any], order: str | None = "id",
-              extra: list[Any] | None = None, chunk: int = 800) -> list[tuple]:
-    """Rows of `sql` for `values` in chunks, each chunk ordered by `order` (a value's rows all come from one
-    chunk); plain driver statements (no SQLAlchemy compilation per file). In `sql`, `{ins}` is the IN list of
-    a chunk and each `{m}` one of the `extra` parameters, bound after the chunk's values."""
+              also_in: dict[str, list[Any]] | None = None, chunk: int = 800) -> list[tuple]:
+    """Rows of `sql` for `values`, plain driver statements (no SQLAlchemy compilation per file).
+
+    In `sql`, `{ins}` stands for the IN list of `values` (`col IN ({ins})`); `also_in` adds `AND col IN (...)`
+    for each column and its values. On PostgreSQL every list is one array parameter (`col = ANY(%s)`): one
+    statement whatever the number of values, the same text every time (psycopg prepares it once). On SQLite the
+    values go in chunks of `chunk` placeholders, each chunk ordered by `order` (a value's rows all come from one
+    chunk)."""
     if not values:
         return []
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
     tail = f" ORDER BY {order}" if order else ""
-    more = tuple(extra or ())
+    more = also_in or {}
+    if conn.dialect.name == "postgresql":
+        stmt = (sql.replace("IN ({ins})", "= ANY(%s)") + "".join(f" AND {c} = ANY(%s)" for c in more) + tail)
+        # These look-ups always want the index. While an ingest run fills the tables their statistics lag far
+        # behind (autovacuum analyses a minute or more later), and the planner, thinking the table tiny, scanned
+        # all of `response` for every file (10-25 ms per file at factor 10, growing with the warehouse): seq
+        # scans off for the rest of this transaction (every statement of the load transaction is a key look-up
+        # or an insert). Never a prepared generic plan either (psycopg prepares after 5 executions).
+        with conn.connection.driver_connection.cursor() as cur:  # same DBAPI connection, same transaction
+            cur.execute("SET LOCAL enable_seqscan = off")
+            cur.execute(stmt, (list(values), *(list(v) for v in more.values())), prepare=False)
+            return cur.fetchall()
+    cond = "".join(f" AND {c} IN ({', '.join(['?'] * len(v))})" for c, v in more.items())
+    extra = tuple(v for vs in more.values() for v in vs)
     out: list[tuple] = []
     for i in range(0, len(values), chunk):
         part = values[i:i + chunk]
-        stmt = sql.format(ins=", ".join([mark] * len(part)), m=mark) + tail
-        out.extend(conn.exec_driver_sql(stmt, tuple(part) + more).all())
+        stmt = sql.format(ins=", ".join(["?"] * len(part))) + cond + tail
+        out.extend(conn.exec_driver_sql(stmt, tuple(part) + extra).all())
     return out
 
 
 def _upsert(conn: Connection, table, cols: list[str], rows: list[tuple], key: str) -> None:  # noqa: ANN001
     """Insert rows (tuples in `cols` order) whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so
-    writers never deadlock."""
+    writers never deadlock. PostgreSQL: one statement over one array per column (`unnest`), not one
+    execution per row."""
     if not rows:
         return
     k = cols.index(key)
     rows = sorted(rows, key=lambda r: r[k])
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))}) "
+    if conn.dialect.name == "postgresql":
+        types = [table.c[c].type.compile(dialect=conn.dialect) for c in cols]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({key}) DO NOTHING", tuple(list(c) for c in zip(*rows, strict=True)))
+        return
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))}) "
            f"ON CONFLICT ({key}) DO NOTHING")
     for i in range(0, len(rows), 20_000):
         conn.exec_driver_sql(sql, rows[i:i + 20_000])

@@ -201,7 +201,7 @@ def _validate_and_load(files: list[_File], engine: Engine, study: Study, instrum
         if on_outcome is not None:
             on_outcome(name, outcome)
         reports.append(load_validated(engine, f.path, f.source, f.mapped, outcome, study, key, f.report, f.t0,
-                                      durable=False))
+                                      durable=False, known_persons=set(actual)))
         f.mapped = f.outcome = None  # this file's frames are no longer needed (for_docs keeps its own)
     if for_docs and docs_dir is not None:  # after the chunk's loads: one Data Docs site build for its files
         write_data_docs([m for m, _h in for_docs], study, instruments, docs_dir,

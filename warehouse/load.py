@@ -287,13 +287,15 @@ def refuse(engine: Engine, report: BatchReport, path: Path, source: SourceDefini
 
 def load_validated(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedFile,
                    outcome: ValidationOutcome, study: Study, key: bytes, report: BatchReport,
-                   t0: float, durable: bool = True) -> BatchReport:
+                   t0: float, durable: bool = True, known_persons: set[str] | None = None) -> BatchReport:
     """Load a read and validated file in its one transaction (or refuse it); returns the report.
 
     `durable=False` (PostgreSQL): the commit does not wait for its WAL flush (`synchronous_commit = off` for
     this transaction only: still all or nothing, visible and locked exactly as before, but a crash of the
     database server within a fraction of a second after the commit could lose the whole file). The caller
-    must then call `flush_commits(engine)` before it reports the files as loaded (`ingest_files` does)."""
+    must then call `flush_commits(engine)` before it reports the files as loaded (`ingest_files` does).
+    `known_persons`: pseudonyms of this file's persons already in the warehouse (persons are never deleted);
+    they are not offered to the person upsert again (it would leave them as they are anyway)."""
     file_errors, study_rows = study_field_checks(mapped, study)
     file_errors += list(outcome.file_errors)
     if file_errors:
@@ -303,7 +305,8 @@ def load_validated(engine: Engine, path: Path, source: SourceDefinition, mapped:
     quarantine_reasons = _reasons_by_row(failures[failures["severity"] == "quarantine"])
     prepared = _prepare_rows(mapped, key, quarantine_reasons)
     try:
-        return _write(engine, path, source, mapped, outcome, failures, prepared, report, t0, durable)
+        return _write(engine, path, source, mapped, outcome, failures, prepared, report, t0, durable,
+                      known_persons)
     except _AllRowsInvalid as exc:
         return _refuse(engine, report, path, source, str(exc))
 
@@ -467,7 +470,8 @@ def flush_commits(engine: Engine) -> None:
 
 
 def _write(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedFile, outcome: ValidationOutcome,
-           failures: pd.DataFrame, p: _Prepared, report: BatchReport, t0: float, durable: bool = True) -> BatchReport:
+           failures: pd.DataFrame, p: _Prepared, report: BatchReport, t0: float, durable: bool = True,
+           known_persons: set[str] | None = None) -> BatchReport:
     """The one transaction per file."""
 
     t_load = time.perf_counter()
@@ -513,7 +517,7 @@ def _write(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedF
                                                                                  superseded_by=batch_id))
                 conn.execute(update(Response).where(Response.batch_id.in_(earlier)).values(superseded=True))
             ld = d[load_mask]
-            _insert_households_persons(conn, ld, batch_id)
+            _insert_households_persons(conn, ld, batch_id, known_persons)
             first_id = (conn.execute(select(func.max(Response.id))).scalar() or 0) + 1
             resp_ids = np.arange(first_id, first_id + n_loaded, dtype=np.int64)
             _insert_responses(conn, ld, resp_ids, batch_id)
@@ -735,8 +739,10 @@ def _frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
                         index=index, copy=False)
 
 
-def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
-    """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
+def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int,
+                               known_persons: set[str] | None = None) -> None:
+    """Households and persons not yet known (first delivery wins; later ones leave them as they are).
+    `known_persons`: pseudonyms known to be stored already, left out of the person upsert."""
     days = _day_array(ld["registration_date"])
     first: dict[Any, int] = {}  # household -> its row with the earliest registration date (NaT last)
     order = np.argsort(days, kind="stable")
@@ -751,7 +757,8 @@ def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int
             [(h, a, s, r, batch_id) for h, a, s, r in zip(first, arms.tolist(), sites.tolist(), reg, strict=True)],
             "household_id")
     _upsert(conn, Person.__table__, ["person_id", "household_id", "sex", "birth_year", "first_batch_id"],
-            [(pid, v[0], v[1], v[2], batch_id) for pid, v in person_attributes(ld).items()], "person_id")
+            [(pid, v[0], v[1], v[2], batch_id) for pid, v in person_attributes(ld).items()
+             if not known_persons or pid not in known_persons], "person_id")
 
 
 RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",

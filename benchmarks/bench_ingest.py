@@ -111,6 +111,7 @@ def measure(label: str, factor: float, files: list[Path], url: str | None, work:
                         on_outcome=lambda _n, o: timings.append(getattr(o, "timings", {}) or {}))
     t_ing = time.perf_counter() - t
     c_ing = time.process_time() - c
+    c_srv = server_cpu(engine) if url else None
     with engine.connect() as conn:
         # packed storage: 8 bytes per stored item answer
         stored = conn.execute(text("select sum(length(codes)) / 8 from item_block")).scalar() or 0
@@ -125,14 +126,33 @@ def measure(label: str, factor: float, files: list[Path], url: str | None, work:
     checks = sum(float(x.get("checks_seconds", 0.0)) for x in timings)
     out = {"factor": factor, "files_label": label, "files": len(files), "status": status, "rows": rows,
            "item_values": values, "raw_read_s": t_raw, "ingest_s": t_ing, "read_map_s": read_map, "load_s": load,
-           "gx_s": gx, "checks_s": checks, "raw_cpu_s": c_raw, "ingest_cpu_s": c_ing, "backend": (url or "sqlite").split(":")[0].split("+")[0],
+           "gx_s": gx, "checks_s": checks, "raw_cpu_s": c_raw, "ingest_cpu_s": c_ing, "server_cpu_s": c_srv, "backend": (url or "sqlite").split(":")[0].split("+")[0],
            "load_avg": f"{load_before} -> {load_average()}"}
     print(f"factor {factor:g} {label}: {len(files)} files {status}, {rows:,} rows, {values:,} item values | raw read "
           f"{t_raw:.2f} s | ingest_files {t_ing:.2f} s (read+map {read_map:.2f}, checks {checks:.2f}, GX {gx:.2f}, "
           f"load txn {load:.2f}) = {rows / t_ing:,.0f} rows/s, {values / t_ing:,.0f} item values/s | "
           f"ingest/raw = {t_ing / t_raw:.1f}x | CPU: raw read {c_raw:.2f} s, ingest {c_ing:.2f} s = "
-          f"{c_ing / c_raw:.1f}x | load avg {out['load_avg']}", flush=True)
+          f"{c_ing / c_raw:.1f}x" + ("" if c_srv is None else f" | PostgreSQL server CPU {c_srv:.2f} s, client + server "
+          f"{c_ing + c_srv:.2f} s = {(c_ing + c_srv) / c_raw:.1f}x") + f" | load avg {out['load_avg']}", flush=True)
     return out
+
+
+def server_cpu(engine) -> float | None:  # noqa: ANN001
+    """CPU seconds (user + system) the PostgreSQL backends of this database have used so far, read from
+    /proc (the server must run on this machine; None otherwise). The benchmark's warehouse is used by one
+    pooled connection, so this is the server's share of the ingest (plus the schema set-up, a few ms)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        pids = [r[0] for r in conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))]
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def write_results(results: list[dict], note: str) -> None:
@@ -170,6 +190,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--factors", nargs="+", type=float, default=[1.0, 10.0])
     ap.add_argument("--study-dir", type=Path, default=None, help="keep/reuse generated studies here")
+    ap.add_argument("--inbox", type=Path, nargs="+", default=None,
+                    help="existing inboxes to ingest instead of generated studies, one per --factors value (labels)")
     ap.add_argument("--database-url", default=None, help="PostgreSQL URL (its public schema is dropped!)")
     ap.add_argument("--postgres", action="store_true", help="use COHORTFLOW_TEST_DATABASE_URL")
     ap.add_argument("--formats", nargs="+", default=["sav", "csv", "all"])
@@ -196,8 +218,8 @@ def main() -> None:
     results = []
     try:
         for url in urls:
-            for factor in args.factors:
-                files = inbox_files(study(studies, factor))
+            for i, factor in enumerate(args.factors):
+                files = inbox_files(study(studies, factor) if args.inbox is None else args.inbox[i])
                 for fmt in args.formats:
                     chosen = files if fmt == "all" else [f for f in files if f.suffix == f".{fmt}"]
                     if chosen and not (url and fmt in args.sqlite_only_formats):

@@ -1,4 +1,5 @@
-"""Two ingest processes on the same inbox at the same time (PostgreSQL): no deadlock, every file once."""
+"""Two ingest processes on the same inbox at the same time (PostgreSQL): no deadlock, every file once; file by
+file (`ingest_inbox`) and in batch (`ingest_files`: asynchronous commits per file, one flush at the end)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from cohortflow.warehouse.load import inbox_files
 
 @pytest.mark.postgres
 @pytest.mark.slow
-def test_two_concurrent_ingests_load_each_file_once(pg_engine, tmp_path):
+@pytest.mark.parametrize("mode", ["file", "batch"])
+def test_two_concurrent_ingests_load_each_file_once(pg_engine, tmp_path, mode):
     url = pg_engine.url.render_as_string(hide_password=False)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     make_inbox(inbox)
     env = {**os.environ, "COHORTFLOW_PSEUDONYM_KEY": KEY}
-    procs = [subprocess.Popen([sys.executable, str(RUNNER), str(inbox), url], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, str(RUNNER), str(inbox), url, mode], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]

@@ -18,7 +18,8 @@ How it stays equal to file-by-file ingestion:
   one of these persons) the file is validated again on its own with the real history;
 * writes (loaded and refused batches) happen in file order, one transaction per file (`load_validated`),
   which also repeats the in-transaction checks (SHA-256, supersede, duplicates and sex conflicts against
-  loaded rows).
+  loaded rows). On PostgreSQL the files' commits do not wait for their WAL flush; one synchronous commit
+  before `ingest_files` returns makes them all durable (`load.flush_commits`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .load import (
     BatchReport,
     already_loaded,
     checkpoint,
+    flush_commits,
     load_validated,
     person_attributes,
     person_frame,
@@ -230,6 +232,7 @@ def ingest_files(
     if chunk:
         reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs, on_outcome,
                                       docs_builder)
+    flush_commits(engine)  # the files' commits did not wait for their WAL flush (PostgreSQL): one flush for all
     checkpoint(engine)
     return reports
 
@@ -278,7 +281,8 @@ def _validate_and_load(files: list[_File], engine: Engine, study: Study, instrum
             echo(summarise(outcome, name))
         if on_outcome is not None:
             on_outcome(name, outcome)
-        reports.append(load_validated(engine, f.path, f.source, f.mapped, outcome, study, key, f.report, f.t0))
+        reports.append(load_validated(engine, f.path, f.source, f.mapped, outcome, study, key, f.report, f.t0,
+                                      durable=False, known_persons=set(actual)))
         f.mapped = f.outcome = None  # this file's frames are no longer needed (for_docs keeps its own)
     if for_docs and docs_dir is not None:  # after the chunk's loads: one Data Docs site build for its files
         args = ([m for m, _h in for_docs], study, instruments, docs_dir)

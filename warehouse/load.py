@@ -37,7 +37,7 @@ from cohortflow.ingest.pseudonymise import pseudonyms
 from cohortflow.ingest.readers import BadFileError
 from cohortflow.instruments.model import Instrument
 
-from .db import take_write_lock
+from .db import WRITE_LOCK_KEY, take_write_lock
 from .models import Batch, Household, Person, QuarantineRow, Response, ValidationResult
 from .packed import BLOCK_COLUMNS, block_rows, stored_answers
 
@@ -287,8 +287,15 @@ def refuse(engine: Engine, report: BatchReport, path: Path, source: SourceDefini
 
 def load_validated(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedFile,
                    outcome: ValidationOutcome, study: Study, key: bytes, report: BatchReport,
-                   t0: float) -> BatchReport:
-    """Load a read and validated file in its one transaction (or refuse it); returns the report."""
+                   t0: float, durable: bool = True, known_persons: set[str] | None = None) -> BatchReport:
+    """Load a read and validated file in its one transaction (or refuse it); returns the report.
+
+    `durable=False` (PostgreSQL): the commit does not wait for its WAL flush (`synchronous_commit = off` for
+    this transaction only: still all or nothing, visible and locked exactly as before, but a crash of the
+    database server within a fraction of a second after the commit could lose the whole file). The caller
+    must then call `flush_commits(engine)` before it reports the files as loaded (`ingest_files` does).
+    `known_persons`: pseudonyms of this file's persons already in the warehouse (persons are never deleted);
+    they are not offered to the person upsert again (it would leave them as they are anyway)."""
     file_errors, study_rows = study_field_checks(mapped, study)
     file_errors += list(outcome.file_errors)
     if file_errors:
@@ -298,7 +305,8 @@ def load_validated(engine: Engine, path: Path, source: SourceDefinition, mapped:
     quarantine_reasons = _reasons_by_row(failures[failures["severity"] == "quarantine"])
     prepared = _prepare_rows(mapped, key, quarantine_reasons)
     try:
-        return _write(engine, path, source, mapped, outcome, failures, prepared, report, t0)
+        return _write(engine, path, source, mapped, outcome, failures, prepared, report, t0, durable,
+                      known_persons)
     except _AllRowsInvalid as exc:
         return _refuse(engine, report, path, source, str(exc))
 
@@ -421,8 +429,49 @@ def _split_key(instruments_keys: list[str], item_index: dict[str, tuple[str, str
     return inst, item
 
 
+def _begin_load(conn: Connection, sha256: str, scope: str, durable: bool) -> tuple[tuple | None, list[int]]:
+    """Inside the open transaction: take the write lock, then (batch id, status) of this SHA-256 if stored and
+    the ids of the loaded batches of this scope, in as few round trips as the backend needs (PostgreSQL: the
+    lock with this transaction's settings, then one query; each statement of a PostgreSQL transaction costs a
+    round trip to the server, 1-2 ms each on a busy machine)."""
+    if conn.dialect.name == "postgresql":  # every statement of the load transaction is a key look-up or an
+        # insert; the statistics of tables an ingest run is filling lag behind and made the planner scan them
+        settings = ", set_config('enable_seqscan', 'off', true)" + (
+            "" if durable else ", set_config('synchronous_commit', 'off', true)")
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock(%s){settings}", (WRITE_LOCK_KEY,))
+        conn.info[_SEQSCAN_OFF] = conn.get_transaction()
+        mark = "%s"
+    else:
+        take_write_lock(conn)  # BEGIN IMMEDIATE already holds SQLite's write lock
+        conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")  # a larger page cache for this
+        conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_PAGES}")  # connection; checkpoint seldom
+        mark = "?"
+    found: tuple | None = None
+    earlier: list[int] = []
+    for bid, status, scoped in conn.exec_driver_sql(  # a new statement after the lock: it sees what the last
+            f"SELECT id, status, 0 FROM batch WHERE sha256 = {mark} "  # writer committed
+            f"UNION ALL SELECT id, status, 1 FROM batch WHERE scope = {mark} AND status = 'loaded'",
+            (sha256, scope)).all():
+        if scoped:
+            earlier.append(int(bid))
+        else:
+            found = (int(bid), status)
+    return found, sorted(earlier)
+
+
+def flush_commits(engine: Engine) -> None:
+    """PostgreSQL: make every commit before this call durable (a synchronous commit flushes all the WAL before
+    it: one small write transaction that changes nothing visible). SQLite: nothing to do."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK_KEY,))
+        conn.exec_driver_sql("UPDATE batch SET load_seconds = load_seconds WHERE id = (SELECT max(id) FROM batch)")
+
+
 def _write(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedFile, outcome: ValidationOutcome,
-           failures: pd.DataFrame, p: _Prepared, report: BatchReport, t0: float) -> BatchReport:
+           failures: pd.DataFrame, p: _Prepared, report: BatchReport, t0: float, durable: bool = True,
+           known_persons: set[str] | None = None) -> BatchReport:
     """The one transaction per file."""
 
     t_load = time.perf_counter()
@@ -433,18 +482,12 @@ def _write(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedF
     with engine.connect() as conn:
         conn.execution_options(write_lock=True)
         with conn.begin():
-            take_write_lock(conn)
-            if conn.dialect.name == "sqlite":  # a larger page cache for this connection: the response indexes
-                conn.exec_driver_sql(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")  # take random pseudonym keys
-                conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint = {SQLITE_WAL_PAGES}")  # checkpoint seldom
-            row = conn.execute(select(Batch.id, Batch.status).where(Batch.sha256 == report.sha256)).first()
-            if row is not None and row.status != "refused":
-                report.status, report.batch_id = "skipped", row.id
-                report.message = f"{path.name}: already loaded as batch {row.id} (same SHA-256); nothing to do."
+            row, earlier = _begin_load(conn, report.sha256, scope, durable)
+            if row is not None and row[1] != "refused":
+                report.status, report.batch_id = "skipped", row[0]
+                report.message = f"{path.name}: already loaded as batch {row[0]} (same SHA-256); nothing to do."
                 return report
-            refused_id = row.id if row is not None else None
-            earlier = [r.id for r in conn.execute(
-                select(Batch.id).where(Batch.scope == scope, Batch.status == "loaded").order_by(Batch.id))]
+            refused_id = row[0] if row is not None else None
             quarantine = dict(p.quarantine)
             dup_rows = set(p.duplicate_rows)
             load_mask = ~d["row_number"].isin(list(quarantine) + list(dup_rows)).to_numpy()
@@ -474,7 +517,7 @@ def _write(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedF
                                                                                  superseded_by=batch_id))
                 conn.execute(update(Response).where(Response.batch_id.in_(earlier)).values(superseded=True))
             ld = d[load_mask]
-            _insert_households_persons(conn, ld, batch_id)
+            _insert_households_persons(conn, ld, batch_id, known_persons)
             first_id = (conn.execute(select(func.max(Response.id))).scalar() or 0) + 1
             resp_ids = np.arange(first_id, first_id + n_loaded, dtype=np.int64)
             _insert_responses(conn, ld, resp_ids, batch_id)
@@ -529,12 +572,11 @@ def _against_warehouse(conn: Connection, d: pd.DataFrame, p: _Prepared, load_mas
     existing: dict[tuple, tuple[int, int]] = {}
     # only the file's waves, roles and arms can match (a few values each; no index, checked per person row)
     narrow = {c: sorted({v for v in cand[c].tolist() if v is not None}) for c in ("wave", "role", "arm")}
-    cond = "".join(f" AND {c} IN ({', '.join(['{m}'] * len(v))})" for c, v in narrow.items())
     if not all(narrow.values()):  # rows without a wave/role/arm match no stored response
         persons = []
     for rid, pid, sid, role, wave, arm, bid, sup in select_in(
             conn, "SELECT id, person_id, subject_id, role, wave, arm, batch_id, superseded FROM response "
-                  "WHERE person_id IN ({ins})" + cond, persons, extra=[v for vs in narrow.values() for v in vs]):
+                  "WHERE person_id IN ({ins})", persons, also_in=narrow):
         if not sup and bid not in skip:
             existing[(pid, sid, role, wave, arm)] = (rid, bid)
     _sex_conflicts(conn, cand, earlier, quarantine)
@@ -584,33 +626,61 @@ def _sex_conflicts(conn: Connection, cand: pd.DataFrame, earlier: list[int],
                 "expected": f"{k[0]}, as in batch {k[1]}"})
 
 
+_SEQSCAN_OFF = "cohortflow_seqscan_off"  # conn.info: the transaction in which seq scans were turned off
+
+
 def select_in(conn: Connection, sql: str, values: list[Any], order: str | None = "id",
-              extra: list[Any] | None = None, chunk: int = 800) -> list[tuple]:
-    """Rows of `sql` for `values` in chunks, each chunk ordered by `order` (a value's rows all come from one
-    chunk); plain driver statements (no SQLAlchemy compilation per file). In `sql`, `{ins}` is the IN list of
-    a chunk and each `{m}` one of the `extra` parameters, bound after the chunk's values."""
+              also_in: dict[str, list[Any]] | None = None, chunk: int = 800) -> list[tuple]:
+    """Rows of `sql` for `values`, plain driver statements (no SQLAlchemy compilation per file).
+
+    In `sql`, `{ins}` stands for the IN list of `values` (`col IN ({ins})`); `also_in` adds `AND col IN (...)`
+    for each column and its values. On PostgreSQL every list is one array parameter (`col = ANY(%s)`): one
+    statement whatever the number of values, the same text every time (psycopg prepares it once). On SQLite the
+    values go in chunks of `chunk` placeholders, each chunk ordered by `order` (a value's rows all come from one
+    chunk)."""
     if not values:
         return []
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
     tail = f" ORDER BY {order}" if order else ""
-    more = tuple(extra or ())
+    more = also_in or {}
+    if conn.dialect.name == "postgresql":
+        stmt = (sql.replace("IN ({ins})", "= ANY(%s)") + "".join(f" AND {c} = ANY(%s)" for c in more) + tail)
+        # These look-ups always want the index. While an ingest run fills the tables their statistics lag far
+        # behind (autovacuum analyses a minute or more later), and the planner, thinking the table tiny, scanned
+        # all of `response` for every file (10-25 ms per file at factor 10, growing with the warehouse): seq
+        # scans off for the rest of this transaction (every statement of the load transaction is a key look-up
+        # or an insert). Never a prepared generic plan either (psycopg prepares after 5 executions).
+        with conn.connection.driver_connection.cursor() as cur:  # same DBAPI connection, same transaction
+            if conn.info.get(_SEQSCAN_OFF) is not conn.get_transaction():  # once per transaction
+                cur.execute("SET LOCAL enable_seqscan = off")
+                conn.info[_SEQSCAN_OFF] = conn.get_transaction()
+            cur.execute(stmt, (list(values), *(list(v) for v in more.values())), prepare=False)
+            return cur.fetchall()
+    cond = "".join(f" AND {c} IN ({', '.join(['?'] * len(v))})" for c, v in more.items())
+    extra = tuple(v for vs in more.values() for v in vs)
     out: list[tuple] = []
     for i in range(0, len(values), chunk):
         part = values[i:i + chunk]
-        stmt = sql.format(ins=", ".join([mark] * len(part)), m=mark) + tail
-        out.extend(conn.exec_driver_sql(stmt, tuple(part) + more).all())
+        stmt = sql.format(ins=", ".join(["?"] * len(part))) + cond + tail
+        out.extend(conn.exec_driver_sql(stmt, tuple(part) + extra).all())
     return out
 
 
 def _upsert(conn: Connection, table, cols: list[str], rows: list[tuple], key: str) -> None:  # noqa: ANN001
     """Insert rows (tuples in `cols` order) whose `key` is new (ON CONFLICT DO NOTHING), sorted by key so
-    writers never deadlock."""
+    writers never deadlock. PostgreSQL: one statement over one array per column (`unnest`), not one
+    execution per row."""
     if not rows:
         return
     k = cols.index(key)
     rows = sorted(rows, key=lambda r: r[k])
-    mark = "%s" if conn.dialect.name == "postgresql" else "?"
-    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))}) "
+    if conn.dialect.name == "postgresql":
+        types = [table.c[c].type.compile(dialect=conn.dialect) for c in cols]
+        arrays = ", ".join(f"%s::{t}[]" for t in types)
+        conn.exec_driver_sql(
+            f"INSERT INTO {table.name} ({', '.join(cols)}) SELECT * FROM unnest({arrays}) "
+            f"ON CONFLICT ({key}) DO NOTHING", tuple(list(c) for c in zip(*rows, strict=True)))
+        return
+    sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({', '.join(['?'] * len(cols))}) "
            f"ON CONFLICT ({key}) DO NOTHING")
     for i in range(0, len(rows), 20_000):
         conn.exec_driver_sql(sql, rows[i:i + 20_000])
@@ -669,8 +739,10 @@ def _frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
                         index=index, copy=False)
 
 
-def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int) -> None:
-    """Households and persons not yet known (first delivery wins; later ones leave them as they are)."""
+def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int,
+                               known_persons: set[str] | None = None) -> None:
+    """Households and persons not yet known (first delivery wins; later ones leave them as they are).
+    `known_persons`: pseudonyms known to be stored already, left out of the person upsert."""
     days = _day_array(ld["registration_date"])
     first: dict[Any, int] = {}  # household -> its row with the earliest registration date (NaT last)
     order = np.argsort(days, kind="stable")
@@ -685,7 +757,8 @@ def _insert_households_persons(conn: Connection, ld: pd.DataFrame, batch_id: int
             [(h, a, s, r, batch_id) for h, a, s, r in zip(first, arms.tolist(), sites.tolist(), reg, strict=True)],
             "household_id")
     _upsert(conn, Person.__table__, ["person_id", "household_id", "sex", "birth_year", "first_batch_id"],
-            [(pid, v[0], v[1], v[2], batch_id) for pid, v in person_attributes(ld).items()], "person_id")
+            [(pid, v[0], v[1], v[2], batch_id) for pid, v in person_attributes(ld).items()
+             if not known_persons or pid not in known_persons], "person_id")
 
 
 RESPONSE_COLUMNS = ["id", "batch_id", "row_number", "household_id", "person_id", "subject_id", "role", "arm",

@@ -44,6 +44,21 @@ def layout_id(conn: Connection, instrument: str, items: Sequence[str]) -> int:
     return int(conn.execute(insert(ItemLayout).values(instrument=instrument, items=text)).inserted_primary_key[0])
 
 
+def layout_ids(conn: Connection, wanted: dict[str, Sequence[str]]) -> dict[str, int]:
+    """Ids of the layouts {instrument: ordered items} (one query for all), new ones created (inside the
+    caller's transaction)."""
+    texts = {name: layout_text(items) for name, items in wanted.items()}
+    found = {(r.instrument, r.items): int(r.id) for r in conn.execute(
+        select(ItemLayout.id, ItemLayout.instrument, ItemLayout.items).where(ItemLayout.instrument.in_(sorted(texts))))}
+    out: dict[str, int] = {}
+    for name, text in texts.items():
+        lid = found.get((name, text))
+        if lid is None:
+            lid = int(conn.execute(insert(ItemLayout).values(instrument=name, items=text)).inserted_primary_key[0])
+        out[name] = lid
+    return out
+
+
 def pack_rows(codes: np.ndarray) -> list[bytes]:
     """One bytes value per row of a float64 matrix (n x k): the row's codes as little-endian float64."""
     n, k = codes.shape
@@ -93,10 +108,11 @@ def block_rows(conn: Connection, resp_ids: np.ndarray, inst: list[str], item: li
     names = sorted(groups)
     rows = np.empty((n, len(names), len(BLOCK_COLUMNS)), dtype=object)
     ids = resp_ids.astype(object)
+    lids = layout_ids(conn, {name: [item[j] for j in groups[name]] for name in names})
     for g, name in enumerate(names):
         cols = groups[name]
         items = [item[j] for j in cols]
-        lid = layout_id(conn, name, items)
+        lid = lids[name]
         sub = codes[:, cols].astype(np.float64, copy=True)
         why = reasons[:, cols]
         sub[~pd.isna(why)] = np.nan  # an answer with a missing reason has no code

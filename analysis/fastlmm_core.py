@@ -188,8 +188,9 @@ class LmmDesign:
             self.layouts.append(self._build_layout(key, np.flatnonzero(layout_of_block == li), layout_of_block, li))
 
     def _layout_rows(self, key: np.ndarray, blocks: np.ndarray, layout_of_block: np.ndarray,
-                     li: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-        """(rows, block number within the layout, Z column per row and entry, Z value per row and entry, q)."""
+                     li: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, block number within the layout, Z column per row and entry, Z value per row and entry, the
+        offsets of the terms' columns in the layout's Z (the last one is q))."""
         terms = self.terms
         qs = [t.q for t in terms]
         offsets = np.concatenate([[0], np.cumsum([int(m) * q for m, q in zip(key, qs, strict=True)])])
@@ -203,7 +204,7 @@ class LmmDesign:
             for j in range(t.q):
                 cols.append(base + j)
                 vals.append(self._z[k][rows, j])
-        return rows, g, np.column_stack(cols), np.column_stack(vals), int(offsets[-1])
+        return rows, g, np.column_stack(cols), np.column_stack(vals), offsets
 
     def with_response(self, y: np.ndarray) -> LmmDesign:
         """The same design with another response `y` (same rows, X and random terms; e.g. an imputed data set).
@@ -224,7 +225,8 @@ class LmmDesign:
         layouts = []
         keys, layout_of_block = _unique_rows(self.level_counts)
         for li, (key, lay) in enumerate(zip(keys, self.layouts, strict=True)):
-            rows, g, cols_a, vals_a, q = self._layout_rows(key, lay.blocks, layout_of_block, li)
+            rows, g, cols_a, vals_a, offsets = self._layout_rows(key, lay.blocks, layout_of_block, li)
+            q = int(offsets[-1])
             ng = len(lay.blocks)
             yr = new.xy[rows, d1 - 1]
             sy = np.zeros(ng * q)
@@ -240,22 +242,9 @@ class LmmDesign:
 
     def _build_layout(self, key: np.ndarray, blocks: np.ndarray, layout_of_block: np.ndarray, li: int) -> _Layout:
         terms = self.terms
-        qs = [t.q for t in terms]
-        offsets = np.concatenate([[0], np.cumsum([int(m) * q for m, q in zip(key, qs, strict=True)])])
+        rows, g, cols_a, vals_a, offsets = self._layout_rows(key, blocks, layout_of_block, li)
         q = int(offsets[-1])
         d1 = self.p + 1
-        g_of_block = np.full(self.n_blocks, -1, dtype=np.int64)
-        g_of_block[blocks] = np.arange(len(blocks))
-        rows = np.flatnonzero(layout_of_block[self.row_block] == li)
-        g = g_of_block[self.row_block[rows]]
-        cols, vals = [], []
-        for k, t in enumerate(terms):
-            base = offsets[k] + self._ranks[k][rows] * t.q
-            for j in range(t.q):
-                cols.append(base + j)
-                vals.append(self._z[k][rows, j])
-        cols_a = np.column_stack(cols)
-        vals_a = np.column_stack(vals)
         ng = len(blocks)
         ztz = np.zeros(ng * q * q)
         for a in range(cols_a.shape[1]):

@@ -87,7 +87,6 @@ class DocsBuilder:
         self._reader: Any = None
         self._label = ""
         self.errors: list[str] = []
-        self.seconds = 0.0
 
     def submit(self, label: str, *args: Any, **kwargs: Any) -> None:
         """Build the pages of `write_data_docs(*args, **kwargs)` (`label`: for messages, e.g. the chunk's files)."""
@@ -96,14 +95,14 @@ class DocsBuilder:
         from cohortflow.validation import write_data_docs
 
         self._join()
+        self._label = label
         if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
-            self._run(label, write_data_docs, args, kwargs)
+            self._report(_build_docs(write_data_docs, args, kwargs))
             return
         ctx = mp.get_context("fork")
         self._reader, writer = ctx.Pipe(duplex=False)
         self._child = ctx.Process(target=_docs_child, args=(writer, write_data_docs, args, kwargs), daemon=True,
                                   name="cohortflow-data-docs")
-        self._label = label
         self._child.start()
         writer.close()
 
@@ -112,13 +111,9 @@ class DocsBuilder:
         self._join()
         return list(self.errors)
 
-    def _run(self, label: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-        t0 = time.perf_counter()
-        try:
-            fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - reported by wait(); the loads stand
-            self.errors.append(f"Data Docs of {label} were not built: {type(exc).__name__}: {exc}")
-        self.seconds += time.perf_counter() - t0
+    def _report(self, message: str) -> None:
+        if message != "ok":
+            self.errors.append(f"Data Docs of {self._label} were not built: {message}")
 
     def _join(self) -> None:
         if self._child is None:
@@ -128,21 +123,24 @@ class DocsBuilder:
         except EOFError:
             message = None
         self._child.join()
-        if message is None or self._child.exitcode != 0:
-            message = message or f"the Data Docs process ended with exit code {self._child.exitcode}"
-        if message != "ok":
-            self.errors.append(f"Data Docs of {self._label} were not built: {message}")
+        self._report(message or f"the Data Docs process ended with exit code {self._child.exitcode}")
         self._reader.close()
         self._child = self._reader = None
+
+
+def _build_docs(fn: Callable[..., Any], args: tuple, kwargs: dict) -> str:
+    """Run the Data Docs build: "ok", or the error's message."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported by DocsBuilder.wait(); the loads stand
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
 
 
 def _docs_child(writer: Any, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
     """In the forked Data Docs process: build the pages, send "ok" or the error message, end."""
     try:
-        fn(*args, **kwargs)
-        writer.send("ok")
-    except BaseException as exc:  # noqa: BLE001 - the parent reports it
-        writer.send(f"{type(exc).__name__}: {exc}")
+        writer.send(_build_docs(fn, args, kwargs))
     finally:
         writer.close()
 

@@ -129,10 +129,11 @@ def test_data_docs_modes_choose_files_by_what_validation_found():
         assert [_wants_docs(o, mode) for o in (clean, warned, quarantined, refused)] == expected, mode
 
 
-@pytest.mark.parametrize(("chunk_rows", "most_held"), [(1, 1), (7, 2), (250_000, 4)])
+@pytest.mark.parametrize(("chunk_rows", "most_held"), [(1, 2), (7, 4), (250_000, 4)])
 def test_files_held_at_once_bounded_by_chunk_rows(tmp_path, monkeypatch, chunk_rows, most_held):
-    """Files are read until `chunk_rows` rows are held, then validated and loaded before more are read: at
-    most `most_held` read-but-not-loaded files at any time (4 files of 6 rows)."""
+    """Files are read until `chunk_rows` rows are held, then validated and handed to the load thread; the next
+    chunk is read while one loads: at most two chunks, `most_held` read-but-not-loaded files, at any time
+    (4 files of 6 rows)."""
     import cohortflow.warehouse.batch_ingest as bi
 
     held: list[int] = []
@@ -157,7 +158,76 @@ def test_files_held_at_once_bounded_by_chunk_rows(tmp_path, monkeypatch, chunk_r
     engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'w.sqlite'}"))
     reports = ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none", chunk_rows=chunk_rows)
     assert [r.status for r in reports] == ["loaded"] * 4
-    assert max(held) == most_held and not live
+    assert max(held) <= most_held and not live
+
+
+def _four_files(tmp_path):
+    files = [write_export(build_rows(INST, "vt", "VT01", w, "child", 6, seed=i), tmp_path / f"vt_VT01_{w}_child.csv")
+             for i, w in enumerate(["T0", "T1", "T2"])]
+    files.append(write_export(build_rows(INST, "vt", "VT02", "T0", "child", 6), tmp_path / "vt_VT02_T0_child.csv"))
+    return files
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 250_000])  # a chunk per file; one chunk
+def test_loads_run_in_file_order_on_the_load_thread_callbacks_here(tmp_path, monkeypatch, chunk_rows):
+    """Every load runs on the one load thread, in file order; `on_outcome` and `echo` are called in the calling
+    thread, once per file, in file order; reports come back in file order."""
+    import threading
+
+    import cohortflow.warehouse.batch_ingest as bi
+
+    loads: list[tuple[str, str]] = []
+    real_load = bi.load_validated
+
+    def loading(engine, path, *a, **kw):
+        loads.append((path.name, threading.current_thread().name))
+        return real_load(engine, path, *a, **kw)
+
+    monkeypatch.setattr(bi, "load_validated", loading)
+    files = _four_files(tmp_path)
+    seen: list[tuple[str, str]] = []
+    echoed: list[str] = []
+    engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'w.sqlite'}"))
+    reports = ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none", chunk_rows=chunk_rows,
+                           on_outcome=lambda name, _o: seen.append((name, threading.current_thread().name)),
+                           echo=echoed.append)
+    names = [p.name for p in files]
+    assert [r.file_name for r in reports] == names and [r.status for r in reports] == ["loaded"] * 4
+    assert [n for n, _t in loads] == names
+    assert {t for _n, t in loads} != {threading.current_thread().name}
+    assert all(t.startswith("cohortflow-load") for _n, t in loads)
+    assert seen == [(n, threading.current_thread().name) for n in names]
+    assert len(echoed) == 4 and all(n in e for n, e in zip(names, echoed, strict=True))
+
+
+def test_a_load_that_raises_stops_the_later_loads_and_is_raised(tmp_path, monkeypatch):
+    """When the load of the second of four files raises (a bug, a lost connection), the error reaches the
+    caller, the files after it are never loaded (the load thread goes on no further), and the warehouse holds
+    the first file only: as when the files are loaded one after another."""
+    import cohortflow.warehouse.batch_ingest as bi
+
+    calls: list[str] = []
+    real_load = bi.load_validated
+
+    def breaking(engine, path, *a, **kw):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise RuntimeError(f"lost the connection while loading {path.name}")
+        return real_load(engine, path, *a, **kw)
+
+    monkeypatch.setattr(bi, "load_validated", breaking)
+    files = _four_files(tmp_path)
+    engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'w.sqlite'}"))
+    with pytest.raises(RuntimeError, match=f"while loading {files[1].name}"):
+        ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none", chunk_rows=1)
+    assert calls == [files[0].name, files[1].name]
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        batches = conn.execute(text("SELECT id, file_name, status FROM batch")).all()
+        response_batches = {b for (b,) in conn.execute(text("SELECT DISTINCT batch_id FROM response"))}
+    assert [(name, status) for _id, name, status in batches] == [(files[0].name, "loaded")]
+    assert response_batches == {batches[0][0]}
 
 
 @pytest.mark.slow

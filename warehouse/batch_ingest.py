@@ -1,6 +1,6 @@
 """Ingesting many exports at once: read a chunk of files, validate it in batch (one GX run per source version),
-load each file in its own transaction, then the next chunk. The warehouse ends exactly as with `ingest_file`
-called file by file in the same order.
+load each file in its own transaction by a thread of its own while the next chunk is read and validated. The
+warehouse ends exactly as with `ingest_file` called file by file in the same order.
 
 Public: `ingest_files(paths, engine, sources, study, instruments, key, docs_dir=None, echo=None,
 data_docs="failures", on_outcome=None, chunk_rows=CHUNK_ROWS, docs_builder=None) -> list[BatchReport]`, and
@@ -8,24 +8,30 @@ data_docs="failures", on_outcome=None, chunk_rows=CHUNK_ROWS, docs_builder=None)
 
 How it stays equal to file-by-file ingestion:
 * a file whose SHA-256 is already loaded (before the call) is skipped before it is read or validated;
-* files are read in order until `chunk_rows` rows are held; that chunk is validated and loaded before the next
-  files are read, so memory is bounded by the chunk, not the inbox;
-* each file is validated against the persons history it would have seen file by file: the warehouse as it is
-  when its chunk starts (which holds what the earlier chunks really loaded) plus the persons of earlier files
-  of its chunk. The batch run assumes every row of those earlier files loads; just before a file is loaded
-  its persons are looked up in the warehouse (which by then holds what the earlier files really loaded) and
-  when that differs from what the batch run assumed (an earlier file was refused or had rows quarantined for
-  one of these persons) the file is validated again on its own with the real history;
-* writes (loaded and refused batches) happen in file order, one transaction per file (`load_validated`),
-  which also repeats the in-transaction checks (SHA-256, supersede, duplicates and sex conflicts against
-  loaded rows). On PostgreSQL the files' commits do not wait for their WAL flush; one synchronous commit
-  before `ingest_files` returns makes them all durable (`load.flush_commits`).
+* files are read in order until `chunk_rows` rows are held; that chunk is validated, its loads are handed to
+  the load thread, and the next files are read while they load; at most one chunk is loading while the next
+  is read, so memory is bounded by two chunks, not the inbox;
+* each file is validated against the persons history it would have seen file by file: the warehouse (which
+  holds what the chunks before the one still loading really loaded), plus the persons of the chunk still
+  loading and of earlier files of its own chunk as those files would leave them. The batch run assumes every
+  row of those earlier files loads; just before a file is loaded its persons are looked up in the warehouse
+  (which by then holds what the earlier files really loaded) and when that differs from what the batch run
+  assumed (an earlier file was refused or had rows quarantined for one of these persons) the file is
+  validated again on its own with the real history;
+* writes (loaded and refused batches) happen in file order, one transaction per file (`load_validated`), all
+  by the one load thread, which also repeats the in-transaction checks (SHA-256, supersede, duplicates and
+  sex conflicts against loaded rows); after a load raised, no later file is loaded and the error is raised.
+  On PostgreSQL the files' commits do not wait for their WAL flush; one synchronous commit before
+  `ingest_files` returns makes them all durable (`load.flush_commits`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,12 +47,14 @@ from cohortflow.instruments.model import Instrument
 
 from .load import (
     BatchReport,
+    LoadPlan,
     already_loaded,
     checkpoint,
     flush_commits,
     load_validated,
     person_attributes,
     person_frame,
+    plan_load,
     read_file,
     refuse,
     select_in,
@@ -56,6 +64,7 @@ from .load import (
 DataDocs = Literal["failures", "quarantine", "all", "none"]
 HISTORY_COLUMNS = ["pseudonym", "sex", "birth_year"]
 CHUNK_ROWS = 250_000  # rows read before a chunk is validated and loaded (bounds memory: ~3 KB per row held)
+_GX_LOCK = threading.Lock()  # Great Expectations runs one at a time (the calling thread's and the load thread's)
 
 
 @dataclass
@@ -205,7 +214,8 @@ def ingest_files(
     each file's plain-text validation summary, `on_outcome(file_name, outcome)` each ValidationOutcome
     (e.g. to post it as an artifact). Bad files never raise: they come back refused, as from ingest_file.
     `chunk_rows`: files are read in order until this many rows are held, then that chunk is validated and
-    loaded before the next files are read (memory stays bounded whatever the size of the inbox).
+    loaded (by the load thread, while the next files are read: memory stays bounded by two chunks whatever
+    the size of the inbox). The summaries and `on_outcome` come per chunk, after its loads.
     `docs_builder`: build the Data Docs pages in its forked process instead of here; the caller `wait()`s for
     it when it likes (the pipeline: at its end), and this function returns without waiting for the pages.
     """
@@ -213,82 +223,178 @@ def ingest_files(
     paths = [Path(p) for p in paths]
     digests = {p: file_digest(p) for p in paths if p.is_file()}
     known = stored_batches(engine, (d[0] for d in digests.values()))
+    run = _Run(engine, study, instruments, key, docs_dir, echo, data_docs, on_outcome, docs_builder)
     reports: list[BatchReport] = []
     chunk: list[_File] = []
     rows = 0
-    for path in paths:
-        t0 = time.perf_counter()
-        f = _File(path, already_loaded(path, engine, known, digests.get(path)), t0)
-        if f.report.status != "skipped":
-            f.source, f.mapped, f.error = read_file(path, sources, instruments, f.report, t0)
-            rows += 0 if f.mapped is None else len(f.mapped.frame)
-        chunk.append(f)
-        if rows >= chunk_rows:
-            reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs,
-                                          on_outcome, docs_builder)
-            chunk, rows = [], 0
-    if chunk:
-        reports += _validate_and_load(chunk, engine, study, instruments, key, docs_dir, echo, data_docs, on_outcome,
-                                      docs_builder)
+    try:
+        for path in paths:
+            t0 = time.perf_counter()
+            f = _File(path, already_loaded(path, engine, known, digests.get(path)), t0)
+            if f.report.status != "skipped":
+                f.source, f.mapped, f.error = read_file(path, sources, instruments, f.report, t0)
+                rows += 0 if f.mapped is None else len(f.mapped.frame)
+            chunk.append(f)
+            if rows >= chunk_rows:
+                run.validate_and_submit(chunk)
+                reports += run.collect(keep=1)  # one chunk loads while the next is read and validated
+                chunk, rows = [], 0
+        if chunk:
+            run.validate_and_submit(chunk)
+        reports += run.collect(keep=0)
+    finally:
+        run.close()
     flush_commits(engine)  # the files' commits did not wait for their WAL flush (PostgreSQL): one flush for all
     checkpoint(engine)
     return reports
 
 
-def _validate_and_load(files: list[_File], engine: Engine, study: Study, instruments: dict[str, Instrument],
-                       key: bytes, docs_dir: Path | str | None, echo: Callable[[str], Any] | None,
-                       data_docs: DataDocs, on_outcome: Callable[[str, ValidationOutcome], Any] | None,
-                       docs_builder: DocsBuilder | None = None) -> list[BatchReport]:
-    """Validate a chunk of read files in batch against the warehouse as it is now, then load each in order."""
-    from cohortflow.validation import summarise, validate_again, validate_mapped_files, write_data_docs
+class _NotLoaded(Exception):
+    """A file after one whose load raised: not loaded (the error of the earlier file is what the caller sees)."""
 
-    readable = [f for f in files if f.mapped is not None and f.source is not None]
-    frames = [person_frame(f.mapped, key) for f in readable]  # type: ignore[arg-type]
-    for f, pf in zip(readable, frames, strict=True):
-        f.pseudonyms = sorted({*pf["subject_id"].dropna(), *pf["person_id"].dropna()})
-    hist = _stored_persons(engine, (p for f in readable for p in f.pseudonyms or []))
-    histories = []
-    for f, pf in zip(readable, frames, strict=True):
-        f.assumed = {p: hist[p] for p in f.pseudonyms or [] if p in hist}
-        histories.append(_history_frame(f.assumed))
-        for pid, (_h, sex, by) in person_attributes(pf).items():  # as if every row of the file loads
-            if pid is not None and pid not in hist:
-                hist[pid] = (sex, by)
-    del frames
-    outcomes = validate_mapped_files([f.mapped for f in readable], study, instruments, histories=histories, key=key)
-    for f, out in zip(readable, outcomes, strict=True):
-        f.outcome = out
 
-    reports: list[BatchReport] = []
-    for_docs: list[tuple[MappedFile, pd.DataFrame]] = []  # files whose Data Docs page is built after the loads
-    for f in files:
-        if f.report.status == "skipped":
-            reports.append(f.report)
-            continue
+@dataclass
+class _Loaded:
+    report: BatchReport
+    outcome: ValidationOutcome | None = None
+    docs: tuple[MappedFile, pd.DataFrame] | None = None  # (file, history) when its Data Docs page is wanted
+    name: str = ""  # the file's name as its validation summary gives it
+
+
+class _Run:
+    """One `ingest_files` call: chunks validated here, their files loaded in order by one thread of its own.
+
+    The calling thread validates a chunk, prepares each file's load (`plan_load`: checks, pseudonyms; no
+    database) and hands the loads to the load thread ("cohortflow-load"), which runs them one transaction per
+    file in file order; meanwhile the calling thread reads and validates the next chunk. The load thread
+    mostly waits for the database (PostgreSQL's server, SQLite's B-tree work: both without the GIL), so the
+    two overlap. At most one chunk is loading while the next is read. After a load raised, the later files
+    are not loaded (as when loading one after another) and that error is raised by `collect`.
+    """
+
+    def __init__(self, engine: Engine, study: Study, instruments: dict[str, Instrument], key: bytes,
+                 docs_dir: Path | str | None, echo: Callable[[str], Any] | None, data_docs: DataDocs,
+                 on_outcome: Callable[[str, ValidationOutcome], Any] | None,
+                 docs_builder: DocsBuilder | None) -> None:
+        self.engine, self.study, self.instruments, self.key = engine, study, instruments, key
+        self.docs_dir, self.echo, self.data_docs, self.on_outcome = docs_dir, echo, data_docs, on_outcome
+        self.docs_builder = docs_builder
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cohortflow-load")
+        self._stop = False
+        self._chunks: deque[list[tuple[_File, Future[_Loaded] | None]]] = deque()
+        self._assumed: dict[str, tuple[Any, Any]] = {}  # persons as the submitted chunk's files will leave them
+
+    def validate_and_submit(self, files: list[_File]) -> None:
+        """Validate a chunk of read files in batch, then hand their loads to the load thread in file order.
+
+        Each file is validated against the persons history it would have seen file by file: the warehouse
+        (which holds every chunk before the one still loading), the persons of the chunk still loading as its
+        files would leave them, and the persons of earlier files of this chunk, assuming every row of those
+        files loads. The load thread checks that assumption against the warehouse just before each load."""
+        from cohortflow.validation import validate_mapped_files
+
+        readable = [f for f in files if f.mapped is not None and f.source is not None]
+        frames = [person_frame(f.mapped, self.key) for f in readable]  # type: ignore[arg-type]
+        for f, pf in zip(readable, frames, strict=True):
+            f.pseudonyms = sorted({*pf["subject_id"].dropna(), *pf["person_id"].dropna()})
+        wanted = {p for f in readable for p in f.pseudonyms or []}
+        hist = {p: self._assumed[p] for p in wanted if p in self._assumed}
+        hist.update(_stored_persons(self.engine, wanted.difference(hist)))
+        histories = []
+        for f, pf in zip(readable, frames, strict=True):
+            f.assumed = {p: hist[p] for p in f.pseudonyms or [] if p in hist}
+            histories.append(_history_frame(f.assumed))
+            for pid, (_h, sex, by) in person_attributes(pf).items():  # as if every row of the file loads
+                if pid is not None and pid not in hist:
+                    hist[pid] = (sex, by)
+        del frames
+        with _GX_LOCK:
+            outcomes = validate_mapped_files([f.mapped for f in readable], self.study, self.instruments,
+                                             histories=histories, key=self.key)
+        for f, out in zip(readable, outcomes, strict=True):
+            f.outcome = out
+        self._assumed = hist
+        jobs: list[tuple[_File, Future[_Loaded] | None]] = []
+        self._chunks.append(jobs)
+        for f in files:
+            if f.report.status == "skipped":
+                jobs.append((f, None))
+                continue
+            plan = None
+            if f.mapped is not None and f.source is not None and f.outcome is not None:
+                plan = plan_load(f.mapped, f.outcome, self.study, self.key)
+            jobs.append((f, self._pool.submit(self._guarded, f, plan)))
+
+    def _guarded(self, f: _File, plan: LoadPlan | None) -> _Loaded:
+        if self._stop:
+            raise _NotLoaded(f.path.name)
+        try:
+            return self._load(f, plan)
+        except BaseException:
+            self._stop = True
+            raise
+
+    def _load(self, f: _File, plan: LoadPlan | None) -> _Loaded:
+        """In the load thread: refuse or load one file (its one transaction)."""
+        from cohortflow.validation import validate_again
+
         if f.mapped is None or f.source is None or f.outcome is None:
-            reports.append(refuse(engine, f.report, f.path, f.source, f.error))
-            continue
-        actual = _stored_persons(engine, f.pseudonyms or [])
+            return _Loaded(refuse(self.engine, f.report, f.path, f.source, f.error))
+        actual = _stored_persons(self.engine, f.pseudonyms or [])
         outcome = f.outcome
         if actual != f.assumed:  # earlier files did not load as assumed: GX again only when the checks differ
-            outcome = validate_again(f.mapped, study, instruments, outcome, history=_history_frame(actual), key=key)
-        if docs_dir is not None and _wants_docs(outcome, data_docs):
-            for_docs.append((f.mapped, _history_frame(actual)))
-        name = f.mapped.meta.get("file_name", "file")
-        if echo is not None:
-            echo(summarise(outcome, name))
-        if on_outcome is not None:
-            on_outcome(name, outcome)
-        reports.append(load_validated(engine, f.path, f.source, f.mapped, outcome, study, key, f.report, f.t0,
-                                      durable=False, known_persons=set(actual)))
-        f.mapped = f.outcome = None  # this file's frames are no longer needed (for_docs keeps its own)
-    if for_docs and docs_dir is not None:  # after the chunk's loads: one Data Docs site build for its files
-        args = ([m for m, _h in for_docs], study, instruments, docs_dir)
-        kwargs = {"histories": [h for _m, h in for_docs], "key": key}
-        if docs_builder is None:
-            write_data_docs(*args, **kwargs)
+            with _GX_LOCK:
+                outcome = validate_again(f.mapped, self.study, self.instruments, outcome,
+                                         history=_history_frame(actual), key=self.key)
+        docs = ((f.mapped, _history_frame(actual)) if self.docs_dir is not None
+                and _wants_docs(outcome, self.data_docs) else None)
+        name = str(f.mapped.meta.get("file_name", "file"))
+        report = load_validated(self.engine, f.path, f.source, f.mapped, outcome, self.study, self.key, f.report,
+                                f.t0, durable=False, known_persons=set(actual), plan=plan)
+        f.mapped = f.outcome = None  # this file's frames are no longer needed (docs keeps its own reference)
+        return _Loaded(report, outcome, docs, name)
+
+    def collect(self, keep: int) -> list[BatchReport]:
+        """Wait for the loads of all but the last `keep` submitted chunks; their reports in file order. Here, in
+        the calling thread: the validation summaries (`echo`), `on_outcome`, and each chunk's Data Docs."""
+        from cohortflow.validation import summarise, write_data_docs
+
+        reports: list[BatchReport] = []
+        while len(self._chunks) > keep:
+            for_docs: list[tuple[MappedFile, pd.DataFrame]] = []
+            for f, job in self._chunks.popleft():
+                if job is None:
+                    reports.append(f.report)
+                    continue
+                done = job.result()
+                reports.append(done.report)
+                if done.outcome is not None:
+                    if self.echo is not None:
+                        self.echo(summarise(done.outcome, done.name))
+                    if self.on_outcome is not None:
+                        self.on_outcome(done.name, done.outcome)
+                if done.docs is not None:
+                    for_docs.append(done.docs)
+            self._write_docs(for_docs, write_data_docs)
+        return reports
+
+    def _write_docs(self, for_docs: list[tuple[MappedFile, pd.DataFrame]],
+                    write_data_docs: Callable[..., Any]) -> None:
+        """One Data Docs site build for a chunk's files, after its loads (here or by the DocsBuilder)."""
+        if not for_docs or self.docs_dir is None:
+            return
+        args = ([m for m, _h in for_docs], self.study, self.instruments, self.docs_dir)
+        kwargs = {"histories": [h for _m, h in for_docs], "key": self.key}
+        if self.docs_builder is None:
+            with _GX_LOCK:
+                write_data_docs(*args, **kwargs)
         else:
             names = [str(m.meta.get("file_name", "file")) for m, _h in for_docs]
-            docs_builder.submit(f"{len(names)} files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})",
-                                *args, **kwargs)
-    return reports
+            self.docs_builder.submit(f"{len(names)} files ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})",
+                                     *args, **kwargs)
+
+    def close(self) -> None:
+        """Let the load running now finish its transaction; the loads not started are not made (after an error
+        in the calling thread). Normal ends have collected every chunk first."""
+        self._stop = True
+        self._pool.shutdown(wait=True, cancel_futures=True)

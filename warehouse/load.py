@@ -285,9 +285,33 @@ def refuse(engine: Engine, report: BatchReport, path: Path, source: SourceDefini
     return _refuse(engine, report, path, source, msg)
 
 
+@dataclass
+class LoadPlan:
+    """What `load_validated` computes from a file and its validation outcome alone, without the database: the
+    study-field refusals, the rows' failures and the prepared (pseudonymised, derived) rows. `plan_load` makes
+    it ahead of the load, so a caller can prepare the next file while another thread loads this one."""
+
+    outcome: ValidationOutcome
+    file_errors: list[str]
+    failures: pd.DataFrame | None = None
+    prepared: _Prepared | None = None
+
+
+def plan_load(mapped: MappedFile, outcome: ValidationOutcome, study: Study, key: bytes) -> LoadPlan:
+    """The load plan of a read file for its validation outcome (no database access)."""
+    file_errors, study_rows = study_field_checks(mapped, study)
+    file_errors += list(outcome.file_errors)
+    if file_errors:
+        return LoadPlan(outcome, file_errors)
+    failures = _row_failures(mapped, outcome, study_rows)
+    quarantine_reasons = _reasons_by_row(failures[failures["severity"] == "quarantine"])
+    return LoadPlan(outcome, [], failures, _prepare_rows(mapped, key, quarantine_reasons))
+
+
 def load_validated(engine: Engine, path: Path, source: SourceDefinition, mapped: MappedFile,
                    outcome: ValidationOutcome, study: Study, key: bytes, report: BatchReport,
-                   t0: float, durable: bool = True, known_persons: set[str] | None = None) -> BatchReport:
+                   t0: float, durable: bool = True, known_persons: set[str] | None = None,
+                   plan: LoadPlan | None = None) -> BatchReport:
     """Load a read and validated file in its one transaction (or refuse it); returns the report.
 
     `durable=False` (PostgreSQL): the commit does not wait for its WAL flush (`synchronous_commit = off` for
@@ -295,17 +319,16 @@ def load_validated(engine: Engine, path: Path, source: SourceDefinition, mapped:
     database server within a fraction of a second after the commit could lose the whole file). The caller
     must then call `flush_commits(engine)` before it reports the files as loaded (`ingest_files` does).
     `known_persons`: pseudonyms of this file's persons already in the warehouse (persons are never deleted);
-    they are not offered to the person upsert again (it would leave them as they are anyway)."""
-    file_errors, study_rows = study_field_checks(mapped, study)
-    file_errors += list(outcome.file_errors)
-    if file_errors:
-        return _refuse(engine, report, path, source, "\n".join(file_errors))
-
-    failures = _row_failures(mapped, outcome, study_rows)
-    quarantine_reasons = _reasons_by_row(failures[failures["severity"] == "quarantine"])
-    prepared = _prepare_rows(mapped, key, quarantine_reasons)
+    they are not offered to the person upsert again (it would leave them as they are anyway).
+    `plan`: `plan_load(mapped, outcome, study, key)` made ahead; made here when missing or made for another
+    outcome."""
+    if plan is None or plan.outcome is not outcome:
+        plan = plan_load(mapped, outcome, study, key)
+    if plan.file_errors:
+        return _refuse(engine, report, path, source, "\n".join(plan.file_errors))
+    assert plan.failures is not None and plan.prepared is not None
     try:
-        return _write(engine, path, source, mapped, outcome, failures, prepared, report, t0, durable,
+        return _write(engine, path, source, mapped, outcome, plan.failures, plan.prepared, report, t0, durable,
                       known_persons)
     except _AllRowsInvalid as exc:
         return _refuse(engine, report, path, source, str(exc))

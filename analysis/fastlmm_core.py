@@ -55,12 +55,17 @@ def spd_inverse_logdet(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverses and log-determinants of a stack of small symmetric positive definite matrices (G, q, q).
 
     Cholesky factors, their triangular inverses and M^-1 = L^-T L^-1 element by element over the whole stack
-    (batch axis last, so every step is one vectorised operation over G matrices): for the q <= ~8 blocks of a
+    (batch axis last, so every step is one vectorised operation over G matrices): for the q <= ~12 blocks of a
     mixed model this is several times faster than LAPACK's LU per matrix behind np.linalg.inv + slogdet (the
     same numbers to rounding; tests/test_fastlmm_engine.py). Returns (inverses (G, q, q), log|M| (G,)).
     """
-    g, q, _ = m.shape
-    a = np.ascontiguousarray(m.transpose(1, 2, 0))  # (q, q, G)
+    inv, logdet = _spd_inverse_logdet_last(np.ascontiguousarray(m.transpose(1, 2, 0)))
+    return inv.transpose(2, 0, 1), logdet
+
+
+def _spd_inverse_logdet_last(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """spd_inverse_logdet with the batch axis last: (q, q, G) in (only the lower triangle is read), out."""
+    q, _, g = a.shape
     low = np.zeros_like(a)
     inv_diag = np.empty((q, g))
     for j in range(q):
@@ -83,7 +88,42 @@ def spd_inverse_logdet(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         for j in range(i + 1):
             out[i, j] = (linv[i:, i] * linv[i:, j]).sum(0)
             out[j, i] = out[i, j]
-    return out.transpose(2, 0, 1), logdet
+    return out, logdet
+
+
+def _block_pieces(lam: np.ndarray, ztz_last: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For every block (batch axis last): M = Lambda' Z'Z Lambda + I, then P = M^-1 Lambda' and K = Lambda P.
+
+    `lam` (q, q) is shared by the blocks and mostly zero (diagonal for uncorrelated terms): the products run
+    over its nonzero entries only, one vectorised operation over the blocks each. Returns (P (G, q, q),
+    K (G, q, q), log|M| (G,)).
+    """
+    q = lam.shape[0]
+    rows, cols = np.nonzero(lam)
+    by_col: list[list[tuple[int, float]]] = [[] for _ in range(q)]  # column a: (c, Lambda[c, a])
+    by_row: list[list[tuple[int, float]]] = [[] for _ in range(q)]  # row b: (c, Lambda[b, c])
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        by_col[c].append((r, float(lam[r, c])))
+        by_row[r].append((c, float(lam[r, c])))
+    g = ztz_last.shape[2]
+    m = np.zeros((q, q, g))
+    for a in range(q):
+        for b in range(a + 1):  # lower triangle: M[a, b] = sum Lambda[c, a] Z'Z[c, d] Lambda[d, b]
+            acc = m[a, b]
+            for c, va in by_col[a]:
+                for d, vb in by_col[b]:
+                    acc += (va * vb) * ztz_last[c, d]
+        m[a, a] += 1.0
+    minv, logdet = _spd_inverse_logdet_last(m)
+    pmat = np.zeros((q, q, g))  # P[a, b] = sum_c M^-1[a, c] Lambda[b, c]
+    for b in range(q):
+        for c, v in by_row[b]:
+            pmat[:, b] += v * minv[:, c]
+    k = np.zeros((q, q, g))  # K[a, b] = sum_c Lambda[a, c] P[c, b]
+    for a in range(q):
+        for c, v in by_row[a]:
+            k[a] += v * pmat[c]
+    return np.ascontiguousarray(pmat.transpose(2, 0, 1)), np.ascontiguousarray(k.transpose(2, 0, 1)), logdet
 
 
 @dataclass(frozen=True)
@@ -431,6 +471,7 @@ class _Evaluator:
             (part.s * part.count[:, None, None]).reshape(-1, d1),
             (part.ztz * part.count[:, None, None]).transpose(1, 0, 2).reshape(part.q, -1))
             for part in self.parts]
+        self._ztz_last = [np.ascontiguousarray(part.ztz.transpose(1, 2, 0)) for part in self.parts]
         self.n_evals = 0
 
     def _lambda(self, part: _Prepared, theta: np.ndarray) -> np.ndarray:
@@ -453,17 +494,16 @@ class _Evaluator:
         A = self.omega.copy()
         ld = 0.0
         cache = []
-        for part, direct in zip(self.parts, self._direct, strict=True):
+        for part, direct, ztz_last in zip(self.parts, self._direct, self._ztz_last, strict=True):
             lam = self._lambda(part, theta)
-            g = part.ztz
-            m = lam.T @ g @ lam
-            m += np.eye(part.q)
             if part.q <= 12:
-                minv, lds = spd_inverse_logdet(m)
+                pmat, k, lds = _block_pieces(lam, ztz_last)
             else:
+                m = lam.T @ part.ztz @ lam
+                m += np.eye(part.q)
                 minv, lds = np.linalg.inv(m), np.linalg.slogdet(m)[1]
-            pmat = minv @ lam.T
-            k = lam @ pmat
+                pmat = minv @ lam.T
+                k = lam @ pmat
             ld += float(part.count @ lds)
             ks = None
             if part.t is not None:
@@ -517,8 +557,7 @@ class _Evaluator:
                 rs = (direct[0] - (g @ ks).reshape(-1, p + 1) * np.repeat(part.count, q)[:, None]) @ wmat
                 ps = pmat @ part.s
                 gm = 2.0 * (direct[1] @ pmat.transpose(0, 2, 1).reshape(-1, q)) \
-                    - 2.0 * (rs.reshape(-1, q, p + 1).transpose(1, 0, 2).reshape(q, -1)
-                             @ ps.transpose(1, 0, 2).reshape(q, -1).T)
+                    - 2.0 * (rs.reshape(-1, q, p + 1) @ ps.transpose(0, 2, 1)).sum(axis=0)
             gtheta += np.bincount(part.lam_theta, weights=gm[part.lam_rows, part.lam_cols], minlength=len(gtheta))
         out["grad"] = gtheta
         return out

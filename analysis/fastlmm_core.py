@@ -686,8 +686,9 @@ def fit_design(
     """Fit a prepared design: minimise the profiled (RE)ML deviance over theta, then report estimates.
 
     ``weights`` are block multiplicities (bootstrap); ``hess_inv`` an approximate inverse Hessian of the
-    deviance at ``start`` (a refit near a known optimum then takes a few quasi-Newton steps before L-BFGS-B);
-    ``polish=False`` skips the Newton polish (estimates to about 1e-7 instead of 1e-10).
+    deviance at ``start`` (a refit near a known optimum then takes a few quasi-Newton steps instead of
+    L-BFGS-B, which runs only if they hit a bound or stall); ``polish=False`` skips the Newton polish
+    (estimates to about 1e-7 instead of 1e-10; the bootstrap's choice).
     """
     with single_threaded_blas():
         return _fit_design(design, reml, start, weights, polish, hess_inv)
@@ -753,7 +754,6 @@ def _fit_design(
     if quick is not None:
         res = optimize.OptimizeResult(x=quick[0], fun=quick[1]["deviance"], success=True,
                                       message="quasi-Newton steps from the warm start")
-        polish = False
     else:
         opts = {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-8}
         res = optimize.minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=bounds, options=opts)

@@ -214,7 +214,9 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
     per_contrast: dict[str, dict[str, list]] = {}
     meta: dict[str, dict] = {}
     design = None
-    design_cache: dict = {}  # the fast engine's design, built for the first imputation, its response swapped after
+    # the fast engine's design, built for the first imputation, its response swapped after; the first fit's
+    # inverse Hessian starts the next fits' quasi-Newton steps (fit_lmm's design_cache)
+    design_cache: dict = {"warm_hessian": True}
     for _ in range(m):
         parts = []
         for a in arms:

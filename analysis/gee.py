@@ -73,7 +73,7 @@ def fit_gee_grouped(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: st
     score norm is still >= ctol after maxiter steps. Returns a GeeFit.
     """
     import statsmodels.api as sm
-    from statsmodels.tools.sm_exceptions import ConvergenceWarning, IterationLimitWarning
+    from statsmodels.tools.sm_exceptions import IterationLimitWarning
 
     if cov_struct not in ("exchangeable", "independence"):
         raise ValueError(f"working correlation {cov_struct!r} is not exchangeable or independence")
@@ -133,8 +133,7 @@ def fit_gee_grouped(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: st
     cmat = per_cluster.T @ per_cluster
     try:
         bmati = np.linalg.inv(bmat)
-    except np.linalg.LinAlgError:
-        warnings.warn("Singular GEE information matrix: pseudo-inverse used", ConvergenceWarning, stacklevel=2)
+    except np.linalg.LinAlgError:  # statsmodels falls back to the pseudo-inverse silently; so does this
         bmati = np.linalg.pinv(bmat)
     return GeeFit(params=params, cov_robust=bmati @ cmat @ bmati, cov_naive=bmati, dep_param=float(dep),
                   converged=del_params < ctol, iterations=itr + 1, score_norm=del_params)

@@ -63,3 +63,22 @@ def test_vectorised_gee_rejects_unknown_working_correlation(design):
     X, above, _, groups = design
     with pytest.raises(ValueError, match="working correlation 'ar1'"):
         fit_gee(above, X, groups, "binomial", "ar1")
+
+
+def test_vectorised_gee_stops_at_the_iteration_limit_as_statsmodels(design):
+    """Two steps only (the first, from the GLM start, has a zero score): both warn that the limit was reached and stand at the same (unconverged) point."""
+    import statsmodels.api as sm
+    from statsmodels.tools.sm_exceptions import IterationLimitWarning
+
+    from cohortflow.analysis.gee import fit_gee_grouped
+
+    X, above, _, groups = design
+    with pytest.warns(IterationLimitWarning):
+        fast = fit_gee_grouped(above, X, groups, "binomial", "exchangeable", maxiter=2)
+    with pytest.warns(IterationLimitWarning):
+        ref = sm.GEE(above, X, groups=groups, family=sm.families.Binomial(),
+                     cov_struct=sm.cov_struct.Exchangeable()).fit(maxiter=2)
+    assert not fast.converged and not ref.converged
+    assert_allclose(fast.params, ref.params, rtol=1e-8, atol=1e-12)
+    assert_allclose(fast.dep_param, ref.cov_struct.dep_params, rtol=1e-8)
+    assert_allclose(np.diag(fast.cov_robust), np.diag(np.asarray(ref.cov_params())), rtol=1e-8)

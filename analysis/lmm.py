@@ -424,7 +424,10 @@ def fit_lmm(
     fitter); the optimum is then found from it on the same criterion (the fast engine where it applies), and
     the backend is the callable's name. `design_cache`: a dict kept across fits of the same X and structure
     with other responses (multiple imputation): the fast engine's design is then built once and only its
-    response part is computed again (`LmmDesign.with_response`; same numbers).
+    response part is computed again (`LmmDesign.with_response`; same numbers). With `warm_hessian: True` in
+    the dict, the inverse Hessian of the first fit's deviance also starts the next fits' quasi-Newton steps
+    instead of L-BFGS-B (then the same Newton polish: the same optimum to about 1e-10, in 2-3x fewer
+    deviance evaluations; tests/test_analysis_lmm.py).
     """
     from statsmodels.regression.mixed_linear_model import MixedLM
 
@@ -550,8 +553,12 @@ def _fit_fast(y: np.ndarray, X: np.ndarray, structure: RandomStructure, reml: bo
     if design is None:
         return None, None, "the component levels are not nested in the groups"
     x0 = default_start(structure) if start is None or not np.all(np.isfinite(start)) else start
+    warm = design_cache is not None and bool(design_cache.get("warm_hessian"))
+    hess_inv = design_cache.get("hess_inv") if warm else None
     try:
-        ff = fit_design(design, reml=reml, start=x0)
+        ff = fit_design(design, reml=reml, start=x0, hess_inv=hess_inv)
+        if warm and "hess_inv" not in design_cache and ff.converged:
+            design_cache["hess_inv"] = _warm_hess_inv(design, reml, ff.theta)
     except (FloatingPointError, np.linalg.LinAlgError, ValueError) as exc:
         return None, None, f"{type(exc).__name__}: {exc}"
     crit = FastCriterion(design, structure, reml=reml)
@@ -564,6 +571,25 @@ def _fit_fast(y: np.ndarray, X: np.ndarray, structure: RandomStructure, reml: bo
     if not ff.converged or grad_max >= 1e-2:
         return None, None, f"no convergence (largest gradient {grad_max:.3g}; {ff.message})"
     return theta, crit, grad_max
+
+
+def _warm_hess_inv(design, reml: bool, theta: np.ndarray) -> np.ndarray | None:  # noqa: ANN001
+    """Inverse Hessian of the deviance in theta at a fit's optimum (differences of the analytic gradient), for
+    the quasi-Newton start of refits of the same design with another response (MI); None when a variance is
+    at its bound or the Hessian is not positive definite (refits then use L-BFGS-B from the start)."""
+    from .fastlmm_core import single_threaded_blas, theta_hessian
+
+    theta = np.asarray(theta, float)
+    if np.any((design.theta_lower == 0.0) & (theta <= 1e-6)):
+        return None
+    try:
+        with single_threaded_blas():
+            h = theta_hessian(design.evaluator(reml=reml), theta)
+        if not np.all(np.linalg.eigvalsh(h) > 0):
+            return None
+        return np.linalg.inv(h)
+    except (FloatingPointError, np.linalg.LinAlgError):
+        return None
 
 
 def default_start(structure: RandomStructure) -> np.ndarray:

@@ -31,6 +31,7 @@ from .design import DesignInfo, build_design
 from .diagnostics import LmmResiduals, lmm_residuals, residual_summary
 from .effects import hedges_j, pooled_sd, standardise
 from .emmeans import _ci, change_contrasts, contrast_vectors, marginal_means
+from .gee import GeeFit, fit_gee_grouped
 from .lmm import LmmFit, RandomStructure, VarianceComponent, fit_lmm
 from .plan import AnalysisPlan, OutcomeSpec, RandomEffects
 
@@ -560,12 +561,15 @@ class GeeEstimator:
         return float(L @ self.params), self.se(L), float("inf")
 
 
-def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str, cov_struct: str = "exchangeable"
-            ) -> tuple[object, list[str], float | None]:
+def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str, cov_struct: str = "exchangeable",
+            engine: str = "vectorised") -> tuple[GeeFit, list[str], float | None]:
     """GEE with an exchangeable (or independence) working correlation and robust SEs.
 
-    Returns (statsmodels result, warnings caught, NB alpha or None). The negative binomial's alpha comes from a
-    negative binomial regression of y on X (statsmodels' GEE keeps alpha fixed).
+    Returns (GeeFit, warnings caught, NB alpha or None). The negative binomial's alpha comes from a negative
+    binomial regression of y on X (statsmodels' GEE keeps alpha fixed). `engine` "vectorised" (default) runs
+    statsmodels' GEE algorithm with cluster sums over household-sorted rows (analysis/gee.py); "statsmodels"
+    runs `statsmodels.GEE` itself (its per-cluster Python loop: same equations, same iterations; the two agree
+    to rounding, tests/test_analysis_gee_fast.py).
     """
     import statsmodels.api as sm
 
@@ -573,16 +577,23 @@ def fit_gee(y: np.ndarray, X: np.ndarray, groups: np.ndarray, family: str, cov_s
     alpha = None
     with warnings.catch_warnings(record=True) as wl:
         warnings.simplefilter("always")
-        if family == "binomial":
-            fam = sm.families.Binomial()
-        elif family == "poisson":
-            fam = sm.families.Poisson()
-        else:
+        if family == "negative_binomial":
             nb = sm.NegativeBinomial(y, X).fit(disp=0, maxiter=200)
             alpha = float(nb.params[-1])
-            fam = sm.families.NegativeBinomial(alpha=alpha)
-        cs = sm.cov_struct.Exchangeable() if cov_struct == "exchangeable" else sm.cov_struct.Independence()
-        res = sm.GEE(y, X, groups=groups, family=fam, cov_struct=cs).fit(maxiter=100)
+        if engine == "vectorised":
+            res = fit_gee_grouped(y, X, groups, family, cov_struct, alpha=alpha, maxiter=100)
+        elif engine == "statsmodels":
+            fam = {"binomial": sm.families.Binomial, "poisson": sm.families.Poisson}[family]() \
+                if family != "negative_binomial" else sm.families.NegativeBinomial(alpha=alpha)
+            cs = sm.cov_struct.Exchangeable() if cov_struct == "exchangeable" else sm.cov_struct.Independence()
+            r = sm.GEE(y, X, groups=groups, family=fam, cov_struct=cs).fit(maxiter=100)
+            res = GeeFit(params=np.asarray(r.params), cov_robust=np.asarray(r.cov_params()),
+                         cov_naive=np.asarray(r.cov_naive),
+                         dep_param=float(np.asarray(r.cov_struct.dep_params).ravel()[0])
+                         if cov_struct == "exchangeable" else 0.0, converged=bool(r.converged),
+                         iterations=len(r.fit_history["params"]), score_norm=float(r.score_norm))
+        else:
+            raise ValueError(f"GEE engine {engine!r} is not vectorised or statsmodels")
         caught += [f"{w.category.__name__}: {w.message}" for w in wl]
     return res, caught, alpha
 
@@ -736,18 +747,18 @@ def _fit_gee_outcome(df, X, info: DesignInfo, spec: OutcomeSpec, plan: AnalysisP
           "persons and waves alike, equally correlated)" if spec.working_correlation == "exchangeable"
           else "independence working correlation")
     method = (f"GEE, {link}: {response} ~ arm * wave{(' + ' + cov_text) if cov_text else ''}; {wc}, robust "
-              "(sandwich) standard errors clustered by household (statsmodels GEE). Marginal "
+              "(sandwich) standard errors clustered by household (statsmodels' GEE algorithm). Marginal "
               f"{'probabilities' if spec.family == 'binomial' else 'means'} at the reference grid (numeric "
               "covariates at their mean, factor covariates averaged on the link scale), with CIs computed on the "
               f"link scale and back-transformed; contrasts as {measure} (differences of marginal "
               f"{'probabilities' if spec.family == 'binomial' else 'means'} with delta-method standard errors; "
               f"ratios from the link-scale contrast), {100 * (1 - plan.alpha):.0f}% CIs.")
     vc = pd.DataFrame([{"component": f"working correlation ({spec.working_correlation})",
-                       "variance": float(np.asarray(res.cov_struct.dep_params).ravel()[0])
-                       if spec.working_correlation == "exchangeable" else 0.0, "sd": np.nan}])
+                       "variance": res.dep_param if spec.working_correlation == "exchangeable" else 0.0,
+                       "sd": np.nan}])
     return OutcomeResult(
         outcome=spec.id, name=spec.name, family=spec.family, method=method, counts=counts, fixed_effects=fe,
-        variance_components=vc, loglik=np.nan, converged=bool(getattr(res, "converged", True)),
+        variance_components=vc, loglik=np.nan, converged=res.converged,
         warnings=notes + caught, fallback=None, random_structure="GEE cluster: household",
         emms=pd.DataFrame(emm_rows), contrasts=contrasts, baseline=base_desc, above_cutoff=above, clinical=clinical,
         direction=direction, rows_dropped=dropped, seconds=time.perf_counter() - t0)

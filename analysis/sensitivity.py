@@ -138,7 +138,11 @@ def household_means(vals: np.ndarray, households: np.ndarray) -> tuple[np.ndarra
     """
     hh = np.asarray(households, int)
     cnt = np.bincount(hh)[hh].astype(float)
-    sums = np.stack([np.bincount(hh, weights=vals[:, j])[hh] for j in range(vals.shape[1])], axis=1)
+    k = vals.shape[1]
+    # one bincount over (household, column) bins: each bin sums its values in row order, as a per-column
+    # bincount does (same numbers)
+    sums = np.bincount((hh[:, None] * k + np.arange(k)).ravel(), weights=vals.ravel(),
+                       minlength=(int(hh.max()) + 1) * k if len(hh) else 0).reshape(-1, k)[hh]
     alone = cnt == 1
     loo = np.where(alone[:, None], vals.mean(axis=0)[None, :],
                    (sums - vals) / np.maximum(cnt - 1, 1)[:, None])
@@ -168,17 +172,25 @@ def impute_wide(wide: pd.DataFrame, score_cols: list[str], cov_matrix: np.ndarra
         hh = pd.factorize(np.asarray(households))[0]
         if np.bincount(hh).max() < 2:
             hh = None  # nobody shares a household: the household terms would be constant
+    k = len(score_cols)
+    n_cov = cov_matrix.shape[1]
+    alone_any = hh is not None and bool((np.bincount(hh)[hh] == 1).any())
+    # the predictors [1, other waves, covariates, (household means, alone)], filled in place each step
+    X = np.empty((len(vals), 1 + (k - 1) + n_cov + ((k + alone_any) if hh is not None else 0)))
+    X[:, 0] = ones[:, 0]
+    X[:, k:k + n_cov] = cov_matrix
     for _ in range(iterations):
-        for j in range(len(score_cols)):
+        for j in range(k):
             m = miss[:, j]
             if not m.any():
                 continue
-            others = np.delete(vals, j, axis=1)
-            parts = [ones, others, cov_matrix]
+            X[:, 1:j + 1] = vals[:, :j]
+            X[:, j + 1:k] = vals[:, j + 1:]
             if hh is not None:
                 loo, alone = household_means(vals, hh)
-                parts += [loo, alone] if alone.any() else [loo]
-            X = np.hstack(parts)
+                X[:, k + n_cov:2 * k + n_cov] = loo
+                if alone_any:
+                    X[:, 2 * k + n_cov] = alone[:, 0]
             yv = vals[:, j]
             vals[m, j] = _bayes_draw(yv[~m], X[~m], X[m], rng)
     out = wide.copy()
@@ -214,7 +226,9 @@ def mi_analysis(df: pd.DataFrame, plan: AnalysisPlan, arms: list[str], compariso
     per_contrast: dict[str, dict[str, list]] = {}
     meta: dict[str, dict] = {}
     design = None
-    design_cache: dict = {}  # the fast engine's design, built for the first imputation, its response swapped after
+    # the fast engine's design, built for the first imputation, its response swapped after; the first fit's
+    # inverse Hessian starts the next fits' quasi-Newton steps (fit_lmm's design_cache)
+    design_cache: dict = {"warm_hessian": True}
     for _ in range(m):
         parts = []
         for a in arms:

@@ -16,6 +16,7 @@ the forked workers, of the largest child) is printed beside every figure.
 Usage: .venv/bin/python benchmarks/bench_model_flow.py [--factors 1 10] [--workers 1 2] [--imputations 20]
        [--data-root /tmp/cohortflow_bench] [--bootstrap 1000] [--boot-workers 2] [--engines fast]
        [--parquet PATH ...] [--report DIR]
+       .venv/bin/python benchmarks/bench_model_flow.py --diff DUMP1 DUMP2   (summary of two --dump folders)
 """
 
 from __future__ import annotations
@@ -115,6 +116,88 @@ def time_report(result, out_dir: Path) -> float:
     return time.perf_counter() - t0
 
 
+#: column families of the result tables for `--diff` (columns not listed: "other")
+DIFF_KINDS = {
+    "estimates": ("estimate", "emmean", "variance", "sd", "ratio", "d", "mean", "theta", "link", "beta"),
+    "SEs": ("se", "link_se", "boot_se"),
+    "p-values": ("p", "p_adj"),
+    "CIs": ("lower", "upper", "ratio_lower", "ratio_upper", "d_lower", "d_upper"),
+    "df": ("df", "fmi"),
+}
+
+
+def _kind(table: str, column: str) -> str:
+    """The column family of a result table's column (EMM tables apart), for `--diff`."""
+    base = column.split("_", 1)[1] if column.split("_", 1)[0] in ("main", "ipw", "mi") and "_" in column else column
+    for kind, cols in DIFF_KINDS.items():
+        if base in cols:
+            return f"EMMs {kind}" if table.endswith(".emms") else kind
+    return "other"
+
+
+def diff_dumps(a: Path, b: Path) -> int:
+    """Max abs and relative differences per column family between two `bench_scorelink.py --dump` folders.
+
+    Prints one line per family (estimates, SEs, p-values, CIs, df; EMM tables apart) with the table and
+    column of the largest relative difference, then every non-numeric difference. 0 = same shape and
+    non-numeric values everywhere, else 1.
+    """
+    import json
+
+    import numpy as np
+
+    worst: dict[str, tuple[float, float, str]] = {}
+    bad = 0
+    for pa in sorted(a.glob("*.pkl")):
+        pb = b / pa.name
+        if not pb.exists():
+            print(f"{pa.name}: only in {a}")
+            bad += 1
+            continue
+        fa, fb = pd.read_pickle(pa), pd.read_pickle(pb)
+        if fa.shape != fb.shape or list(fa.columns) != list(fb.columns):
+            print(f"{pa.name}: shape/columns differ {fa.shape} vs {fb.shape}")
+            bad += 1
+            continue
+        for col in fa.columns:
+            x, y = fa[col], fb[col]
+            if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y) and x.dtype != bool:
+                u, v = x.to_numpy(float), y.to_numpy(float)
+                same_nan = np.isnan(u) == np.isnan(v)
+                if not same_nan.all():
+                    print(f"{pa.name}.{col}: missing in one run only at {int((~same_nan).sum())} rows")
+                    bad += 1
+                ok = ~np.isnan(u) & ~np.isnan(v) & np.isfinite(u) & np.isfinite(v)
+                if not ok.any():
+                    continue
+                d = np.abs(u[ok] - v[ok])
+                rel = d / np.maximum(np.abs(u[ok]), 1e-300)
+                rel[d == 0] = 0.0
+                k = _kind(pa.stem, str(col))
+                cur = worst.get(k, (0.0, 0.0, ""))
+                worst[k] = (max(cur[0], float(d.max())), max(cur[1], float(rel.max())),
+                            f"{pa.stem}.{col}" if float(rel.max()) > cur[1] else cur[2])
+            elif not x.astype(str).equals(y.astype(str)):
+                print(f"{pa.name}.{col}: non-numeric values differ")
+                bad += 1
+    for k in sorted(worst):
+        d, r, where = worst[k]
+        print(f"{k:>16}: max abs diff {d:.3g}, max rel diff {r:.3g}" + (f" ({where})" if where else ""))
+    ma, mb = (json.loads((p / "methods.json").read_text()) for p in (a, b))
+    if ma["failures"] != mb["failures"]:
+        print(f"failures differ: {ma['failures']} vs {mb['failures']}")
+        bad += 1
+    for key in ma["outcomes"]:
+        oa, ob = ma["outcomes"][key], mb["outcomes"].get(key)
+        if ob is None or oa[1:6] != ob[1:6]:
+            print(f"{key}: converged/fallback/structure/engine/rows differ: {oa[1:6]} vs {ob and ob[1:6]}")
+            bad += 1
+        la, lb = oa[0], ob[0] if ob else None
+        if lb is not None and la == la and abs(la - lb) > 1e-6 * abs(la):
+            print(f"{key}: log-likelihood {la} vs {lb}")
+    return 1 if bad else 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--factors", type=float, nargs="+", default=[1.0, 10.0])
@@ -126,7 +209,10 @@ def main() -> None:
     ap.add_argument("--boot-workers", type=int, default=2)
     ap.add_argument("--parquet", type=Path, nargs="+", help="time these analysis datasets instead of --factors")
     ap.add_argument("--report", type=Path, help="also time write_report of the last run into this folder")
+    ap.add_argument("--diff", type=Path, nargs=2, help="summarise differences of two bench_scorelink --dump folders")
     a = ap.parse_args()
+    if a.diff:
+        raise SystemExit(diff_dumps(*a.diff))
     warnings.simplefilter("ignore")
     print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()[0]:.1f}", flush=True)
     inputs = [(str(p), p) for p in a.parquet] if a.parquet else [(f"{f:g}", f) for f in a.factors]

@@ -85,3 +85,32 @@ def test_a_callable_engine_plugs_in_and_reaches_the_same_optimum():
     assert a.loglik == pytest.approx(b.loglik, abs=1e-7)
     with pytest.raises(ValueError, match="unknown engine"):
         fit_lmm(y, X, s, engine="lme5")
+
+
+def test_refits_through_a_design_cache_reach_the_same_optimum(monkeypatch):
+    """MI refits: with a design cache the second response starts quasi-Newton steps from the first fit's inverse
+    Hessian (analysis/lmm.py _warm_hess_inv) and reaches the optimum L-BFGS-B reaches without the cache."""
+    from cohortflow.analysis import fastlmm_core
+
+    quick = []
+    chord = fastlmm_core._chord_newton
+    monkeypatch.setattr(fastlmm_core, "_chord_newton", lambda *a, **k: quick.append(chord(*a, **k)) or quick[-1])
+    y, X, s = _data(5)
+    rng = np.random.default_rng(6)
+    cache: dict = {"warm_hessian": True}
+    first = fit_lmm(y, X, s, satterthwaite=False, design_cache=cache)
+    assert cache.get("hess_inv") is not None and cache["hess_inv"].shape == (2, 2)
+    start = first.varpar[:-1] / first.varpar[-1]  # lme4's theta: the main model's warm start, as in MI
+
+    def main_theta(*_args):
+        return start
+
+    for k in range(3):
+        y2 = y + rng.normal(0, 0.3, len(y))  # another imputed response, same design
+        warm = fit_lmm(y2, X, s, satterthwaite=False, design_cache=cache, engine=main_theta)
+        cold = fit_lmm(y2, X, s, satterthwaite=False, engine=main_theta)
+        np.testing.assert_allclose(warm.varpar, cold.varpar, rtol=1e-7, err_msg=f"response {k}")
+        np.testing.assert_allclose(warm.params, cold.params, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(warm.cov_params, cold.cov_params, rtol=1e-8)
+        assert warm.loglik == pytest.approx(cold.loglik, abs=1e-8)
+    assert len(quick) == 3 and all(q is not None for q in quick)  # the warm path was taken every time

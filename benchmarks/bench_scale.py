@@ -268,9 +268,10 @@ def main() -> None:
             st = info["stages"]
             start = info["python_start"] + info.get("before_flow", info["reset_db"]) + info["prefect_start"]
             peaks = "/".join(f"{st.get(s, {}).get('peak_rss_mib', 0):.0f}" for s in STAGES)
+            tree = max((st.get(s, {}).get("peak_tree_mib", 0) for s in STAGES), default=0)
             print(f"{f:>6g} {backend:>10} {info['rows_in']:>9} {info['wall']:>7.1f} {info['peak_rss_mib']:>8.0f} "
                   f"{start:>7.1f} " + " ".join(f"{st.get(s, {}).get('seconds', float('nan')):>9.1f}" for s in STAGES)
-                  + f" {peaks:>30}  {_load()}", flush=True)
+                  + f" {peaks:>30}  tree {tree:.0f}  {_load()}", flush=True)
             if args.json:
                 with args.json.open("a") as fh:
                     fh.write(json.dumps({"factor": f, "backend": backend, "generate": gen, "load": _load(),

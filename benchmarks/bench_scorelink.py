@@ -152,7 +152,7 @@ def _score_table_hash(engine) -> str:  # noqa: ANN001
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--database-url", required=True)
+    ap.add_argument("--database-url", default=None)
     ap.add_argument("--scores-cache", type=Path, default=None)
     ap.add_argument("--phases", nargs="+", default=["store", "link"],
                     choices=["score", "store", "restore", "link", "analyse", "report"])
@@ -167,6 +167,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.compare:
         sys.exit(_compare(*args.compare))
+    if not args.database_url:
+        ap.error("--database-url is required (except with --compare)")
     if args.baseline:
         import importlib.util
 
@@ -223,19 +225,24 @@ def main() -> None:
                 data = build_analysis_dataset(engine, study, instruments)
                 info["link_build_s"] = round(time.perf_counter() - t, 2)
                 t = time.perf_counter()
-                if args.baseline:
-                    data.to_parquet(out / "analysis_long.parquet", index=False)
+                linkage = sys.modules["cohortflow.warehouse.linkage"]  # the --baseline one when given
+                if hasattr(linkage, "write_and_hash"):  # Parquet and hash at the same time, as link_task does
+                    info["snapshot"] = linkage.write_and_hash(data, out / "analysis_long.parquet")
+                    info["link_parquet_hash_s"] = round(time.perf_counter() - t, 2)
                 else:
-                    from cohortflow.warehouse.linkage import write_long_parquet
-                    write_long_parquet(data, out / "analysis_long.parquet")
-                info["link_parquet_s"] = round(time.perf_counter() - t, 2)
-                t = time.perf_counter()
-                info["snapshot"] = snapshot_hash(data)
-                info["link_hash_s"] = round(time.perf_counter() - t, 2)
+                    linkage.write_long_parquet(data, out / "analysis_long.parquet")
+                    info["link_parquet_s"] = round(time.perf_counter() - t, 2)
+                    t = time.perf_counter()
+                    info["snapshot"] = snapshot_hash(data)
+                    info["link_hash_s"] = round(time.perf_counter() - t, 2)
+            if args.dump:
+                args.dump.mkdir(parents=True, exist_ok=True)
+                (args.dump / "parquet_sha256.txt").write_text(_file_sha256(out / "analysis_long.parquet") + "\n")
+                (args.dump / "frame_fingerprint.json").write_text(_frame_fingerprint(data))
             (out / "analysis_long.parquet").unlink()
             info["long_rows"] = len(data)
-            print({k: info[k] for k in ("link_build_s", "link_parquet_s", "link_hash_s", "long_rows", "snapshot")},
-                  flush=True)
+            print({k: info[k] for k in ("link_build_s", "link_parquet_s", "link_hash_s", "link_parquet_hash_s",
+                                        "long_rows", "snapshot") if k in info}, flush=True)
             if args.dump:
                 args.dump.mkdir(parents=True, exist_ok=True)
                 (args.dump / "snapshot.txt").write_text(info["snapshot"] + "\n")
@@ -265,6 +272,48 @@ def main() -> None:
     if args.json:
         with args.json.open("a") as fh:
             fh.write(json.dumps(info) + "\n")
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 hex of a file's bytes (the Parquet file: same schema, metadata and values = same bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _frame_fingerprint(frame) -> str:  # noqa: ANN001
+    """JSON of the frame's shape, index, column order, dtypes and a SHA-256 of every column's raw storage
+    (values and NA mask; categorical codes and categories): equal fingerprints = same frame to the bit."""
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    def digest(parts: list[bytes]) -> str:
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(len(p).to_bytes(8, "little") + p)
+        return h.hexdigest()
+
+    cols = {}
+    for c in frame.columns:
+        s = frame[c]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            parts = [np.asarray(s.cat.codes).tobytes(), "\x1f".join(map(str, s.cat.categories)).encode(),
+                     str(s.cat.categories.dtype).encode()]
+        elif hasattr(s.array, "_mask"):
+            parts = [s.array._data.tobytes(), s.array._mask.tobytes()]
+        elif s.dtype.kind in "biufcmM":
+            parts = [np.ascontiguousarray(s.to_numpy()).tobytes()]
+        else:
+            parts = ["\x1f".join("\x00NA" if v is None or v is pd.NA or v != v else str(v)
+                                  for v in s.tolist()).encode()]
+        cols[str(c)] = {"dtype": str(s.dtype), "sha256": digest(parts)}
+    return json.dumps({"shape": list(frame.shape), "index": repr(frame.index), "columns": cols}, indent=1) + "\n"
 
 
 def _dump(result, folder: Path) -> None:  # noqa: ANN001

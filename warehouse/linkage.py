@@ -44,7 +44,7 @@ from cohortflow.instruments.model import Instrument
 from .snapshot import pack_sort_keys, snapshot_hash
 
 __all__ = ["LinkageRules", "LinkedData", "link_waves", "build_analysis_dataset", "load_linkage_rules",
-           "release_memory", "snapshot_hash", "wide_frame", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
+           "release_memory", "snapshot_hash", "wide_frame", "write_and_hash", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
 
 DAYS_PER_MONTH = 365.25 / 12
 LONG_COLUMNS = ["household_id", "person_id", "informant_id", "role", "arm", "site", "wave", "days_since_t0",
@@ -567,6 +567,25 @@ def write_long_parquet(long: pd.DataFrame, path: Path | str, rows_per_group: int
             writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False),
                                row_group_size=rows_per_group)
     return path
+
+
+def write_and_hash(long: pd.DataFrame, path: Path | str) -> str:
+    """Write the long frame to Parquet (`write_long_parquet`) and return its `snapshot_hash`, the two at the
+    same time: the hash runs in a second thread while this one writes (Arrow's conversion and Parquet
+    encoding, NumPy's sorts and gathers and hashlib release the GIL for most of their work, so the two share
+    the machine's cores). Same file and digest as one after the other; an error in either is raised (the
+    write's first), after both have ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-hash") as pool:
+        digest = pool.submit(snapshot_hash, long)
+        try:
+            write_long_parquet(long, path)
+        finally:
+            wait_error = digest.exception()  # the hash thread has ended (it cannot be interrupted)
+        if wait_error is not None:
+            raise wait_error
+        return digest.result()
 
 
 def build_analysis_dataset(engine, study: Study, instruments: dict[str, Instrument] | None) -> pd.DataFrame:  # noqa: ANN001

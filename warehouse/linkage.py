@@ -29,6 +29,7 @@ Conflict rules (defaults; override in a `linkage:` section of `config/analysis.y
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -205,7 +206,7 @@ def _texts(codec: _Pseudonyms | None, values: pd.Series) -> pd.Series:
 
 def link_waves(
     responses: pd.DataFrame,
-    scores: pd.DataFrame,
+    scores: pd.DataFrame | Callable[[], pd.DataFrame],
     persons: pd.DataFrame | None,
     study: Study,
     instruments: dict[str, Instrument] | None = None,
@@ -218,11 +219,14 @@ def link_waves(
     subject_sex; optional subject_birth_year), `scores` (warehouse `score` rows: response_id, instrument,
     scale, score, above_cutoff), `persons` (warehouse `person` rows, optional: person_id, household_id, sex,
     birth_year), the study, instrument definitions (to restrict outcomes to defined scales; None = all) and
-    the conflict rules. Out: `LinkedData`.
+    the conflict rules. Out: `LinkedData`. `scores` may be a function returning the frame: it is called
+    after the response-level steps, just before the long frame needs the scores (so they can be read
+    meanwhile, e.g. by a forked process).
     """
     rules = rules or LinkageRules()
     _check_columns(responses, [c for c in RESPONSE_COLUMNS if c != "days_since_t0"], "response")
-    _check_columns(scores, ["response_id", "instrument", "scale", "score"], "score")
+    if not callable(scores):
+        _check_columns(scores, ["response_id", "instrument", "scale", "score"], "score")
     r = responses.copy(deep=False).reset_index(drop=True)  # copy-on-write: the caller's frame is never changed
     r["_order"] = np.arange(len(r))
     for c in ("response_date", "registration_date"):
@@ -394,6 +398,9 @@ def link_waves(
 
     del g, span, keep_id, kept, dup, dist, rank, lo, hi, planned, d, out
     release_memory()  # the response-level steps above leave freed text buffers in the allocators
+    if callable(scores):
+        scores = scores()
+        _check_columns(scores, ["response_id", "instrument", "scale", "score"], "score")
     long = _long_frame(inc, scores, instruments, base, codec)
     long = _attach_household_context(long, instruments, rules.household_constructs)
     if codec is not None:
@@ -688,11 +695,14 @@ def link_warehouse(engine, study: Study, instruments: dict[str, Instrument] | No
     from sqlalchemy import select
 
     from .models import Person
-    from .read import responses_frame, scores_compact
+    from .read import responses_frame, scores_compact_forked
 
-    responses = _linkage_responses(engine) if lean else responses_frame(engine)
-    scores = scores_compact(engine)
-    with engine.connect() as conn:
-        persons = pd.read_sql(select(Person.person_id, Person.household_id, Person.sex, Person.birth_year), conn)
-    return link_waves(responses.drop(columns=["subject_birth_year"], errors="ignore"), scores, persons, study,
-                      instruments, rules or load_linkage_rules())
+    scores = scores_compact_forked(engine)  # read by a forked process while this one reads and links responses
+    try:
+        responses = _linkage_responses(engine) if lean else responses_frame(engine)
+        with engine.connect() as conn:
+            persons = pd.read_sql(select(Person.person_id, Person.household_id, Person.sex, Person.birth_year), conn)
+        return link_waves(responses.drop(columns=["subject_birth_year"], errors="ignore"), scores.result, persons,
+                          study, instruments, rules or load_linkage_rules())
+    finally:
+        scores.close()

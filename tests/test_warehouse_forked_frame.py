@@ -46,7 +46,7 @@ def test_frame_made_in_child_equals_frame_made_here(n, tmp_path):
     forked = ForkedFrame(_made, n, pid_file)
     got = forked.result()
     _check_equal(got, _frame(n))
-    assert int(open(pid_file).read()) != os.getpid()  # it was made in another process
+    assert int((tmp_path / "pid").read_text()) != os.getpid()  # it was made in another process
 
 
 def test_non_default_index_travels():

@@ -675,16 +675,13 @@ def _linkage_responses(engine) -> pd.DataFrame:  # noqa: ANN001
     from sqlalchemy import select
 
     from .models import Response
+    from .read import read_frame
 
     q = (select(Response.id.label("response_id"), Response.household_id, Response.person_id, Response.subject_id,
                 Response.role, Response.arm, Response.site, Response.wave, Response.response_date,
                 Response.registration_date, Response.days_since_t0, Response.subject_age_months,
                 Response.subject_sex).where(Response.superseded.is_(False)).order_by(Response.id))
-    with engine.connect() as conn:
-        df = pd.read_sql(q, conn)
-    for c in ("response_date", "registration_date"):
-        df[c] = pd.to_datetime(df[c])
-    return df
+    return read_frame(engine, q, ("response_date", "registration_date"))
 
 
 def link_warehouse(engine, study: Study, instruments: dict[str, Instrument] | None,  # noqa: ANN001

@@ -647,3 +647,52 @@ def scores_compact_forked(engine: Engine, include_superseded: bool = False) -> F
     """`scores_compact` read by a forked child process while this one goes on; `.result()` is the frame
     (the same columns, dtypes, values and row order)."""
     return ForkedFrame(_scores_compact_in_child, engine, include_superseded)
+
+
+def read_frame(engine: Engine, query, date_columns: tuple[str, ...] = ()) -> pd.DataFrame:  # noqa: ANN001
+    """`pd.read_sql(query, conn)` with `pd.to_datetime` applied to `date_columns`: the same frame (values,
+    dtypes), about twice as fast. The compiled query runs on the driver's cursor and its rows go through
+    pandas' own read_sql conversion; on SQLite, whose driver gives dates as ISO text, the `date_columns`
+    become `datetime.date` values first, as SQLAlchemy's SQLite `Date` type makes them (one parse per distinct
+    date). `query`: a SQLAlchemy select whose `date_columns` are `Date` columns."""
+    import datetime as dt
+
+    try:
+        from pandas.io.sql import _wrap_result
+    except ImportError:  # pandas moved its helper: the slower public path gives the same frame
+        with engine.connect() as conn:
+            frame = pd.read_sql(query, conn)
+        for c in date_columns:
+            frame[c] = pd.to_datetime(frame[c])
+        return frame
+    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        cur = conn.connection.driver_connection.cursor()
+        try:
+            cur.execute(sql)
+            columns = [d[0] for d in cur.description]
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+    if engine.dialect.name == "sqlite" and date_columns and rows:
+        at = [columns.index(c) for c in date_columns]
+        cache: dict[str, dt.date] = {}
+
+        def as_date(v: str | None) -> dt.date | None:
+            if v is None or isinstance(v, dt.date):
+                return v
+            d = cache.get(v)
+            if d is None:
+                d = cache[v] = dt.date.fromisoformat(v)
+            return d
+
+        cols = list(zip(*rows, strict=True))
+        for j in at:
+            cols[j] = tuple(as_date(v) for v in cols[j])
+        rows = list(zip(*cols, strict=True))
+        del cols
+    frame = _wrap_result(rows, columns, coerce_float=True)
+    del rows
+    for c in date_columns:
+        frame[c] = pd.to_datetime(frame[c])
+    return frame

@@ -31,8 +31,15 @@ def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
         v = pd.to_datetime(s).dt.tz_localize(None) if getattr(s.dt, "tz", None) else pd.to_datetime(s)
         ns = v.astype("datetime64[ns]")
         return "d", np.where(ns.isna(), np.nan, ns.astype("int64").astype("float64")), None
+    if isinstance(s.dtype, np.dtype) and s.dtype.kind in "biuf":  # plain numbers and booleans: one conversion
+        arr = s.to_numpy(dtype=np.float64)
+        return "f", np.where(arr == 0, 0.0, arr), None  # -0.0 -> 0.0 (NaN bit patterns are unified when hashed)
+    if isinstance(s.array, pd.api.extensions.ExtensionArray) and hasattr(s.array, "_mask") and \
+            s.dtype.kind in "biuf":  # nullable numbers and booleans: missing = NaN
+        arr = s.array.to_numpy(dtype=np.float64, na_value=np.nan)
+        return "f", np.where(arr == 0, 0.0, arr), None
     if isinstance(s.dtype, pd.CategoricalDtype):
-        codes = np.asarray(s.cat.codes, dtype=np.int64)
+        codes = s.cat.codes.to_numpy()
         cats = s.cat.categories
         # text categories as they are (str() of a str is itself), without a Python loop over them
         texts = (cats.to_numpy(dtype=object).tolist() if pd.api.types.is_string_dtype(cats.dtype)
@@ -47,12 +54,10 @@ def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
         if pd.api.types.is_object_dtype(txt):
             txt = txt.where(~mask, _MISSING).astype(str)  # text of mixed objects, as str() gives it
         codes, uniques = pd.factorize(txt, use_na_sentinel=True)
-        codes = np.asarray(codes, dtype=np.int64)
         texts = [str(u) for u in uniques]
-    texts.append(_MISSING)
-    codes = np.where(codes < 0, len(texts) - 1, codes)
+    texts.append(_MISSING)  # last: code -1 (missing) indexes it
     distinct, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    return "s", inverse.astype(np.int64)[codes], distinct
+    return "s", inverse.astype(np.int64).ravel()[codes], distinct
 
 
 def _dense_rank(kind: str, values: np.ndarray) -> tuple[np.ndarray, int]:

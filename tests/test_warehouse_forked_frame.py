@@ -73,3 +73,20 @@ def test_close_without_result_ends_the_child():
         os.waitpid(pid, os.WNOHANG)  # already reaped
     with pytest.raises(RuntimeError, match="closed"):
         forked.result()
+
+
+def test_garbage_collector_freeze_state_kept():
+    """The parent's objects are frozen only across the fork: afterwards the collector is as it was (nothing
+    frozen, or what someone else froze still frozen)."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    ForkedFrame(_made, 3).result()
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        ForkedFrame(_made, 3).result()
+        assert gc.get_freeze_count() >= frozen > 0
+    finally:
+        gc.unfreeze()

@@ -488,11 +488,13 @@ class ForkedFrame:
             self._frame = make(*args)
             return
         rfd, wfd = os.pipe()
+        thaw = gc.get_freeze_count() == 0  # leave objects frozen by someone else frozen
         gc.freeze()
         try:
             pid = os.fork()
         except BaseException:
-            gc.unfreeze()
+            if thaw:
+                gc.unfreeze()
             os.close(rfd)
             os.close(wfd)
             raise
@@ -509,7 +511,8 @@ class ForkedFrame:
                     _send_blob(wfd, {"error": traceback.format_exc()})
             finally:
                 os._exit(status)
-        gc.unfreeze()
+        if thaw:
+            gc.unfreeze()
         os.close(wfd)
         self._pid, self._fd = pid, rfd
 

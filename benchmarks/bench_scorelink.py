@@ -10,7 +10,10 @@ for a clean peak):
   scoring, store), after emptying the `score` table; also writes the scores frame to `--scores-cache`.
 * `store`: empty the `score` table, then `store_scores_bulk` of the cached scores frame (the store alone).
 * `restore`: `store_scores_bulk` again onto the stored scores (the re-score path: upsert).
-* `link`: the link stage as the pipeline runs it: `build_analysis_dataset`, Parquet write, snapshot hash.
+* `link`: the link stage as the pipeline runs it: `build_analysis_dataset` (scores read by a forked child),
+  then `write_and_hash` (Parquet write and snapshot hash at the same time; with `--baseline` code that lacks
+  it, one after the other). `with_children_peak_mib` = the peak of this process's RSS plus its children's
+  private memory sampled together (the machine's share of the stage).
 * `analyse`: the model flow on the linked frame as the pipeline runs it (`run_analysis` with the plan's
   workers, forked); needs `link` earlier in the same run. The peak of the forked workers (sum of the RSS of
   this process's children, sampled) is printed beside this process's peak.
@@ -93,23 +96,25 @@ class Meter:
 
     def __init__(self) -> None:
         self.peak = _rss_mib()
-        self.child_peak = self.child_private_peak = 0.0
+        self.child_peak = self.child_private_peak = self.total_peak = 0.0
         self.results: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, _rss_mib())
+            own = _rss_mib()
+            self.peak = max(self.peak, own)
             rss, private = _children_mib()
             self.child_peak = max(self.child_peak, rss)
             self.child_private_peak = max(self.child_private_peak, private)
+            self.total_peak = max(self.total_peak, own + private)  # this process + its children's own pages
 
     @contextmanager
     def phase(self, name: str):
         before = _rss_mib()
         self.peak = before
-        self.child_peak = self.child_private_peak = 0.0
+        self.child_peak = self.child_private_peak = self.total_peak = 0.0
         load = os.getloadavg()[0]
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
@@ -120,6 +125,7 @@ class Meter:
                               "rss_before_mib": round(before), "rss_after_mib": round(_rss_mib()),
                               "children_rss_peak_mib": round(self.child_peak),
                               "children_private_peak_mib": round(self.child_private_peak),
+                              "with_children_peak_mib": round(max(self.total_peak, self.peak)),
                               "load": f"{load:.1f}->{os.getloadavg()[0]:.1f}"}
         print(f"{name}: {self.results[name]}", flush=True)
 

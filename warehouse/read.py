@@ -484,6 +484,7 @@ class ForkedFrame:
         self._frame: pd.DataFrame | None = None
         self._pid = 0
         self._fd = -1
+        self._owner = os.getpid()
         if not hasattr(os, "fork"):
             self._frame = make(*args)
             return
@@ -532,6 +533,8 @@ class ForkedFrame:
         """Stop listening to the child and reap it (a child still sending gets a broken pipe and exits)."""
         import os
 
+        if os.getpid() != self._owner:  # a copy inherited by some other forked process: not ours to end
+            return
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -246,6 +246,7 @@ def main() -> None:
                 (args.dump / "parquet_sha256.txt").write_text(_file_sha256(out / "analysis_long.parquet") + "\n")
                 (args.dump / "frame_fingerprint.json").write_text(_frame_fingerprint(data))
             (out / "analysis_long.parquet").unlink()
+            out.rmdir()
             info["long_rows"] = len(data)
             print({k: info[k] for k in ("link_build_s", "link_parquet_s", "link_hash_s", "link_parquet_hash_s",
                                         "long_rows", "snapshot") if k in info}, flush=True)

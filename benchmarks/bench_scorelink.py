@@ -10,7 +10,10 @@ for a clean peak):
   scoring, store), after emptying the `score` table; also writes the scores frame to `--scores-cache`.
 * `store`: empty the `score` table, then `store_scores_bulk` of the cached scores frame (the store alone).
 * `restore`: `store_scores_bulk` again onto the stored scores (the re-score path: upsert).
-* `link`: the link stage as the pipeline runs it: `build_analysis_dataset`, Parquet write, snapshot hash.
+* `link`: the link stage as the pipeline runs it: `build_analysis_dataset` (scores read by a forked child),
+  then `write_and_hash` (Parquet write and snapshot hash at the same time; with `--baseline` code that lacks
+  it, one after the other). `with_children_peak_mib` = the peak of this process's RSS plus its children's
+  private memory sampled together (the machine's share of the stage).
 * `analyse`: the model flow on the linked frame as the pipeline runs it (`run_analysis` with the plan's
   workers, forked); needs `link` earlier in the same run. The peak of the forked workers (sum of the RSS of
   this process's children, sampled) is printed beside this process's peak.
@@ -93,23 +96,25 @@ class Meter:
 
     def __init__(self) -> None:
         self.peak = _rss_mib()
-        self.child_peak = self.child_private_peak = 0.0
+        self.child_peak = self.child_private_peak = self.total_peak = 0.0
         self.results: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, _rss_mib())
+            own = _rss_mib()
+            self.peak = max(self.peak, own)
             rss, private = _children_mib()
             self.child_peak = max(self.child_peak, rss)
             self.child_private_peak = max(self.child_private_peak, private)
+            self.total_peak = max(self.total_peak, own + private)  # this process + its children's own pages
 
     @contextmanager
     def phase(self, name: str):
         before = _rss_mib()
         self.peak = before
-        self.child_peak = self.child_private_peak = 0.0
+        self.child_peak = self.child_private_peak = self.total_peak = 0.0
         load = os.getloadavg()[0]
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
@@ -120,6 +125,7 @@ class Meter:
                               "rss_before_mib": round(before), "rss_after_mib": round(_rss_mib()),
                               "children_rss_peak_mib": round(self.child_peak),
                               "children_private_peak_mib": round(self.child_private_peak),
+                              "with_children_peak_mib": round(max(self.total_peak, self.peak)),
                               "load": f"{load:.1f}->{os.getloadavg()[0]:.1f}"}
         print(f"{name}: {self.results[name]}", flush=True)
 
@@ -152,7 +158,7 @@ def _score_table_hash(engine) -> str:  # noqa: ANN001
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--database-url", required=True)
+    ap.add_argument("--database-url", default=None)
     ap.add_argument("--scores-cache", type=Path, default=None)
     ap.add_argument("--phases", nargs="+", default=["store", "link"],
                     choices=["score", "store", "restore", "link", "analyse", "report"])
@@ -167,6 +173,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.compare:
         sys.exit(_compare(*args.compare))
+    if not args.database_url:
+        ap.error("--database-url is required (except with --compare)")
     if args.baseline:
         import importlib.util
 
@@ -223,19 +231,25 @@ def main() -> None:
                 data = build_analysis_dataset(engine, study, instruments)
                 info["link_build_s"] = round(time.perf_counter() - t, 2)
                 t = time.perf_counter()
-                if args.baseline:
-                    data.to_parquet(out / "analysis_long.parquet", index=False)
+                linkage = sys.modules["cohortflow.warehouse.linkage"]  # the --baseline one when given
+                if hasattr(linkage, "write_and_hash"):  # Parquet and hash at the same time, as link_task does
+                    info["snapshot"] = linkage.write_and_hash(data, out / "analysis_long.parquet")
+                    info["link_parquet_hash_s"] = round(time.perf_counter() - t, 2)
                 else:
-                    from cohortflow.warehouse.linkage import write_long_parquet
-                    write_long_parquet(data, out / "analysis_long.parquet")
-                info["link_parquet_s"] = round(time.perf_counter() - t, 2)
-                t = time.perf_counter()
-                info["snapshot"] = snapshot_hash(data)
-                info["link_hash_s"] = round(time.perf_counter() - t, 2)
+                    linkage.write_long_parquet(data, out / "analysis_long.parquet")
+                    info["link_parquet_s"] = round(time.perf_counter() - t, 2)
+                    t = time.perf_counter()
+                    info["snapshot"] = snapshot_hash(data)
+                    info["link_hash_s"] = round(time.perf_counter() - t, 2)
+            if args.dump:
+                args.dump.mkdir(parents=True, exist_ok=True)
+                (args.dump / "parquet_sha256.txt").write_text(_file_sha256(out / "analysis_long.parquet") + "\n")
+                (args.dump / "frame_fingerprint.json").write_text(_frame_fingerprint(data))
             (out / "analysis_long.parquet").unlink()
+            out.rmdir()
             info["long_rows"] = len(data)
-            print({k: info[k] for k in ("link_build_s", "link_parquet_s", "link_hash_s", "long_rows", "snapshot")},
-                  flush=True)
+            print({k: info[k] for k in ("link_build_s", "link_parquet_s", "link_hash_s", "link_parquet_hash_s",
+                                        "long_rows", "snapshot") if k in info}, flush=True)
             if args.dump:
                 args.dump.mkdir(parents=True, exist_ok=True)
                 (args.dump / "snapshot.txt").write_text(info["snapshot"] + "\n")
@@ -265,6 +279,48 @@ def main() -> None:
     if args.json:
         with args.json.open("a") as fh:
             fh.write(json.dumps(info) + "\n")
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 hex of a file's bytes (the Parquet file: same schema, metadata and values = same bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _frame_fingerprint(frame) -> str:  # noqa: ANN001
+    """JSON of the frame's shape, index, column order, dtypes and a SHA-256 of every column's raw storage
+    (values and NA mask; categorical codes and categories): equal fingerprints = same frame to the bit."""
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    def digest(parts: list[bytes]) -> str:
+        h = hashlib.sha256()
+        for p in parts:
+            h.update(len(p).to_bytes(8, "little") + p)
+        return h.hexdigest()
+
+    cols = {}
+    for c in frame.columns:
+        s = frame[c]
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            parts = [np.asarray(s.cat.codes).tobytes(), "\x1f".join(map(str, s.cat.categories)).encode(),
+                     str(s.cat.categories.dtype).encode()]
+        elif hasattr(s.array, "_mask"):
+            parts = [s.array._data.tobytes(), s.array._mask.tobytes()]
+        elif s.dtype.kind in "biufcmM":
+            parts = [np.ascontiguousarray(s.to_numpy()).tobytes()]
+        else:
+            parts = ["\x1f".join("\x00NA" if v is None or v is pd.NA or v != v else str(v)
+                                  for v in s.tolist()).encode()]
+        cols[str(c)] = {"dtype": str(s.dtype), "sha256": digest(parts)}
+    return json.dumps({"shape": list(frame.shape), "index": repr(frame.index), "columns": cols}, indent=1) + "\n"
 
 
 def _dump(result, folder: Path) -> None:  # noqa: ANN001

@@ -249,13 +249,13 @@ def link_task(database_url: str, outputs_dir: str):
     from cohortflow.config.study import load_study
     from cohortflow.instruments.registry import load_instruments
     from cohortflow.warehouse.db import get_engine
-    from cohortflow.warehouse.linkage import build_analysis_dataset, snapshot_hash, write_long_parquet
+    from cohortflow.warehouse.linkage import build_analysis_dataset, write_and_hash
 
     data = build_analysis_dataset(get_engine(database_url), load_study(), load_instruments())
     out = Path(outputs_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_long_parquet(data, out / "analysis_long.parquet")  # row group by row group: no second copy
-    return data, snapshot_hash(data)
+    # Parquet row group by row group (no second copy) while a second thread computes the snapshot hash
+    return data, write_and_hash(data, out / "analysis_long.parquet")
 
 
 # The model and report tasks take the analysis dataset (23 M rows at factor 100) and the analysis result as

@@ -63,3 +63,30 @@ def test_build_analysis_dataset_links_parent_reports(any_engine, tmp_path):
     pd.testing.assert_series_equal(merged["baseline_score"], merged["b"], check_names=False)
     ld = link_warehouse(engine, STUDY, INST)
     assert ld.conflicts.empty and snapshot_hash(ld.long) == snapshot_hash(long)
+
+
+def test_scores_read_by_forked_process_equal_in_place_read(any_engine, tmp_path):
+    """The link stage reads the scores in a forked process: same frame as read here, and the parent's
+    connections still work afterwards (the child used its own)."""
+    from sqlalchemy import text
+
+    from cohortflow.warehouse.read import scores_compact, scores_compact_forked
+
+    engine = init_warehouse(any_engine)
+    for i, role in enumerate(["adult", "child"]):
+        rows = build_rows(INST, ARM, SITE, STUDY.baseline_wave, role, 5, seed=i + 7)
+        rep = ingest_file(write_export(rows, tmp_path / f"{ARM}_{SITE}_{STUDY.baseline_wave}_{role}.csv"), engine,
+                          load_sources(), STUDY, INST, KEY)
+        assert rep.status == "loaded", rep.message
+    resp = responses_frame(engine)
+    ctx = resp.set_index("response_id")[["role", "subject_age_years", "subject_sex"]]
+    store_scores(engine, score_all(item_values_frame(engine), ctx, INST, on_unknown="skip"), "score-run")
+    with engine.connect() as conn:  # a pooled connection exists before the fork
+        n = conn.execute(text("SELECT count(*) FROM score")).scalar_one()
+    got = scores_compact_forked(engine).result()
+    want = scores_compact(engine)
+    assert len(want) == n > 0
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert list(got.dtypes) == list(want.dtypes)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM score")).scalar_one() == n

@@ -29,6 +29,7 @@ Conflict rules (defaults; override in a `linkage:` section of `config/analysis.y
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -44,7 +45,7 @@ from cohortflow.instruments.model import Instrument
 from .snapshot import pack_sort_keys, snapshot_hash
 
 __all__ = ["LinkageRules", "LinkedData", "link_waves", "build_analysis_dataset", "load_linkage_rules",
-           "release_memory", "snapshot_hash", "wide_frame", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
+           "release_memory", "snapshot_hash", "wide_frame", "write_and_hash", "write_long_parquet", "DAYS_PER_MONTH", "LONG_COLUMNS", "CONFLICT_COLUMNS"]
 
 DAYS_PER_MONTH = 365.25 / 12
 LONG_COLUMNS = ["household_id", "person_id", "informant_id", "role", "arm", "site", "wave", "days_since_t0",
@@ -150,9 +151,62 @@ def _mode_with_fallback(values: pd.DataFrame, key: str, value: str, prefer: str,
     return counts.groupby(key, sort=False)[value].first()
 
 
+PSEUDONYM_COLUMNS = ["person_id", "subject_id", "household_id"]
+
+
+class _Pseudonyms:
+    """The responses' pseudonyms (person, subject, household) as integer codes into one sorted table of their
+    distinct texts, so that linkage groups, maps, merges and sorts integers instead of 64-character texts
+    (sorting by code sorts by text) and turns them back into text only where text is shown or returned.
+
+    `texts`: the distinct pseudonyms in sorted order, in the responses' own text dtype."""
+
+    def __init__(self, texts: pd.api.extensions.ExtensionArray) -> None:
+        self.texts = texts
+
+    @classmethod
+    def encode(cls, r: pd.DataFrame, persons: pd.DataFrame | None) -> tuple[_Pseudonyms | None, pd.DataFrame | None]:
+        """Replace the pseudonym columns of `r` (in place) by codes; `persons` coded alike (rows of persons
+        without a response dropped: linkage only looks persons up by a response's pseudonym). (None, persons)
+        and `r` unchanged when the columns are not all text of one string dtype without missing values."""
+        cols = [r[c] for c in PSEUDONYM_COLUMNS]
+        dtype = cols[0].dtype
+        if not isinstance(dtype, pd.StringDtype) or any(c.dtype != dtype or c.isna().any() for c in cols):
+            return None, persons
+        codes, uniques = pd.factorize(pd.concat(cols, ignore_index=True))
+        order = uniques.argsort()
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        codes = rank[codes]
+        for j, c in enumerate(PSEUDONYM_COLUMNS):
+            r[c] = codes[j * len(r):(j + 1) * len(r)]
+        self = cls(uniques.take(order))
+        if persons is not None and len(persons):
+            at = pd.Index(self.texts).get_indexer(persons["person_id"])
+            persons = persons[at >= 0].assign(person_id=at[at >= 0])
+        return self, persons
+
+    def decode(self, codes: pd.Series | np.ndarray) -> pd.api.extensions.ExtensionArray:
+        """The texts of `codes` (missing where the code is missing or negative), in the responses' dtype."""
+        c = pd.to_numeric(pd.Series(np.asarray(codes))).to_numpy(dtype=np.float64, na_value=np.nan)
+        return self.texts.take(np.where(np.isnan(c), -1, c).astype(np.int64), allow_fill=True)
+
+    def category(self, codes: np.ndarray) -> pd.Categorical:
+        """`codes` as a categorical of their texts, categories = the distinct texts present, sorted (as
+        `_as_category` makes of the texts)."""
+        present, inverse = np.unique(np.asarray(codes, dtype=np.int64), return_inverse=True)
+        cats = pd.Index(self.texts.take(present), dtype="str")
+        return pd.Categorical.from_codes(inverse.ravel(), categories=cats)
+
+
+def _texts(codec: _Pseudonyms | None, values: pd.Series) -> pd.Series:
+    """Pseudonyms as text (decoded when coded), same index."""
+    return values if codec is None else pd.Series(codec.decode(values), index=values.index)
+
+
 def link_waves(
     responses: pd.DataFrame,
-    scores: pd.DataFrame,
+    scores: pd.DataFrame | Callable[[], pd.DataFrame],
     persons: pd.DataFrame | None,
     study: Study,
     instruments: dict[str, Instrument] | None = None,
@@ -165,11 +219,14 @@ def link_waves(
     subject_sex; optional subject_birth_year), `scores` (warehouse `score` rows: response_id, instrument,
     scale, score, above_cutoff), `persons` (warehouse `person` rows, optional: person_id, household_id, sex,
     birth_year), the study, instrument definitions (to restrict outcomes to defined scales; None = all) and
-    the conflict rules. Out: `LinkedData`.
+    the conflict rules. Out: `LinkedData`. `scores` may be a function returning the frame: it is called
+    after the response-level steps, just before the long frame needs the scores (so they can be read
+    meanwhile, e.g. by a forked process).
     """
     rules = rules or LinkageRules()
     _check_columns(responses, [c for c in RESPONSE_COLUMNS if c != "days_since_t0"], "response")
-    _check_columns(scores, ["response_id", "instrument", "scale", "score"], "score")
+    if not callable(scores):
+        _check_columns(scores, ["response_id", "instrument", "scale", "score"], "score")
     r = responses.copy(deep=False).reset_index(drop=True)  # copy-on-write: the caller's frame is never changed
     r["_order"] = np.arange(len(r))
     for c in ("response_date", "registration_date"):
@@ -181,6 +238,7 @@ def link_waves(
                          "add them to config/study.yaml")
     base = study.baseline_wave
     r["_not_base"] = (r["wave"] != base).astype(int)
+    codec, persons = _Pseudonyms.encode(r, persons)
     conflicts: list[pd.DataFrame] = []
     excluded = pd.Series(pd.NA, index=r.index, dtype="string")
 
@@ -188,8 +246,11 @@ def link_waves(
              person_col: str = "subject_id") -> None:
         if rows.empty:
             return
+        who, where = rows[person_col].to_numpy(), rows["household_id"].to_numpy()
+        if codec is not None:  # back to text, as plain strings (as the text columns give them)
+            who, where = (np.asarray(codec.decode(v), dtype=object) for v in (who, where))
         conflicts.append(pd.DataFrame({
-            "rule": rule, "person_id": rows[person_col].to_numpy(), "household_id": rows["household_id"].to_numpy(),
+            "rule": rule, "person_id": who, "household_id": where,
             "wave": rows["wave"].to_numpy(), "response_id": rows["response_id"].to_numpy(),
             "detail": detail.to_numpy() if isinstance(detail, pd.Series) else detail,
             "resolution": resolution, "excluded": excl}))
@@ -205,8 +266,8 @@ def link_waves(
     for pid in n_homes.index[n_homes > 1]:
         rows = r[(r["person_id"] == pid) & (r["household_id"] != home[pid])]
         flag("household_disagrees", rows.assign(subject_id=pid),
-             f"person in households {sorted(member.loc[member.person_id == pid, 'household_id'].unique())}",
-             f"household {home[pid]} ({rules.household})", False)
+             f"person in households {_texts(codec, pd.Series(sorted(member.loc[member.person_id == pid, 'household_id'].unique()))).tolist()}",
+             f"household {_texts(codec, pd.Series([home[pid]])).iloc[0]} ({rules.household})", False)
     del member, n_homes
     r["household_id"] = r["person_id"].map(home)
     subj_home = r["subject_id"].map(home)
@@ -214,7 +275,7 @@ def link_waves(
     if elsewhere.any():
         rows = r[elsewhere]
         excl = rules.subject_elsewhere == "exclude"
-        flag("subject_not_in_household", rows, "subject belongs to household " + subj_home[elsewhere].astype(str),
+        flag("subject_not_in_household", rows, "subject belongs to household " + _texts(codec, subj_home[elsewhere]).astype(str),
              "excluded" if excl else "included", excl)
         if excl:
             excluded[elsewhere & excluded.isna()] = "conflict"
@@ -266,7 +327,7 @@ def link_waves(
     if dup.any():
         rows = r[dup]
         flag("duplicate_response", rows,
-             "second response of informant " + rows["person_id"].str[:12] + " (" + rows["role"] + ") in "
+             "second response of informant " + _texts(codec, rows["person_id"]).str[:12] + " (" + rows["role"] + ") in "
              + rows["wave"] + "; kept response " + pd.Series(np.asarray(kept)[dup.to_numpy()], index=rows.index).astype(str),
              f"excluded ({rules.duplicate})", True, person_col="subject_id")
         excluded[dup & excluded.isna()] = "conflict"
@@ -313,7 +374,7 @@ def link_waves(
     people["sex"] = people["person_id"].map(sex)
     people["birth_year"] = people["person_id"].map(by_res).astype("Int64")
     if persons is not None and len(persons):
-        known = persons.set_index("person_id")
+        known = persons.set_index("person_id")  # coded like the responses when they are
         if "sex" in known:
             people["sex"] = people["sex"].fillna(people["person_id"].map(known["sex"]))
         if "birth_year" in known:
@@ -330,11 +391,21 @@ def link_waves(
     people["waves_as_subject"] = people["person_id"].map(as_subject).fillna("")
     households = hh.reset_index()
     households["t0_date"] = households["household_id"].map(t0)
+    if codec is not None:
+        for frame, cols in ((people, ["person_id", "household_id"]), (households, ["household_id"])):
+            for c in cols:
+                frame[c] = codec.decode(frame[c])
 
     del g, span, keep_id, kept, dup, dist, rank, lo, hi, planned, d, out
     release_memory()  # the response-level steps above leave freed text buffers in the allocators
-    long = _long_frame(inc, scores, instruments, base)
+    if callable(scores):
+        scores = scores()
+        _check_columns(scores, ["response_id", "instrument", "scale", "score"], "score")
+    long = _long_frame(inc, scores, instruments, base, codec)
     long = _attach_household_context(long, instruments, rules.household_constructs)
+    if codec is not None:
+        for c in PSEUDONYM_COLUMNS:
+            r[c] = codec.decode(r[c])
     return LinkedData(responses=r.drop(columns=["_order", "_not_base", "_birth_year"]), persons=people,
                       households=households, conflicts=conflict_frame, long=long, rules=rules)
 
@@ -374,7 +445,7 @@ def _last_codes(col: pd.Series) -> tuple[np.ndarray, int]:
 
 
 def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, Instrument] | None,
-                base: str) -> pd.DataFrame:
+                base: str, codec: _Pseudonyms | None = None) -> pd.DataFrame:
     """Contract 5 long frame from included responses and their scores (scored scales only; classification
     rows without a score are kept when they carry `above_cutoff`). Text columns are categoricals
     (`CATEGORICAL_COLUMNS`, categories in sorted order); rows sorted as documented.
@@ -418,7 +489,8 @@ def _long_frame(inc: pd.DataFrame, scores: pd.DataFrame, instruments: dict[str, 
     cols = ["response_id", "household_id", "subject_id", "person_id", "role", "arm", "site", "wave", "response_date",
             "days_since_t0", "months_since_t0", "age_years", "sex"]
     left = inc[cols].rename(columns={"person_id": "informant_id", "subject_id": "person_id"}).reset_index(drop=True)
-    left = left.assign(**{c: _as_category(left[c]) for c in
+    coded = ("household_id", "person_id", "informant_id") if codec is not None else ()
+    left = left.assign(**{c: codec.category(left[c].to_numpy()) if c in coded else _as_category(left[c]) for c in
                           ("household_id", "person_id", "informant_id", "role", "arm", "site", "wave", "sex")})
     score = pd.to_numeric(scores["score"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)[rows]
 
@@ -569,6 +641,25 @@ def write_long_parquet(long: pd.DataFrame, path: Path | str, rows_per_group: int
     return path
 
 
+def write_and_hash(long: pd.DataFrame, path: Path | str) -> str:
+    """Write the long frame to Parquet (`write_long_parquet`) and return its `snapshot_hash`, the two at the
+    same time: the hash runs in a second thread while this one writes (Arrow's conversion and Parquet
+    encoding, NumPy's sorts and gathers and hashlib release the GIL for most of their work, so the two share
+    the machine's cores). Same file and digest as one after the other; an error in either is raised (the
+    write's first), after both have ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-hash") as pool:
+        digest = pool.submit(snapshot_hash, long)
+        try:
+            write_long_parquet(long, path)
+        finally:
+            wait_error = digest.exception()  # the hash thread has ended (it cannot be interrupted)
+        if wait_error is not None:
+            raise wait_error
+        return digest.result()
+
+
 def build_analysis_dataset(engine, study: Study, instruments: dict[str, Instrument] | None) -> pd.DataFrame:  # noqa: ANN001
     """Read the warehouse (current responses, persons, scores) and return the Contract 5 long frame.
     Freed memory is handed back to the operating system before (what earlier stages left) and after."""
@@ -584,16 +675,13 @@ def _linkage_responses(engine) -> pd.DataFrame:  # noqa: ANN001
     from sqlalchemy import select
 
     from .models import Response
+    from .read import read_frame
 
     q = (select(Response.id.label("response_id"), Response.household_id, Response.person_id, Response.subject_id,
                 Response.role, Response.arm, Response.site, Response.wave, Response.response_date,
                 Response.registration_date, Response.days_since_t0, Response.subject_age_months,
                 Response.subject_sex).where(Response.superseded.is_(False)).order_by(Response.id))
-    with engine.connect() as conn:
-        df = pd.read_sql(q, conn)
-    for c in ("response_date", "registration_date"):
-        df[c] = pd.to_datetime(df[c])
-    return df
+    return read_frame(engine, q, ("response_date", "registration_date"))
 
 
 def link_warehouse(engine, study: Study, instruments: dict[str, Instrument] | None,  # noqa: ANN001
@@ -604,11 +692,14 @@ def link_warehouse(engine, study: Study, instruments: dict[str, Instrument] | No
     from sqlalchemy import select
 
     from .models import Person
-    from .read import responses_frame, scores_compact
+    from .read import responses_frame, scores_compact_forked
 
-    responses = _linkage_responses(engine) if lean else responses_frame(engine)
-    scores = scores_compact(engine)
-    with engine.connect() as conn:
-        persons = pd.read_sql(select(Person.person_id, Person.household_id, Person.sex, Person.birth_year), conn)
-    return link_waves(responses.drop(columns=["subject_birth_year"], errors="ignore"), scores, persons, study,
-                      instruments, rules or load_linkage_rules())
+    scores = scores_compact_forked(engine)  # read by a forked process while this one reads and links responses
+    try:
+        responses = _linkage_responses(engine) if lean else responses_frame(engine)
+        with engine.connect() as conn:
+            persons = pd.read_sql(select(Person.person_id, Person.household_id, Person.sex, Person.birth_year), conn)
+        return link_waves(responses.drop(columns=["subject_birth_year"], errors="ignore"), scores.result, persons,
+                          study, instruments, rules or load_linkage_rules())
+    finally:
+        scores.close()

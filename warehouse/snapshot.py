@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 _MISSING = "\x00NA"
+_CHUNK_ROWS = 1_000_000  # rows gathered and hashed at a time
 
 
 def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
@@ -30,8 +31,15 @@ def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
         v = pd.to_datetime(s).dt.tz_localize(None) if getattr(s.dt, "tz", None) else pd.to_datetime(s)
         ns = v.astype("datetime64[ns]")
         return "d", np.where(ns.isna(), np.nan, ns.astype("int64").astype("float64")), None
+    if isinstance(s.dtype, np.dtype) and s.dtype.kind in "biuf":  # plain numbers and booleans: one conversion
+        arr = s.to_numpy(dtype=np.float64)
+        return "f", np.where(arr == 0, 0.0, arr), None  # -0.0 -> 0.0 (NaN bit patterns are unified when hashed)
+    if isinstance(s.array, pd.api.extensions.ExtensionArray) and hasattr(s.array, "_mask") and \
+            s.dtype.kind in "biuf":  # nullable numbers and booleans: missing = NaN
+        arr = s.array.to_numpy(dtype=np.float64, na_value=np.nan)
+        return "f", np.where(arr == 0, 0.0, arr), None
     if isinstance(s.dtype, pd.CategoricalDtype):
-        codes = np.asarray(s.cat.codes, dtype=np.int64)
+        codes = s.cat.codes.to_numpy()
         cats = s.cat.categories
         # text categories as they are (str() of a str is itself), without a Python loop over them
         texts = (cats.to_numpy(dtype=object).tolist() if pd.api.types.is_string_dtype(cats.dtype)
@@ -46,12 +54,10 @@ def _canonical(s: pd.Series) -> tuple[str, np.ndarray, np.ndarray | None]:
         if pd.api.types.is_object_dtype(txt):
             txt = txt.where(~mask, _MISSING).astype(str)  # text of mixed objects, as str() gives it
         codes, uniques = pd.factorize(txt, use_na_sentinel=True)
-        codes = np.asarray(codes, dtype=np.int64)
         texts = [str(u) for u in uniques]
-    texts.append(_MISSING)
-    codes = np.where(codes < 0, len(texts) - 1, codes)
+    texts.append(_MISSING)  # last: code -1 (missing) indexes it
     distinct, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
-    return "s", inverse.astype(np.int64)[codes], distinct
+    return "s", inverse.astype(np.int64).ravel()[codes], distinct
 
 
 def _dense_rank(kind: str, values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -108,6 +114,40 @@ def _row_order(frame: pd.DataFrame, cols: list[str], by_name: dict[str, object])
     return np.lexsort(keys[::-1]) if keys else np.arange(0)
 
 
+class _TextTable:
+    """The UTF-8 bytes of a column's distinct texts, each followed by the \x1f separator, ready to be gathered
+    for many rows at once: a fixed-width byte matrix when every text has the same length (pseudonyms), else an
+    Arrow binary array (gathered by Arrow's `take`, which writes the chosen values one after the other)."""
+
+    def __init__(self, texts: np.ndarray) -> None:
+        enc = [str(t).encode("utf-8") + b"\x1f" for t in texts]
+        widths = {len(e) for e in enc}
+        self.fixed: np.ndarray | None = None
+        self.binary = None
+        if len(widths) == 1:
+            width = widths.pop()
+            self.fixed = np.frombuffer(b"".join(enc), dtype=f"V{width}")
+        else:
+            import pyarrow as pa
+
+            self.binary = pa.array(enc, type=pa.large_binary())
+
+    def gather(self, codes: np.ndarray, last: bool) -> np.ndarray:
+        """`"\x1f".join(texts[codes])` as UTF-8 bytes plus a trailing separator (none when `last`), as a
+        uint8 array: the same bytes as joining the Python strings, without making one object per row."""
+        if self.fixed is not None:
+            out = self.fixed.take(codes).view(np.uint8)
+        else:
+            import pyarrow as pa
+
+            taken = self.binary.take(pa.array(codes))
+            offsets = np.frombuffer(taken.buffers()[1], dtype=np.int64)[taken.offset:taken.offset + len(taken) + 1]
+            data = taken.buffers()[2]
+            out = (np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] if data is not None
+                   else np.empty(0, dtype=np.uint8))
+        return out[:-1] if last and len(out) else out
+
+
 def snapshot_hash(frame: pd.DataFrame) -> str:
     """SHA-256 hex of a frame's content, independent of row/column order and storage dtypes.
 
@@ -124,16 +164,17 @@ def snapshot_hash(frame: pd.DataFrame) -> str:
     order = _row_order(frame, cols, by_name) if cols and n_rows else np.arange(n_rows)
     h = hashlib.sha256()
     h.update(f"rows={n_rows};cols={len(cols)}".encode())
-    step = 1_000_000
+    step = _CHUNK_ROWS
     for c in cols:
         kind, values, texts = _canonical(frame[by_name[c]].reset_index(drop=True))
         h.update(b"\x1e" + c.encode("utf-8") + b"\x1f" + kind.encode())
+        table = _TextTable(texts) if kind == "s" else None
         for lo in range(0, n_rows, step):
             part = values[order[lo:lo + step]]
-            if kind == "s":
-                if lo:
-                    h.update(b"\x1f")
-                h.update("\x1f".join(texts[part].tolist()).encode("utf-8"))
+            if table is not None:
+                # the texts of the rows joined by \x1f over the whole column: each row's text and separator
+                # from the table, the column's very last separator left out
+                h.update(table.gather(part, last=lo + step >= n_rows))
             else:
                 arr = np.asarray(part, dtype="float64").copy()
                 arr[np.isnan(arr)] = np.nan  # one NaN bit pattern

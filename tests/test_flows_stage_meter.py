@@ -3,7 +3,7 @@ private memory of forked children, which the model flow's workers and the Data D
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
 import sys
 import time
 
@@ -15,10 +15,18 @@ from cohortflow.flows.pipeline import StageMeter
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 
 
-def _hold(mib: int, seconds: float) -> None:
-    block = np.ones(mib * 2**20 // 8)  # written, so its pages are the child's own
-    time.sleep(seconds)
-    del block
+def _fork_holding(mib: int, seconds: float) -> int:
+    """Fork a child that writes `mib` MiB (so its pages are its own), holds them `seconds`, and exits at once
+    (os._exit: none of the parent's exit handlers or test machinery run in it). Returns its exit status."""
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            block = b"\x01" * (mib * 2**20)
+            time.sleep(seconds)
+            del block
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
 
 
 def test_stage_peaks_count_own_memory_and_childrens_private_memory():
@@ -29,10 +37,7 @@ def test_stage_peaks_count_own_memory_and_childrens_private_memory():
             time.sleep(0.3)
             del block
         with meter.stage("child"):
-            child = mp.get_context("fork").Process(target=_hold, args=(300, 1.5))
-            child.start()
-            child.join()
-            assert child.exitcode == 0
+            assert _fork_holding(300, 1.5) == 0
     finally:
         meter.close()
     here, kid = meter.stages["here"], meter.stages["child"]

@@ -357,7 +357,7 @@ class _Run:
     def collect(self, keep: int) -> list[BatchReport]:
         """Wait for the loads of all but the last `keep` submitted chunks; their reports in file order. Here, in
         the calling thread: the validation summaries (`echo`), `on_outcome`, and each chunk's Data Docs."""
-        from cohortflow.validation import summarise, write_data_docs
+        from cohortflow.validation import summarise
 
         reports: list[BatchReport] = []
         while len(self._chunks) > keep:
@@ -375,12 +375,13 @@ class _Run:
                         self.on_outcome(done.name, done.outcome)
                 if done.docs is not None:
                     for_docs.append(done.docs)
-            self._write_docs(for_docs, write_data_docs)
+            self._write_docs(for_docs)
         return reports
 
-    def _write_docs(self, for_docs: list[tuple[MappedFile, pd.DataFrame]],
-                    write_data_docs: Callable[..., Any]) -> None:
+    def _write_docs(self, for_docs: list[tuple[MappedFile, pd.DataFrame]]) -> None:
         """One Data Docs site build for a chunk's files, after its loads (here or by the DocsBuilder)."""
+        from cohortflow.validation import write_data_docs
+
         if not for_docs or self.docs_dir is None:
             return
         args = ([m for m, _h in for_docs], self.study, self.instruments, self.docs_dir)

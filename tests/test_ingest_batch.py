@@ -133,24 +133,24 @@ def test_data_docs_modes_choose_files_by_what_validation_found():
 def test_files_held_at_once_bounded_by_chunk_rows(tmp_path, monkeypatch, chunk_rows, most_held):
     """Files are read until `chunk_rows` rows are held, then validated and handed to the load thread; the next
     chunk is read while one loads: at most two chunks, `most_held` read-but-not-loaded files, at any time
-    (4 files of 6 rows)."""
+    (4 files of 6 rows), plus the files the reader process has read ahead (`_Reader.AHEAD`, here 1)."""
     import cohortflow.warehouse.batch_ingest as bi
 
     held: list[int] = []
     live: set[str] = set()
 
-    def reading(path, *a, **kw):
-        out = real_read(path, *a, **kw)
-        live.add(path.name)
-        held.append(len(live))
-        return out
+    def reading(self, f):
+        real_read(self, f)
+        live.add(f.path.name)
+        held.append(len(live) + len(self._ahead))  # handed to this process + read ahead by the reader process
 
     def loading(engine, path, *a, **kw):
         live.discard(path.name)
         return real_load(engine, path, *a, **kw)
 
-    real_read, real_load = bi.read_file, bi.load_validated
-    monkeypatch.setattr(bi, "read_file", reading)
+    real_read, real_load = bi._Reader.read_next, bi.load_validated
+    monkeypatch.setattr(bi._Reader, "read_next", reading)
+    monkeypatch.setattr(bi._Reader, "AHEAD", 1)
     monkeypatch.setattr(bi, "load_validated", loading)
     files = [write_export(build_rows(INST, "vt", "VT01", w, "child", 6, seed=i), tmp_path / f"vt_VT01_{w}_child.csv")
              for i, w in enumerate(["T0", "T1", "T2"])]
@@ -158,7 +158,52 @@ def test_files_held_at_once_bounded_by_chunk_rows(tmp_path, monkeypatch, chunk_r
     engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / 'w.sqlite'}"))
     reports = ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none", chunk_rows=chunk_rows)
     assert [r.status for r in reports] == ["loaded"] * 4
-    assert max(held) <= most_held and not live
+    assert len(held) == 4 and max(held) <= most_held + 1 and not live
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_files_read_by_reader_processes_load_as_read_here(tmp_path, monkeypatch, processes):
+    """With reader processes (forked: each file is read in another process, which leaves a mark in a file),
+    the warehouse, the reports and the read fields equal those of reading every file in this process; a file
+    that cannot be read comes back refused with its message either way."""
+    import os
+
+    import cohortflow.warehouse.batch_ingest as bi
+
+    marks = tmp_path / "readers.txt"
+    real_read = bi.read_file
+
+    def marking(path, *a, **kw):
+        with marks.open("a") as fh:
+            fh.write(f"{os.getpid()} {path.name}\n")
+        return real_read(path, *a, **kw)
+
+    monkeypatch.setattr(bi, "read_file", marking)
+    files = _four_files(tmp_path)
+    broken = tmp_path / "vt_VT03_T0_child.csv"
+    broken.write_bytes(b"\x00\x01 not a csv \xff\xfe")
+    files.insert(2, broken)
+    out = {}
+    for mode, n in (("here", 0), ("forked", processes)):
+        monkeypatch.setattr(bi._Reader, "PROCESSES", n)
+        marks.unlink(missing_ok=True)
+        engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / f'{mode}.sqlite'}"))
+        reports = ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none")
+        pids = {line.split()[0] for line in marks.read_text().splitlines()}
+        assert len(marks.read_text().splitlines()) == len(files)  # every file read once
+        assert (pids == {str(os.getpid())}) == (mode == "here"), (mode, pids)
+        out[mode] = (canonical_dump(engine), [_comparable(r) for r in reports])
+    assert out["forked"] == out["here"]
+    statuses = [r["status"] for r in out["here"][1]]
+    assert statuses == ["loaded", "loaded", "refused", "loaded", "loaded"]
+    assert broken.name in out["forked"][1][2]["message"]
+
+
+def _comparable(report) -> dict:
+    d = report.as_dict()
+    for volatile in ("read_seconds", "load_seconds", "batch_id"):
+        d.pop(volatile)
+    return d
 
 
 def _four_files(tmp_path):

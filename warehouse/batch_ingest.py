@@ -8,7 +8,8 @@ data_docs="failures", on_outcome=None, chunk_rows=CHUNK_ROWS, docs_builder=None)
 
 How it stays equal to file-by-file ingestion:
 * a file whose SHA-256 is already loaded (before the call) is skipped before it is read or validated;
-* files are read in order until `chunk_rows` rows are held; that chunk is validated, its loads are handed to
+* files are read in order (by forked reader processes a few files ahead, `_Reader`: reading only, no
+  database) until `chunk_rows` rows are held; that chunk is validated, its loads are handed to
   the load thread, and the next files are read while they load; at most one chunk is loading while the next
   is read, so memory is bounded by two chunks, not the inbox;
 * each file is validated against the persons history it would have seen file by file: the warehouse (which
@@ -31,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -213,7 +214,8 @@ def ingest_files(
     are built after the loads of each chunk, one site build per chunk (validation.write_data_docs). `echo` receives
     each file's plain-text validation summary, `on_outcome(file_name, outcome)` each ValidationOutcome
     (e.g. to post it as an artifact). Bad files never raise: they come back refused, as from ingest_file.
-    `chunk_rows`: files are read in order until this many rows are held, then that chunk is validated and
+    `chunk_rows`: files are read in order (by two forked reader processes, a few files ahead of this thread)
+    until this many rows are held, then that chunk is validated and
     loaded (by the load thread, while the next files are read: memory stays bounded by two chunks whatever
     the size of the inbox). The summaries and `on_outcome` come per chunk, after its loads.
     `docs_builder`: build the Data Docs pages in its forked process instead of here; the caller `wait()`s for
@@ -223,16 +225,17 @@ def ingest_files(
     paths = [Path(p) for p in paths]
     digests = {p: file_digest(p) for p in paths if p.is_file()}
     known = stored_batches(engine, (d[0] for d in digests.values()))
+    files = [_File(p, already_loaded(p, engine, known, digests.get(p)), 0.0) for p in paths]
+    reader = _Reader(sources, instruments, [f for f in files if f.report.status != "skipped"])
     run = _Run(engine, study, instruments, key, docs_dir, echo, data_docs, on_outcome, docs_builder)
     reports: list[BatchReport] = []
     chunk: list[_File] = []
     rows = 0
     try:
-        for path in paths:
-            t0 = time.perf_counter()
-            f = _File(path, already_loaded(path, engine, known, digests.get(path)), t0)
+        for f in files:
+            f.t0 = time.perf_counter()
             if f.report.status != "skipped":
-                f.source, f.mapped, f.error = read_file(path, sources, instruments, f.report, t0)
+                reader.read_next(f)
                 rows += 0 if f.mapped is None else len(f.mapped.frame)
             chunk.append(f)
             if rows >= chunk_rows:
@@ -243,10 +246,81 @@ def ingest_files(
             run.validate_and_submit(chunk)
         reports += run.collect(keep=0)
     finally:
+        reader.close()
         run.close()
     flush_commits(engine)  # the files' commits did not wait for their WAL flush (PostgreSQL): one flush for all
     checkpoint(engine)
     return reports
+
+
+class _Reader:
+    """The files of an `ingest_files` call read (`load.read_file`) in file order by a forked process of its own,
+    a few files ahead of the calling thread, which meanwhile validates, prepares and hands out the loads (the
+    machine's second core; reading and mapping is about a third of ingestion's work).
+
+    The reader process is forked once, before the load thread starts, and reads files only: it never touches
+    the database. What it reads comes back pickled (the mapped frame, its metadata and the report's read
+    fields). It dies with the process that forked it. Without fork (or inside a daemonic worker, e.g. Dask), or
+    for a single file, files are read here, one after the other, exactly as before."""
+
+    PROCESSES = 2  # reader processes (0: read here); while they read a chunk, the calling thread mostly waits
+    AHEAD = 6  # files read ahead of the one the calling thread asks for (memory: a few files' frames)
+
+    def __init__(self, sources: list[SourceDefinition], instruments: dict[str, Instrument],
+                 files: list[_File]) -> None:
+        import multiprocessing as mp
+
+        self.sources, self.instruments = sources, instruments
+        self._todo = deque(files)
+        self._ahead: deque[tuple[_File, Future[tuple]]] = deque()
+        self._pool: ProcessPoolExecutor | None = None
+        forks = "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
+        if self.PROCESSES > 0 and len(files) > 1 and forks:
+            self._pool = ProcessPoolExecutor(max_workers=self.PROCESSES, mp_context=mp.get_context("fork"),
+                                             initializer=_reader_started, initargs=(sources, instruments))
+
+    def read_next(self, f: _File) -> None:
+        """Read file `f` (the next one of the list given, in order): fills its source, mapped frame or error
+        and its report's read fields, as `load.read_file` does."""
+        if self._pool is None:
+            f.source, f.mapped, f.error = read_file(f.path, self.sources, self.instruments, f.report, f.t0)
+            return
+        while len(self._ahead) <= self.AHEAD and self._todo:
+            g = self._todo.popleft()
+            self._ahead.append((g, self._pool.submit(_read_in_child, g.path, g.report)))
+        g, job = self._ahead.popleft()
+        assert g is f, "files must be read in the order given"
+        i, f.mapped, f.error, f.report = job.result()
+        f.source = None if i is None else self.sources[i]
+
+    def close(self) -> None:
+        """End the reader process (files read ahead but not asked for are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+_READER: dict[str, Any] = {}  # in the reader process: the sources and instruments it was forked with
+
+
+def _reader_started(sources: list[SourceDefinition], instruments: dict[str, Instrument]) -> None:
+    """In the reader process: keep what reading needs and die with the process that forked it (Linux)."""
+    import contextlib
+    import signal
+
+    _READER.update(sources=sources, instruments=instruments)
+    with contextlib.suppress(Exception):  # prctl(PR_SET_PDEATHSIG, SIGKILL): not where there is no prctl
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _read_in_child(path: Path, report: BatchReport) -> tuple[int | None, MappedFile | None, str, BatchReport]:
+    """In the reader process: `read_file`; the source travels back as its position in the sources list."""
+    sources = _READER["sources"]
+    source, mapped, error = read_file(path, sources, _READER["instruments"], report, time.perf_counter())
+    at = next((i for i, s in enumerate(sources) if s is source), None)
+    return at, mapped, error, report
 
 
 class _NotLoaded(Exception):

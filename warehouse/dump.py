@@ -18,8 +18,9 @@ from .models import Base, ItemLayout
 from .packed import layout_items, unpack_rows
 
 # ids of another table held without a foreign key: a JSON list of superseded batches, the quarantined row a
-# released response came from
-ID_REFERENCES = {("batch", "supersedes"): "batch", ("response", "released_from"): "quarantine_row"}
+# released response came from, the response of an item block (migration 0005)
+ID_REFERENCES = {("batch", "supersedes"): "batch", ("response", "released_from"): "quarantine_row",
+                 ("item_block", "response_id"): "response"}
 VOLATILE = {"started_at", "finished_at", "read_seconds", "load_seconds", "released_at", "file_path",
             "code_version"}
 

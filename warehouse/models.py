@@ -99,7 +99,7 @@ class Response(Base):
 
     __tablename__ = "response"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id"), index=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batch.id"))  # looked up by uq_response_batch_row: 0005
     row_number: Mapped[int] = mapped_column(Integer)
     household_id: Mapped[str] = mapped_column(ForeignKey("household.household_id"))  # no index: migration 0003
     person_id: Mapped[str] = mapped_column(ForeignKey("person.person_id"), index=True)
@@ -130,12 +130,15 @@ class ItemLayout(Base):
 class ItemBlock(Base):
     """The item answers of one response to one instrument, packed: `codes` holds the raw codes as
     little-endian float64 in the order of the layout's items (NaN = missing); `reasons` is a JSON object
-    {item: missing_reason} for the items that have a missing reason, NULL when none has."""
+    {item: missing_reason} for the items that have a missing reason, NULL when none has.
+
+    No foreign keys (migration 0005): blocks are written only by the loader, in their response's transaction,
+    and nothing is deleted; `response_id` refers to response.id and `layout_id` to item_layout.id."""
 
     __tablename__ = "item_block"
-    response_id: Mapped[int] = mapped_column(ForeignKey("response.id"), primary_key=True)
+    response_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     instrument: Mapped[str] = mapped_column(String(50), primary_key=True)
-    layout_id: Mapped[int] = mapped_column(ForeignKey("item_layout.id"))
+    layout_id: Mapped[int] = mapped_column(Integer)
     codes: Mapped[bytes] = mapped_column(LargeBinary)
     reasons: Mapped[str | None] = mapped_column(Text)
     __table_args__ = ({"sqlite_with_rowid": False},)

@@ -92,3 +92,21 @@ def test_postgresql_settings_stay_inside_the_file_transaction(pg_engine):
     flush_commits(pg_engine)  # an empty warehouse: nothing to update, must not fail
     with pg_engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM batch")).scalar() == 0
+
+
+def test_pg_array_literal_round_trips_awkward_values(pg_engine):
+    """`pg_array` (the loader's array parameters on PostgreSQL) gives back exactly the values written, for text
+    that needs quoting (quotes, backslashes, commas, braces, blanks, the word NULL, non-ASCII, empty), NULLs,
+    and the other element types the loader sends (bigint, date, boolean, double with NaN as NULL)."""
+    from cohortflow.warehouse.load import pg_array
+
+    texts = ['plain', 'a "quoted" word', 'back\\slash', 'com,ma', '{braces}', ' lead and trail ', 'NULL', 'null',
+             '', 'één €', "it's", None, 'tab\there', 'new\nline', '\\"', '"', '\\']
+    cases = [("text", texts, texts), ("bigint", [1, -2, None, 2**40], [1, -2, None, 2**40]),
+             ("date", [date(2021, 3, 4), None], [date(2021, 3, 4), None]),
+             ("boolean", [True, False, None], [True, False, None]),
+             ("double precision", [1.5, float("nan"), None, -0.25], [1.5, None, None, -0.25])]
+    with pg_engine.connect() as conn:
+        for sql_type, values, expected in cases:
+            got = conn.exec_driver_sql(f"SELECT %s::{sql_type}[]", (pg_array(values),)).scalar_one()
+            assert got == expected, sql_type

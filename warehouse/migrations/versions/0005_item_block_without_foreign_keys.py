@@ -4,8 +4,8 @@
 (one block per response and instrument; quarantine release goes through the same code), and no row of
 `response` or `item_layout` is ever deleted. The two foreign keys therefore never caught anything, but on
 PostgreSQL each is a row-level trigger that looks the parent up and locks it (`FOR KEY SHARE`): at factor 10
-they cost about 3 of the server's 17 CPU seconds of an ingestion (benchmarks/RESULTS.md, section fk7). The
-loader's tests and `warehouse.dump` still check what they protected (every block has its response and its
+they cost about 3 of the server's 17 CPU seconds of an ingestion (benchmarks/RESULTS.md, section ingest7). After a
+load, tests/test_warehouse_migration_0005.py checks what they protected (every block has its response and its
 layout). `ix_response_batch_id` is redundant: the unique (batch_id, row_number) key starts with batch_id and
 serves every look-up by batch. Response's foreign keys to batch, household and person stay.
 
@@ -14,7 +14,7 @@ copied. The downgrade restores the foreign keys and the index.
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-11-25 13:40:00
+Create Date: 2026-11-24 13:40:00
 """
 import sqlalchemy as sa
 from alembic import op

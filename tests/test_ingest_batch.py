@@ -320,3 +320,36 @@ def test_a_data_docs_build_that_fails_is_reported_and_the_loads_stand(tmp_path, 
     assert reports[0].status == "loaded" and reports[0].rows_quarantined == 1
     errors = builder.wait()
     assert len(errors) == 1 and "vt_VT01_T0_child.csv" in errors[0] and "OSError: disk full" in errors[0]
+
+
+def test_a_reader_process_that_dies_leaves_the_files_to_this_process(tmp_path, monkeypatch):
+    """When a reader process dies while reading (here: it exits at the third file, as a crash or the OOM killer
+    would end it), that file and the later ones are read in this process: every file loads, and the warehouse
+    equals that of reading every file here."""
+    import os
+
+    import cohortflow.warehouse.batch_ingest as bi
+
+    parent, real_read = os.getpid(), bi.read_file
+    files = _four_files(tmp_path)
+
+    read_here: list[str] = []
+
+    def dying(path, *a, **kw):
+        if os.getpid() != parent and path == files[2]:
+            os._exit(9)
+        if os.getpid() == parent:
+            read_here.append(path.name)
+        return real_read(path, *a, **kw)
+
+    monkeypatch.setattr(bi, "read_file", dying)
+    dumps = []
+    for n in (0, 2):
+        monkeypatch.setattr(bi._Reader, "PROCESSES", n)
+        read_here.clear()
+        engine = init_warehouse(get_engine(f"sqlite:///{tmp_path / f'w{n}.sqlite'}"))
+        reports = ingest_files(files, engine, SOURCES, STUDY, INST, KEY, data_docs="none")
+        assert [r.status for r in reports] == ["loaded"] * 4
+        assert read_here == [f.name for f in (files if n == 0 else files[2:])]
+        dumps.append(canonical_dump(engine))
+    assert dumps[0] == dumps[1]

@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -254,14 +255,17 @@ def ingest_files(
 
 
 class _Reader:
-    """The files of an `ingest_files` call read (`load.read_file`) in file order by a forked process of its own,
-    a few files ahead of the calling thread, which meanwhile validates, prepares and hands out the loads (the
-    machine's second core; reading and mapping is about a third of ingestion's work).
+    """The files of an `ingest_files` call read (`load.read_file`: match, read, map) in file order by forked
+    reader processes, a few files ahead of the calling thread. Within a chunk the calling thread has nothing to
+    do but wait for its files, so the machine's cores read side by side; later chunks are also read while the
+    load thread writes the earlier one.
 
-    The reader process is forked once, before the load thread starts, and reads files only: it never touches
-    the database. What it reads comes back pickled (the mapped frame, its metadata and the report's read
-    fields). It dies with the process that forked it. Without fork (or inside a daemonic worker, e.g. Dask), or
-    for a single file, files are read here, one after the other, exactly as before."""
+    The readers are forked once, before the load thread starts, and read files only: they never touch the
+    database. What they read comes back pickled (the mapped frame, its metadata and the report's read fields).
+    They die with the process that forked them. When one dies anyway (killed, out of memory, a crash inside a
+    reading library), the file it was reading and every later one are read here. Without fork (or inside a
+    daemonic worker, e.g. Dask), with `PROCESSES = 0`, or for a single file, files are read here, one after the
+    other, exactly as before."""
 
     PROCESSES = 2  # reader processes (0: read here); while they read a chunk, the calling thread mostly waits
     AHEAD = 6  # files read ahead of the one the calling thread asks for (memory: a few files' frames)
@@ -290,7 +294,15 @@ class _Reader:
             self._ahead.append((g, self._pool.submit(_read_in_child, g.path, g.report)))
         g, job = self._ahead.popleft()
         assert g is f, "files must be read in the order given"
-        i, f.mapped, f.error, f.report = job.result()
+        try:
+            i, f.mapped, f.error, f.report = job.result()
+        except BrokenProcessPool:  # a reader process died (killed, out of memory, a crash inside a reading
+            # library): this file and the later ones are read here, one after the other, as without readers
+            self._todo.extendleft(reversed([g for g, _job in self._ahead]))
+            self._ahead.clear()
+            self.close()
+            f.source, f.mapped, f.error = read_file(f.path, self.sources, self.instruments, f.report, f.t0)
+            return
         f.source = None if i is None else self.sources[i]
 
     def close(self) -> None:

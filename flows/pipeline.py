@@ -7,9 +7,7 @@ respondent (task overhead is ~7 ms).
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cohortflow import __version__
+from cohortflow.warehouse.memory import StageMeter  # per-stage wall time and process-tree peak memory
 
 
 @dataclass
@@ -33,96 +32,6 @@ class PipelineResult:
     outputs_dir: Path | None = None
     stages: dict = field(default_factory=dict)
     flow_started: float | None = None
-
-
-def _rss_mib() -> float:
-    """Resident memory of this process in MiB (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * _PAGE / 2**20
-    except OSError:
-        return 0.0
-
-
-def _children_private_mib() -> float:
-    """Private memory (pages not shared with this process: what they add to the machine) of this process's
-    direct children, e.g. the model flow's forked workers, the Data Docs builder, plot workers; MiB, Linux
-    /proc (0 elsewhere)."""
-    total = 0.0
-    try:
-        tasks = list(Path("/proc/self/task").iterdir())
-    except OSError:
-        return 0.0
-    for thread in tasks:
-        try:
-            kids = (thread / "children").read_text().split()
-        except OSError:
-            continue
-        for pid in kids:
-            try:
-                text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-            except OSError:
-                continue
-            total += sum(int(line.split()[1]) for line in text.splitlines()
-                         if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
-    return total
-
-
-try:
-    import os as _os
-
-    _PAGE = _os.sysconf("SC_PAGE_SIZE")
-except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-    _PAGE = 4096
-
-
-class StageMeter:
-    """Wall seconds and peak resident memory of each pipeline stage.
-
-    A daemon thread samples the process's RSS every `interval` seconds, and every tenth time also its
-    children's private memory (the process tree's footprint: forked model-flow workers share the parent's
-    pages copy-on-write, so their RSS would count those twice); `stage(name)` is a context manager that
-    records `{seconds, peak_rss_mib, peak_tree_mib, rss_before_mib}` under `name` in `self.stages`.
-    """
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.stages: dict[str, dict[str, float]] = {}
-        self._peak = _rss_mib()
-        self._tree_peak = self._peak
-        self._children = 0.0
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True, name="stage-meter")
-        self._thread.start()
-
-    def _sample(self) -> None:
-        n = 0
-        while not self._stop.wait(self._interval):
-            own = _rss_mib()
-            if n % 10 == 0:  # reading the children's page tables costs more than our own counter
-                self._children = _children_private_mib()
-            n += 1
-            self._peak = max(self._peak, own)
-            self._tree_peak = max(self._tree_peak, own + self._children)
-
-    @contextmanager
-    def stage(self, name: str):
-        """Measure the enclosed block as stage `name`."""
-        before = _rss_mib()
-        self._peak = before
-        self._tree_peak = before + self._children
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._peak = max(self._peak, _rss_mib())
-            self._tree_peak = max(self._tree_peak, self._peak)
-            self.stages[name] = {"seconds": round(time.perf_counter() - t0, 3),
-                                 "peak_rss_mib": round(self._peak, 1), "peak_tree_mib": round(self._tree_peak, 1),
-                                 "rss_before_mib": round(before, 1)}
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 def _artifact_key(text: str) -> str:

@@ -153,8 +153,14 @@ def score_task(database_url: str, run_id: str) -> int:
 
 
 @task(name="link-waves")
-def link_task(database_url: str, outputs_dir: str):
-    """Link waves per person and household; write the analysis dataset; return it with its hash."""
+def link_task(database_url: str, outputs_dir: str) -> tuple[str, str]:
+    """Link waves per person and household; write the analysis dataset; return its Parquet path and hash.
+
+    The frame itself is not returned: Prefect keeps a task's return value (and a task's inputs) until the flow
+    ends, which held the whole dataset (3 GB at factor 100) through the model and report stages. The model
+    task reads back only the rows and columns its plan uses (`analysis.models.read_analysis_dataset`): the
+    snapshot that was hashed is the one analysed.
+    """
     from cohortflow.config.study import load_study
     from cohortflow.instruments.registry import load_instruments
     from cohortflow.warehouse.db import get_engine
@@ -163,22 +169,27 @@ def link_task(database_url: str, outputs_dir: str):
     data = build_analysis_dataset(get_engine(database_url), load_study(), load_instruments())
     out = Path(outputs_dir)
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "analysis_long.parquet"
     # Parquet row group by row group (no second copy) while a second thread computes the snapshot hash
-    return data, write_and_hash(data, out / "analysis_long.parquet")
+    return str(path), write_and_hash(data, path)
 
 
-# The model and report tasks take the analysis dataset (23 M rows at factor 100) and the analysis result as
-# inputs. Prefect's default cache policy hashes a task's inputs (JSON, else cloudpickle of the whole object:
-# 0.5 s at factor 1, ~1 min and a pickled copy of the frame in memory at factor 100) to build a cache key
-# that nothing here uses (results are not persisted): NO_CACHE skips it.
+# The model and report tasks take the analysis result as input. Prefect's default cache policy hashes a
+# task's inputs (JSON, else cloudpickle of the whole object) to build a cache key that nothing here uses
+# (results are not persisted): NO_CACHE skips it.
 @task(name="fit-models", cache_policy=NO_CACHE)
 def analyse_task(data, plan_path: str | None):
-    """Fit every outcome of the analysis plan (main and sensitivity analyses)."""
-    from cohortflow.analysis.models import run_analysis
+    """Fit every outcome of the analysis plan (main and sensitivity analyses).
+
+    `data`: the analysis dataset's Parquet path (as link_task returns it; only the plan's rows and columns
+    are read) or a DataFrame."""
+    from cohortflow.analysis.models import read_analysis_dataset, run_analysis
     from cohortflow.analysis.plan import load_analysis_plan
     from cohortflow.config.study import load_study
 
     plan = load_analysis_plan(Path(plan_path) if plan_path else None)
+    if isinstance(data, str | Path):
+        data = read_analysis_dataset(data, plan)
     return run_analysis(data, plan, load_study()), plan
 
 
@@ -225,12 +236,12 @@ def pipeline_flow(
             result.n_scores = score_task(database_url, run_id)
         release_memory()
         with meter.stage("link"):
-            data, result.snapshot_hash = link_task(database_url, outputs_dir)
+            dataset, result.snapshot_hash = link_task(database_url, outputs_dir)
+        release_memory()  # the linked frame is gone with the task: the model stage reads what it needs
         with meter.stage("analyse"):
             for message in wait_for_data_docs():  # the model flow wants both cores
                 logger.warning(message)
-            analysis, plan = analyse_task(data, plan_path)
-        del data
+            analysis, plan = analyse_task(dataset, plan_path)
         release_memory()
         run_info = {"run_id": run_id, "snapshot_hash": result.snapshot_hash, "database": _redact(database_url),
                     "cohortflow_version": __version__, "started": run_id[:16]}

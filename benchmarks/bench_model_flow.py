@@ -15,6 +15,9 @@ the forked workers, of the largest child) is printed beside every figure, and pe
 the process tree (`warehouse.memory.StageMeter`: this process's RSS plus its forked workers' private memory,
 sampled; the figure the pipeline's analyse stage reports) with this process's RSS before and at its peak.
 `--dump DIR` writes the last run's result tables (as `bench_scorelink.py --dump`) for `--diff`.
+A `--parquet` dataset is read as the pipeline's model task reads it (`read_analysis_dataset`: the plan's rows
+and columns only); `--whole` reads every row and column instead (as before mem7; `run_analysis` then works on
+its `analysis_frame`, and this process keeps the whole frame too).
 
 Usage: .venv/bin/python benchmarks/bench_model_flow.py [--factors 1 10] [--workers 1 2] [--imputations 20]
        [--data-root /tmp/cohortflow_bench] [--bootstrap 1000] [--boot-workers 2] [--engines fast]
@@ -214,6 +217,7 @@ def main() -> None:
     ap.add_argument("--parquet", type=Path, nargs="+", help="time these analysis datasets instead of --factors")
     ap.add_argument("--report", type=Path, help="also time write_report of the last run into this folder")
     ap.add_argument("--diff", type=Path, nargs=2, help="summarise differences of two bench_scorelink --dump folders")
+    ap.add_argument("--whole", action="store_true", help="read every row and column of a --parquet dataset")
     ap.add_argument("--dump", type=Path, help="write the last run_analysis result's tables here (for --diff)")
     a = ap.parse_args()
     if a.diff:
@@ -224,8 +228,17 @@ def main() -> None:
     meter = StageMeter(interval=0.05, children_every=4)
     for factor, source in inputs:
         t0 = time.perf_counter()
-        data = pd.read_parquet(source) if isinstance(source, Path) else analysis_dataset(a.data_root, source)
-        print(f"{factor}: analysis dataset read in {time.perf_counter() - t0:.1f} s; {peak_rss()}", flush=True)
+        if isinstance(source, Path):
+            if a.whole:
+                data = pd.read_parquet(source)
+            else:
+                from cohortflow.analysis.models import read_analysis_dataset  # (lazy: --whole runs older code too)
+
+                data = read_analysis_dataset(source, load_analysis_plan())
+        else:
+            data = analysis_dataset(a.data_root, source)
+        print(f"{factor}: analysis dataset read in {time.perf_counter() - t0:.1f} s ({len(data):,} rows, "
+              f"{data.shape[1]} columns); {peak_rss()}", flush=True)
         n_hh = data["household_id"].nunique()
         res = None
         for engine in a.engines:

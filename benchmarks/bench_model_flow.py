@@ -232,7 +232,8 @@ def main() -> None:
             if a.whole:
                 data = pd.read_parquet(source)
             else:
-                from cohortflow.analysis.models import read_analysis_dataset  # (lazy: --whole runs older code too)
+                # imported here: with --whole the script also runs code from before read_analysis_dataset
+                from cohortflow.analysis.models import read_analysis_dataset
 
                 data = read_analysis_dataset(source, load_analysis_plan())
         else:

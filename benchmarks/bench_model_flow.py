@@ -105,6 +105,12 @@ def time_bootstrap(data: pd.DataFrame, result, resamples: int, workers: int) -> 
     return out
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the forked workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def peak_rss() -> str:
     """Peak resident memory so far of this process and of its largest finished child, in MiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -225,7 +231,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()[0]:.1f}", flush=True)
     inputs = [(str(p), p) for p in a.parquet] if a.parquet else [(f"{f:g}", f) for f in a.factors]
-    meter = StageMeter(interval=0.05, children_every=4)
+    meter = StageMeter()  # as the pipeline samples: own RSS every 50 ms, the workers' private memory every 0.5 s
     for factor, source in inputs:
         t0 = time.perf_counter()
         if isinstance(source, Path):
@@ -245,9 +251,11 @@ def main() -> None:
         for engine in a.engines:
             for w in a.workers:
                 load0 = os.getloadavg()[0]
+                cpu0 = cpu_seconds()
                 with meter.stage("analyse"):
                     sec, res = time_flow(data, engine, a.imputations, w)
                 m = meter.stages["analyse"]
+                cpu = cpu_seconds() - cpu0
                 backends = sorted({str(r.engine) for r in res.outcomes.values() if r.family == "gaussian"})
                 print(f"factor {factor}: {len(data):,} rows, {n_hh:,} households; engine {engine}, {w} worker(s): "
                       f"run_analysis (all outcomes, IPW, MI x{a.imputations}) {sec:.1f} s; fitted by {backends}; "
@@ -255,7 +263,8 @@ def main() -> None:
                       f"{peak_rss()}", flush=True)
                 print(f"factor {factor}: {w} worker(s): process tree peak {m['peak_tree_mib']:,.0f} MiB "
                       f"(this process {m['rss_before_mib']:,.0f} MiB before, {m['peak_rss_mib']:,.0f} MiB peak; "
-                      f"workers' private memory peak {m['peak_children_mib']:,.0f} MiB)", flush=True)
+                      f"workers' private memory peak {m['peak_children_mib']:,.0f} MiB); CPU {cpu:.1f} s (this "
+                      "process and its workers: steadier than wall time on a shared machine)", flush=True)
         if a.dump and res is not None:
             from bench_scorelink import _dump
 

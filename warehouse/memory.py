@@ -108,6 +108,8 @@ class StageMeter:
     def stage(self, name: str):
         """Measure the enclosed block as stage `name`."""
         before = rss_mib()
+        # the children now, not the last sample (it may be a child of the stage before, e.g. a forked reader)
+        self._children = children_private_mib()
         self._peak = before
         self._tree_peak = before + self._children
         self._children_peak = self._children

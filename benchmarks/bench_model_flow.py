@@ -11,11 +11,17 @@ stage times of the first build are printed. Then `run_analysis` is timed with 1 
 `--parquet PATH [PATH ...]` times given analysis datasets instead (e.g. the pipeline's
 `outputs/analysis_long.parquet`, or the factor-100 one grown by bench_scale.py); `--report DIR` also times
 `write_report` (HTML, appendix, plots, tables) of the last run into DIR. Peak RSS of this process (and, for
-the forked workers, of the largest child) is printed beside every figure.
+the forked workers, of the largest child) is printed beside every figure, and per run_analysis the peak of
+the process tree (`warehouse.memory.StageMeter`: this process's RSS plus its forked workers' private memory,
+sampled; the figure the pipeline's analyse stage reports) with this process's RSS before and at its peak.
+`--dump DIR` writes the last run's result tables (as `bench_scorelink.py --dump`) for `--diff`.
+A `--parquet` dataset is read as the pipeline's model task reads it (`read_analysis_dataset`: the plan's rows
+and columns only); `--whole` reads every row and column instead (as before mem7; `run_analysis` then works on
+its `analysis_frame`, and this process keeps the whole frame too).
 
 Usage: .venv/bin/python benchmarks/bench_model_flow.py [--factors 1 10] [--workers 1 2] [--imputations 20]
        [--data-root /tmp/cohortflow_bench] [--bootstrap 1000] [--boot-workers 2] [--engines fast]
-       [--parquet PATH ...] [--report DIR]
+       [--parquet PATH ...] [--report DIR] [--dump DIR]
        .venv/bin/python benchmarks/bench_model_flow.py --diff DUMP1 DUMP2   (summary of two --dump folders)
 """
 
@@ -33,6 +39,7 @@ import pandas as pd
 from cohortflow.analysis.models import bootstrap_outcome, run_analysis
 from cohortflow.analysis.plan import load_analysis_plan
 from cohortflow.config.study import load_study
+from cohortflow.warehouse.memory import StageMeter
 
 
 def analysis_dataset(root: Path, factor: float, seed: int = 20240) -> pd.DataFrame:
@@ -96,6 +103,12 @@ def time_bootstrap(data: pd.DataFrame, result, resamples: int, workers: int) -> 
         b = bootstrap_outcome(data, o, plan, study, result.outcomes[o.id], resamples=resamples, workers=workers)
         out.append((o.id, time.perf_counter() - t0, int(b.attrs["n_households"])))
     return out
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the forked workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def peak_rss() -> str:
@@ -210,27 +223,52 @@ def main() -> None:
     ap.add_argument("--parquet", type=Path, nargs="+", help="time these analysis datasets instead of --factors")
     ap.add_argument("--report", type=Path, help="also time write_report of the last run into this folder")
     ap.add_argument("--diff", type=Path, nargs=2, help="summarise differences of two bench_scorelink --dump folders")
+    ap.add_argument("--whole", action="store_true", help="read every row and column of a --parquet dataset")
+    ap.add_argument("--dump", type=Path, help="write the last run_analysis result's tables here (for --diff)")
     a = ap.parse_args()
     if a.diff:
         raise SystemExit(diff_dumps(*a.diff))
     warnings.simplefilter("ignore")
     print(f"cpus: {os.cpu_count()}  load average: {os.getloadavg()[0]:.1f}", flush=True)
     inputs = [(str(p), p) for p in a.parquet] if a.parquet else [(f"{f:g}", f) for f in a.factors]
+    meter = StageMeter()  # as the pipeline samples: own RSS every 50 ms, the workers' private memory every 0.5 s
     for factor, source in inputs:
         t0 = time.perf_counter()
-        data = pd.read_parquet(source) if isinstance(source, Path) else analysis_dataset(a.data_root, source)
-        print(f"{factor}: analysis dataset read in {time.perf_counter() - t0:.1f} s; {peak_rss()}", flush=True)
+        if isinstance(source, Path):
+            if a.whole:
+                data = pd.read_parquet(source)
+            else:
+                # imported here: with --whole the script also runs code from before read_analysis_dataset
+                from cohortflow.analysis.models import read_analysis_dataset
+
+                data = read_analysis_dataset(source, load_analysis_plan())
+        else:
+            data = analysis_dataset(a.data_root, source)
+        print(f"{factor}: analysis dataset read in {time.perf_counter() - t0:.1f} s ({len(data):,} rows, "
+              f"{data.shape[1]} columns); {peak_rss()}", flush=True)
         n_hh = data["household_id"].nunique()
         res = None
         for engine in a.engines:
             for w in a.workers:
                 load0 = os.getloadavg()[0]
-                sec, res = time_flow(data, engine, a.imputations, w)
+                cpu0 = cpu_seconds()
+                with meter.stage("analyse"):
+                    sec, res = time_flow(data, engine, a.imputations, w)
+                m = meter.stages["analyse"]
+                cpu = cpu_seconds() - cpu0
                 backends = sorted({str(r.engine) for r in res.outcomes.values() if r.family == "gaussian"})
                 print(f"factor {factor}: {len(data):,} rows, {n_hh:,} households; engine {engine}, {w} worker(s): "
                       f"run_analysis (all outcomes, IPW, MI x{a.imputations}) {sec:.1f} s; fitted by {backends}; "
                       f"failures {sorted(res.failures)}; load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
                       f"{peak_rss()}", flush=True)
+                print(f"factor {factor}: {w} worker(s): process tree peak {m['peak_tree_mib']:,.0f} MiB "
+                      f"(this process {m['rss_before_mib']:,.0f} MiB before, {m['peak_rss_mib']:,.0f} MiB peak; "
+                      f"workers' private memory peak {m['peak_children_mib']:,.0f} MiB); CPU {cpu:.1f} s (this "
+                      "process and its workers: steadier than wall time on a shared machine)", flush=True)
+        if a.dump and res is not None:
+            from bench_scorelink import _dump
+
+            _dump(res, a.dump)
         if a.report and res is not None:
             del data
             load0 = os.getloadavg()[0]

@@ -43,43 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-
-def _rss_mib(pid: int | str = "self") -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _private_mib(pid: str) -> float:
-    """Memory private to a process (not shared with its parent after a fork), from smaps_rollup."""
-    total = 0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                    total += int(line.split()[1])
-    except OSError:
-        pass
-    return total / 1024
-
-
-def _children_mib() -> tuple[float, float]:
-    """(summed RSS, summed private memory) of this process's direct children (e.g. forked model-flow
-    workers): RSS counts the parent's pages they share copy-on-write, private memory does not."""
-    rss = private = 0.0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            kids = (task / "children").read_text().split()
-        except OSError:
-            continue
-        rss += sum(_rss_mib(k) for k in kids)
-        private += sum(_private_mib(k) for k in kids)
-    return rss, private
+from cohortflow.warehouse.memory import children_mib as _children_mib  # noqa: E402
+from cohortflow.warehouse.memory import rss_mib as _rss_mib  # noqa: E402
 
 
 def _cpu_seconds() -> float:

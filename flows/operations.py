@@ -243,8 +243,8 @@ def model_flow(database_url: str, outputs_dir: str, plan_path: str | None = None
     from cohortflow.warehouse.snapshot import new_run_id
 
     run_id = new_run_id("model")
-    data, snapshot = link_task.submit(database_url, outputs_dir).result()
-    analysis, plan = analyse_task.submit(data, plan_path).result()
+    dataset, snapshot = link_task.submit(database_url, outputs_dir).result()  # Parquet path, snapshot hash
+    analysis, plan = analyse_task.submit(dataset, plan_path).result()
     run_info = {"run_id": run_id, "snapshot_hash": snapshot, "database": _redact(database_url),
                 "cohortflow_version": __version__, "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M"),
                 "prefect_flow_run": str(flow_run.id or "")}

@@ -7,9 +7,7 @@ respondent (task overhead is ~7 ms).
 
 from __future__ import annotations
 
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cohortflow import __version__
+from cohortflow.warehouse.memory import StageMeter  # per-stage wall time and process-tree peak memory
 
 
 @dataclass
@@ -33,96 +32,6 @@ class PipelineResult:
     outputs_dir: Path | None = None
     stages: dict = field(default_factory=dict)
     flow_started: float | None = None
-
-
-def _rss_mib() -> float:
-    """Resident memory of this process in MiB (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * _PAGE / 2**20
-    except OSError:
-        return 0.0
-
-
-def _children_private_mib() -> float:
-    """Private memory (pages not shared with this process: what they add to the machine) of this process's
-    direct children, e.g. the model flow's forked workers, the Data Docs builder, plot workers; MiB, Linux
-    /proc (0 elsewhere)."""
-    total = 0.0
-    try:
-        tasks = list(Path("/proc/self/task").iterdir())
-    except OSError:
-        return 0.0
-    for thread in tasks:
-        try:
-            kids = (thread / "children").read_text().split()
-        except OSError:
-            continue
-        for pid in kids:
-            try:
-                text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-            except OSError:
-                continue
-            total += sum(int(line.split()[1]) for line in text.splitlines()
-                         if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
-    return total
-
-
-try:
-    import os as _os
-
-    _PAGE = _os.sysconf("SC_PAGE_SIZE")
-except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-    _PAGE = 4096
-
-
-class StageMeter:
-    """Wall seconds and peak resident memory of each pipeline stage.
-
-    A daemon thread samples the process's RSS every `interval` seconds, and every tenth time also its
-    children's private memory (the process tree's footprint: forked model-flow workers share the parent's
-    pages copy-on-write, so their RSS would count those twice); `stage(name)` is a context manager that
-    records `{seconds, peak_rss_mib, peak_tree_mib, rss_before_mib}` under `name` in `self.stages`.
-    """
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.stages: dict[str, dict[str, float]] = {}
-        self._peak = _rss_mib()
-        self._tree_peak = self._peak
-        self._children = 0.0
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True, name="stage-meter")
-        self._thread.start()
-
-    def _sample(self) -> None:
-        n = 0
-        while not self._stop.wait(self._interval):
-            own = _rss_mib()
-            if n % 10 == 0:  # reading the children's page tables costs more than our own counter
-                self._children = _children_private_mib()
-            n += 1
-            self._peak = max(self._peak, own)
-            self._tree_peak = max(self._tree_peak, own + self._children)
-
-    @contextmanager
-    def stage(self, name: str):
-        """Measure the enclosed block as stage `name`."""
-        before = _rss_mib()
-        self._peak = before
-        self._tree_peak = before + self._children
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._peak = max(self._peak, _rss_mib())
-            self._tree_peak = max(self._tree_peak, self._peak)
-            self.stages[name] = {"seconds": round(time.perf_counter() - t0, 3),
-                                 "peak_rss_mib": round(self._peak, 1), "peak_tree_mib": round(self._tree_peak, 1),
-                                 "rss_before_mib": round(before, 1)}
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 def _artifact_key(text: str) -> str:
@@ -244,8 +153,15 @@ def score_task(database_url: str, run_id: str) -> int:
 
 
 @task(name="link-waves")
-def link_task(database_url: str, outputs_dir: str):
-    """Link waves per person and household; write the analysis dataset; return it with its hash."""
+def link_task(database_url: str, outputs_dir: str) -> tuple[str, str]:
+    """Link waves per person and household; write the analysis dataset; return its Parquet path and hash.
+
+    The frame itself is not returned: handed to the model task it stayed in this process through the model
+    stage (3.1-3.4 GB at factor 100, and Prefect's task machinery keeps references to a task's result and
+    inputs beyond the call, so `del` in the flow does not free it at once). The model task reads back only the
+    rows and columns its plan uses (`analysis.models.read_analysis_dataset`): the snapshot that was hashed is
+    the one analysed.
+    """
     from cohortflow.config.study import load_study
     from cohortflow.instruments.registry import load_instruments
     from cohortflow.warehouse.db import get_engine
@@ -254,22 +170,27 @@ def link_task(database_url: str, outputs_dir: str):
     data = build_analysis_dataset(get_engine(database_url), load_study(), load_instruments())
     out = Path(outputs_dir)
     out.mkdir(parents=True, exist_ok=True)
+    path = out / "analysis_long.parquet"
     # Parquet row group by row group (no second copy) while a second thread computes the snapshot hash
-    return data, write_and_hash(data, out / "analysis_long.parquet")
+    return str(path), write_and_hash(data, path)
 
 
-# The model and report tasks take the analysis dataset (23 M rows at factor 100) and the analysis result as
-# inputs. Prefect's default cache policy hashes a task's inputs (JSON, else cloudpickle of the whole object:
-# 0.5 s at factor 1, ~1 min and a pickled copy of the frame in memory at factor 100) to build a cache key
-# that nothing here uses (results are not persisted): NO_CACHE skips it.
+# The model and report tasks take the analysis result as input. Prefect's default cache policy hashes a
+# task's inputs (JSON, else cloudpickle of the whole object) to build a cache key that nothing here uses
+# (results are not persisted): NO_CACHE skips it.
 @task(name="fit-models", cache_policy=NO_CACHE)
 def analyse_task(data, plan_path: str | None):
-    """Fit every outcome of the analysis plan (main and sensitivity analyses)."""
-    from cohortflow.analysis.models import run_analysis
+    """Fit every outcome of the analysis plan (main and sensitivity analyses).
+
+    `data`: the analysis dataset's Parquet path (as link_task returns it; only the plan's rows and columns
+    are read) or a DataFrame."""
+    from cohortflow.analysis.models import read_analysis_dataset, run_analysis
     from cohortflow.analysis.plan import load_analysis_plan
     from cohortflow.config.study import load_study
 
     plan = load_analysis_plan(Path(plan_path) if plan_path else None)
+    if isinstance(data, str | Path):
+        data = read_analysis_dataset(data, plan)
     return run_analysis(data, plan, load_study()), plan
 
 
@@ -316,12 +237,12 @@ def pipeline_flow(
             result.n_scores = score_task(database_url, run_id)
         release_memory()
         with meter.stage("link"):
-            data, result.snapshot_hash = link_task(database_url, outputs_dir)
+            dataset, result.snapshot_hash = link_task(database_url, outputs_dir)
+        release_memory()  # the linked frame is gone with the task: the model stage reads what it needs
         with meter.stage("analyse"):
             for message in wait_for_data_docs():  # the model flow wants both cores
                 logger.warning(message)
-            analysis, plan = analyse_task(data, plan_path)
-        del data
+            analysis, plan = analyse_task(dataset, plan_path)
         release_memory()
         run_info = {"run_id": run_id, "snapshot_hash": result.snapshot_hash, "database": _redact(database_url),
                     "cohortflow_version": __version__, "started": run_id[:16]}

@@ -4,6 +4,7 @@ processes forked inside it and in spawned pool workers started with its initiali
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor
 
+import pandas as pd
 import pytest
 
 from cohortflow.analysis.fastlmm_boot import _one_blas_thread_for_good
@@ -55,6 +56,6 @@ def test_run_analysis_fits_under_one_thread(monkeypatch):
 
     monkeypatch.setattr(models, "_analyse_all", spy)
     with pytest.raises(_Seen) as seen:
-        models.run_analysis(None, load_analysis_plan(None), load_study(), workers=1)
+        models.run_analysis(pd.DataFrame(), load_analysis_plan(None), load_study(), workers=1)
     assert seen.value.args[0] == [1] * len(before)
     assert _blas_threads() == before

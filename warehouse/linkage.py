@@ -29,6 +29,7 @@ Conflict rules (defaults; override in a `linkage:` section of `config/analysis.y
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,17 +61,27 @@ def release_memory() -> None:
     Arrow's pool, which backs pandas' text columns), so that a stage's peak memory is what is in use rather
     than what earlier stages freed but the allocators kept. Values are untouched; a no-op where unsupported."""
     import contextlib
-    import ctypes
-    import ctypes.util
 
     with contextlib.suppress(ImportError):
         import pyarrow as pa
 
         pa.default_memory_pool().release_unused()
-    name = ctypes.util.find_library("c")
-    if name:
-        with contextlib.suppress(OSError, AttributeError):  # not glibc
-            ctypes.CDLL(name).malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():  # noqa: ANN202 - a ctypes function or None
+    """glibc's `malloc_trim`, looked up once in the symbols this process already has loaded (`CDLL(None)`:
+    no `ctypes.util.find_library`, which runs `ldconfig` in a child process, a fork of a possibly large
+    process, every call); None where there is none (not glibc)."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class LinkageRules(BaseModel):

@@ -38,10 +38,13 @@ def test_a_forked_child_counts_only_what_it_writes_as_private():
     try:
         os.read(read, 1)
         assert str(pid) in memory.children_pids()
-        rss, private = memory.children_mib()
+        rss, private = memory.rss_mib(pid), memory.private_mib(pid)
         assert rss > 250  # its RSS counts the parent's 200 MiB it reads
         assert 80 < private < 200  # its private memory only its own block (and a few pages of its own)
-        assert memory.children_private_mib() == pytest.approx(private, abs=20)
+        # the sums over all children (others may be alive in a long test session, e.g. a Prefect server) hold it
+        all_rss, all_private = memory.children_mib()
+        assert all_rss >= rss - 1 and all_private >= private - 20
+        assert memory.children_private_mib() >= private - 20
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)

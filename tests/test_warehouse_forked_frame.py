@@ -87,6 +87,8 @@ def test_garbage_collector_freeze_state_kept():
     try:
         frozen = gc.get_freeze_count()
         ForkedFrame(_made, 3).result()
-        assert gc.get_freeze_count() >= frozen > 0
+        # still frozen (an unfreeze would leave 0); frozen objects that other threads of a long test session
+        # free meanwhile leave the frozen generation, so the count may be a few lower than before
+        assert frozen > 1000 and gc.get_freeze_count() > frozen * 0.9
     finally:
         gc.unfreeze()

@@ -306,7 +306,7 @@ class _Reader:
         f.source = None if i is None else self.sources[i]
 
     def close(self) -> None:
-        """End the reader process (files read ahead but not asked for are dropped)."""
+        """End the reader processes (files read ahead but not asked for are dropped)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -48,7 +48,9 @@ def propensity_weights(persons: pd.DataFrame, arms: list[str], covariates: list[
     import statsmodels.api as sm
 
     Xp, info = build_design(persons.assign(_w="x"), arms[:1], ["x"], covariates, wave_col="_w")
-    a = pd.Categorical(persons["arm"], categories=arms).codes
+    # arm -> its position in `arms` (the column may be categorical with more categories, e.g. a reference group's
+    # that no row here holds: recoding such a Categorical is deprecated in pandas)
+    a = pd.Index(arms).get_indexer(np.asarray(persons["arm"], dtype=object))
     res = sm.MNLogit(a, Xp).fit(disp=0, maxiter=200, method="newton")
     probs = np.asarray(res.predict(Xp))
     p_own = probs[np.arange(len(a)), a]

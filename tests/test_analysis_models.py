@@ -244,3 +244,25 @@ def test_violence_stopped_is_the_share_without_violence_among_those_with_violenc
         ((d.wave != "T0") & ~d.person_id.isin(at_risk)).sum())
     assert res.baseline.set_index("arm").loc["vt", "n"] == len({p for p in at_risk if p.startswith("vt")})
     assert res.method.startswith("'Stopped' at a follow-up wave = 1 when violence.any was > 0 at T0")
+
+
+def test_propensity_weights_take_a_categorical_arm_with_unused_categories():
+    """The analysis dataset's `arm` is categorical with every arm of the study (also a reference group's that
+    no cohort row holds): the weights equal those of the same arms as plain text, without pandas' deprecation
+    of recoding such a Categorical (a future error)."""
+    import warnings
+
+    from cohortflow.analysis.sensitivity import propensity_weights
+
+    rng = np.random.default_rng(7)
+    n = 300
+    x = rng.normal(size=n)
+    arm = np.where(x + rng.normal(size=n) > 0.5, "pt", np.where(rng.random(n) < 0.5, "vt", "gi"))
+    plain = pd.DataFrame({"arm": arm, "age": x}, index=[f"p{i}" for i in range(n)])
+    cat = plain.assign(arm=pd.Categorical(arm, categories=["gi", "pt", "reference", "vt"]))
+    want = propensity_weights(plain, ["pt", "vt", "gi"], ["age"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = propensity_weights(cat, ["pt", "vt", "gi"], ["age"])
+    pd.testing.assert_series_equal(got, want)
+    assert want.nunique() > 10  # weights that depend on the covariate, not a constant

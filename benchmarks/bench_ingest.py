@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cohortflow.warehouse.memory import cpu_seconds  # this process and its reader processes
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = b"benchmark-key-0123456789abcdef"
 START, END = "<!-- ingest:start -->", "<!-- ingest:end -->"
@@ -73,15 +75,6 @@ RAW_CPU: list[float] = []
 XLSX_ENGINE = "calamine"  # the raw read uses the fastest plain reader, as ingestion does (--xlsx-engine)  # CPU seconds of each raw_read call (robust to other jobs on a shared machine)
 
 
-def cpu_with_children() -> float:
-    """CPU seconds of this process and of its ended children (ingestion's reader processes are joined before
-    `ingest_files` returns, so their time counts)."""
-    import resource
-
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + kids.ru_utime + kids.ru_stime
-
-
 def _reset(url: str) -> None:
     from sqlalchemy import text
 
@@ -115,11 +108,11 @@ def measure(label: str, factor: float, files: list[Path], url: str | None, work:
     timings: list[dict] = []
     load_before = load_average()
     t = time.perf_counter()
-    c = cpu_with_children()
+    c = cpu_seconds()
     reps = ingest_files(files, engine, load_sources(), load_study(), load_instruments(), KEY, data_docs="none",
                         on_outcome=lambda _n, o: timings.append(getattr(o, "timings", {}) or {}))
     t_ing = time.perf_counter() - t
-    c_ing = cpu_with_children() - c
+    c_ing = cpu_seconds() - c
     c_srv = server_cpu(engine) if url else None
     with engine.connect() as conn:
         # packed storage: 8 bytes per stored item answer

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ingest import KEY, _reset, cpu_with_children, load_average, server_cpu  # noqa: E402
+from bench_ingest import KEY, _reset, load_average, server_cpu  # noqa: E402
 
 from cohortflow.config.study import load_study  # noqa: E402
 from cohortflow.ingest.mapping import load_sources  # noqa: E402
@@ -25,6 +25,7 @@ from cohortflow.instruments.registry import load_instruments  # noqa: E402
 from cohortflow.warehouse.batch_ingest import CHUNK_ROWS, ingest_files  # noqa: E402
 from cohortflow.warehouse.db import get_engine, init_warehouse  # noqa: E402
 from cohortflow.warehouse.load import inbox_files  # noqa: E402
+from cohortflow.warehouse.memory import cpu_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -41,10 +42,10 @@ def main() -> None:
     engine = init_warehouse(get_engine(url))
     files = inbox_files(args.inbox)
     before = load_average()
-    t, c = time.perf_counter(), cpu_with_children()
+    t, c = time.perf_counter(), cpu_seconds()
     reps = ingest_files(files, engine, load_sources(), load_study(), load_instruments(), KEY, data_docs="none",
                         chunk_rows=args.chunk_rows)
-    wall, cpu = time.perf_counter() - t, cpu_with_children() - c
+    wall, cpu = time.perf_counter() - t, cpu_seconds() - c
     srv = server_cpu(engine) if url.startswith("postgresql") else 0.0
     status = {s: sum(r.status == s for r in reps) for s in ("loaded", "refused", "skipped")}
     print(f"chunk_rows {args.chunk_rows}: {status}, {sum(r.rows_in for r in reps):,} rows in, "

@@ -39,7 +39,7 @@ import pandas as pd
 from cohortflow.analysis.models import bootstrap_outcome, run_analysis
 from cohortflow.analysis.plan import load_analysis_plan
 from cohortflow.config.study import load_study
-from cohortflow.warehouse.memory import StageMeter
+from cohortflow.warehouse.memory import StageMeter, cpu_seconds
 
 
 def analysis_dataset(root: Path, factor: float, seed: int = 20240) -> pd.DataFrame:
@@ -103,12 +103,6 @@ def time_bootstrap(data: pd.DataFrame, result, resamples: int, workers: int) -> 
         b = bootstrap_outcome(data, o, plan, study, result.outcomes[o.id], resamples=resamples, workers=workers)
         out.append((o.id, time.perf_counter() - t0, int(b.attrs["n_households"])))
     return out
-
-
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (the forked workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def peak_rss() -> str:

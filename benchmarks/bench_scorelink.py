@@ -44,16 +44,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from cohortflow.warehouse.memory import children_mib as _children_mib  # noqa: E402
+from cohortflow.warehouse.memory import cpu_seconds as _cpu_seconds  # noqa: E402
 from cohortflow.warehouse.memory import rss_mib as _rss_mib  # noqa: E402
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its finished children (forked workers): on a shared
-    machine a steadier measure of work than wall seconds."""
-    import resource
-
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class Meter:

@@ -49,3 +49,16 @@ def test_a_forked_child_counts_only_what_it_writes_as_private():
         os.kill(pid, 9)
         os.waitpid(pid, 0)
         os.close(read)
+
+
+def test_cpu_seconds_count_an_ended_child():
+    """A forked child's CPU time counts once it has been waited for (the benchmarks' readers and workers)."""
+    before = memory.cpu_seconds()
+    pid = os.fork()
+    if pid == 0:  # child: about 0.3 s of CPU
+        t = time.process_time()
+        while time.process_time() - t < 0.3:
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert memory.cpu_seconds() - before >= 0.25

@@ -1,8 +1,9 @@
-"""Memory of this process and of its process tree, from Linux /proc (0 elsewhere); no Prefect.
+"""Memory (and CPU) of this process and of its process tree, from Linux /proc (0 elsewhere); no Prefect.
 
 * `rss_mib(pid)`: resident memory of a process.
 * `private_mib(pid)`: its private memory (pages not shared with its parent after a fork: what it adds).
 * `children_mib()`: (summed RSS, summed private memory) of this process's direct children.
+* `cpu_seconds()`: user + system CPU seconds of this process and of its children that have ended.
 * `StageMeter`: wall seconds, peak RSS and peak process-tree memory (own RSS + children's private memory)
   of named stages, sampled by a daemon thread. Used by the pipeline (`flows/pipeline.py`) and the benchmarks.
 """
@@ -69,6 +70,15 @@ def children_mib() -> tuple[float, float]:
 def children_private_mib() -> float:
     """Private memory of this process's direct children in MiB (what they add to the machine)."""
     return sum(private_mib(k) for k in children_pids())
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its ended (joined) children, e.g. forked model-flow
+    workers or ingestion's reader processes: on a shared machine a steadier measure of work than wall time."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 class StageMeter:

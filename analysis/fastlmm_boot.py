@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cohortflow.warehouse.memory import can_fork_workers
+
 from .fastlmm_api import LmmFit, _lmmfit_from_fast, fit_mixed
 from .fastlmm_core import LmmDesign, fit_design, single_threaded_blas, theta_hessian
 
@@ -132,12 +134,6 @@ def _refit_design_chunk(rows: range) -> tuple[list[np.ndarray], int]:
 def _one_blas_thread_for_good() -> None:
     """Process-pool initializer: one BLAS thread in a worker started by spawn (forked ones inherit it)."""
     single_threaded_blas().__enter__()
-
-
-def can_fork_workers() -> bool:
-    """True when this process may start worker processes: fork exists and we are not a daemonic process
-    (a Dask or multiprocessing worker, which may not have children): there, work runs in this process."""
-    return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
 
 
 def _run_chunks(chunk_fn: Callable[[range], tuple[list, int]], n: int, n_jobs: int) -> tuple[list, int]:

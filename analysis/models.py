@@ -1148,7 +1148,7 @@ def _analyse_all(data: pd.DataFrame, plan: AnalysisPlan, study: Study, sensitivi
     from concurrent.futures import ProcessPoolExecutor
 
     n = len(plan.outcomes)
-    from .fastlmm_boot import can_fork_workers
+    from cohortflow.warehouse.memory import can_fork_workers
 
     if workers <= 1 or n <= 1 or not can_fork_workers():  # e.g. inside a Dask worker: one after the other
         for spec in plan.outcomes:

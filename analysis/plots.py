@@ -160,7 +160,7 @@ def render_pngs(jobs: list[tuple[Path, object, tuple]], workers: int = 2) -> dic
     path -> PNG bytes. With `workers` > 1 (and fork available, outside daemonic processes) the figures are
     drawn in forked processes, split evenly in job order; the bytes are those of drawing them one by one
     (matplotlib's Agg output does not depend on the process)."""
-    from .fastlmm_boot import can_fork_workers
+    from cohortflow.warehouse.memory import can_fork_workers
 
     workers = min(workers, len(jobs))
     if workers <= 1 or not can_fork_workers():

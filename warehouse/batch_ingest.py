@@ -62,6 +62,7 @@ from .load import (
     select_in,
     stored_batches,
 )
+from .memory import can_fork_workers
 
 DataDocs = Literal["failures", "quarantine", "all", "none"]
 HISTORY_COLUMNS = ["pseudonym", "sex", "birth_year"]
@@ -107,7 +108,7 @@ class DocsBuilder:
 
         self._join()
         self._label = label
-        if "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
+        if not can_fork_workers():
             self._report(_build_docs(write_data_docs, args, kwargs))
             return
         ctx = mp.get_context("fork")
@@ -278,8 +279,7 @@ class _Reader:
         self._todo = deque(files)
         self._ahead: deque[tuple[_File, Future[tuple]]] = deque()
         self._pool: ProcessPoolExecutor | None = None
-        forks = "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
-        if self.PROCESSES > 0 and len(files) > 1 and forks:
+        if self.PROCESSES > 0 and len(files) > 1 and can_fork_workers():
             self._pool = ProcessPoolExecutor(max_workers=self.PROCESSES, mp_context=mp.get_context("fork"),
                                              initializer=_reader_started, initargs=(sources, instruments))
 

@@ -4,6 +4,7 @@
 * `private_mib(pid)`: its private memory (pages not shared with its parent after a fork: what it adds).
 * `children_mib()`: (summed RSS, summed private memory) of this process's direct children.
 * `cpu_seconds()`: user + system CPU seconds of this process and of its children that have ended.
+* `can_fork_workers()`: whether this process may fork worker processes (what the forking stages ask first).
 * `StageMeter`: wall seconds, peak RSS and peak process-tree memory (own RSS + children's private memory)
   of named stages, sampled by a daemon thread. Used by the pipeline (`flows/pipeline.py`) and the benchmarks.
 """
@@ -79,6 +80,14 @@ def cpu_seconds() -> float:
 
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def can_fork_workers() -> bool:
+    """True when this process may start worker processes: fork exists and we are not a daemonic process
+    (a Dask or multiprocessing worker, which may not have children): there, work runs in this process."""
+    import multiprocessing as mp
+
+    return "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
 
 
 class StageMeter:
